@@ -15,10 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 Stage = Literal["down", "middle", "up"]
 AttnKind = Literal["assa", "bna", "global", "full"]
