@@ -1,0 +1,114 @@
+"""End-to-end latency of a sub-DiT from a LUT. Pure: no I/O (load the table with `load_table`).
+
+    total_ms = steps * step_ms + text_encoder_ms + vae_decoder_ms
+    step_ms  = sum over the step's kernels of the LUT median   (optionally a * step_ms + b_ms)
+
+A kernel missing from the table raises `MissingKernelError`; nothing is silently zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
+from hwnas.latency.table import LatencyTable, TableSource
+from hwnas.space import SearchSpace, SubnetConfig
+
+
+class MissingKernelError(KeyError):
+    """A kernel of the sub-DiT has no entry in the device's LUT."""
+
+    def __init__(self, key: KernelKey, device: str, experiment: str) -> None:
+        self.key, self.device, self.experiment = key, device, experiment
+        super().__init__(f"kernel {key.describe()} has no entry in the latency table of device {device!r} "
+                         f"(experiment {experiment!r}); rebuild or extend the table")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """Predicted latency of one image, in ms. `step_ms_by_kind` splits one denoiser step by kernel kind."""
+
+    device: str
+    experiment: str
+    config_id: str
+    precision: Precision
+    steps: int
+    total_ms: float
+    step_ms: float
+    denoiser_ms: float
+    text_encoder_ms: float
+    vae_decoder_ms: float
+    step_ms_by_kind: dict[str, float] = field(hash=False)
+    source: TableSource
+    provenance: str
+    corrected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, precision: Precision,
+                       space: SearchSpace, correct: bool = False) -> LatencyPrediction:
+    """Latency of generating one image with `cfg` at `steps` denoising steps (batch 1, no CFG doubling).
+
+    `correct` applies the table's fitted linear correction to the step time (an error when the
+    table has none). The VAE decoder latency is scaled by pixel count when the profile gives it
+    at another resolution than `space.resolution` (an assumption, linear in pixels).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if table.meta.experiment != space.name:
+        raise ValueError(f"the table is for experiment {table.meta.experiment!r}, the space is {space.name!r}")
+    medians = table._median_ms
+    by_kind: dict[str, float] = {}
+    sources: set[str] = set()
+    for key, count in kernel_counts(cfg, space, precision=precision):
+        entry = medians.get(key)
+        if entry is None:
+            raise MissingKernelError(key, table.device, table.meta.experiment)
+        by_kind[key.op.kind] = by_kind.get(key.op.kind, 0.0) + count * entry[0]
+        sources.add(entry[1])
+    step_ms = sum(by_kind.values())
+    if correct:
+        if table.meta.correction is None:
+            raise ValueError(f"the latency table of device {table.device!r} has no fitted correction")
+        step_ms = table.meta.correction.a * step_ms + table.meta.correction.b_ms
+    text_ms = table.text_encoder.latency_ms.require(f"{table.device}: pipeline.text_encoder.latency_ms")
+    vae = table.vae_decoder
+    vae_ms = vae.latency_ms.require(f"{table.device}: pipeline.vae_decoder.latency_ms")
+    if vae.resolution and vae.resolution != space.resolution:
+        vae_ms *= (space.resolution / vae.resolution) ** 2
+    source: TableSource = sources.pop() if len(sources) == 1 else "mixed"  # type: ignore[assignment]
+    provenance = table._memo.get(source)
+    if provenance is None:
+        provenance = table._memo[source] = _provenance(table, source, text_ms=text_ms)
+    return LatencyPrediction(
+        device=table.device, experiment=space.name, config_id=_config_id(cfg), precision=precision, steps=steps,
+        total_ms=steps * step_ms + text_ms + vae_ms, step_ms=step_ms, denoiser_ms=steps * step_ms,
+        text_encoder_ms=text_ms, vae_decoder_ms=vae_ms, step_ms_by_kind=by_kind, source=source,
+        provenance=provenance, corrected=correct,
+    )
+
+
+@lru_cache(maxsize=65536)
+def _config_id(cfg: SubnetConfig) -> str:
+    return cfg.id
+
+
+def _provenance(table: LatencyTable, source: str, *, text_ms: float) -> str:
+    meta = table.meta
+    if source == "measured":
+        what = (f"measured: TVM {meta.tvm_version} kernels on {meta.device} (target kind "
+                f"{meta.target.get('kind')!r}, {meta.threads} threads, {meta.date})")
+    elif source == "estimated":
+        what = f"estimated: roofline transfer from the {meta.device} profile's peaks; {meta.calibration}"
+    else:
+        what = f"mixed: measured and estimated kernels of {meta.device} ({meta.calibration})"
+    parts = (f"VAE decoder: {table.vae_decoder.latency_ms.source}; text encoder "
+             f"{text_ms:g} ms: {table.text_encoder.latency_ms.source}")
+    return f"denoiser {what}. {parts}"

@@ -1,0 +1,302 @@
+"""Device profiles: what a target device is, how TVM reaches it, and its published or measured peaks.
+
+One TOML file per device in `device_profiles/` (see `device_profiles/host.toml` for every field).
+Every number carries a `source` string that starts with how it is known:
+
+- `datasheet:` a vendor figure; `paper:` a published measurement; `measured:` measured here
+  (say the command); `derived:` computed from such figures (say how); `assumed:` a guess (say why);
+- `TODO:` not known yet (scaffolded by `hwnas devices add`). A TODO figure loads, but anything
+  that needs it (an estimated LUT, a pipeline part in a prediction) refuses to use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from hwnas.latency.kernels import PRECISIONS, Precision
+
+DeviceKind = Literal["cpu", "gpu", "npu"]
+SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
+DEFAULT_PROFILE_DIR = Path("device_profiles")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A number with the source it rests on (see the module docstring for the source prefixes)."""
+
+    value: float
+    source: str
+
+    @property
+    def known(self) -> bool:
+        return not self.source.startswith("TODO")
+
+    def require(self, what: str) -> float:
+        """The value, or a ValueError naming `what` when it is still TODO."""
+        if not self.known:
+            raise ValueError(f"{what} is not known yet ({self.source!r}); fill it in the device profile")
+        return self.value
+
+
+@dataclass(frozen=True)
+class PipelinePart:
+    """Latency of a part of the text-to-image pipeline that is not searched (per image)."""
+
+    latency_ms: Figure
+    resolution: int = 0
+    """Image side in pixels the latency was taken at (VAE decoder); 0 where it does not apply."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A target device. `target` is a TVM 0.27 target dict; `rpc_key` empty means run locally.
+
+    `peak_gflops` maps each precision the device runs to its peak compute (GFLOP/s, a multiply-add
+    = 2 FLOPs); weight-only precisions (w8a16, w4a16) compute at 16-bit, so their peak is the fp16
+    one unless the profile says otherwise. `bandwidth_gbps` is DRAM bandwidth in GB/s (1e9 B/s).
+    `local` marks the machine hwnas itself runs on: its tables record the CPU model.
+    """
+
+    name: str
+    description: str
+    kind: DeviceKind
+    local: bool
+    threads: int
+    default_precision: Precision
+    target: dict[str, Any] = field(hash=False)
+    rpc_key: str = ""
+    peak_gflops: dict[Precision, Figure] = field(default_factory=dict, hash=False)
+    bandwidth_gbps: Figure = Figure(0.0, "TODO")
+    text_encoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
+    vae_decoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def precisions(self) -> tuple[Precision, ...]:
+        """Precisions this device runs, in `PRECISIONS` order."""
+        return tuple(p for p in PRECISIONS if p in self.peak_gflops)
+
+
+# Loading -------------------------------------------------------------------------------------
+
+
+def list_profiles(profile_dir: str | Path = DEFAULT_PROFILE_DIR) -> list[str]:
+    """Names of the profiles in `profile_dir` (file stems), sorted."""
+    return sorted(p.stem for p in Path(profile_dir).glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path, *, profile_dir: str | Path = DEFAULT_PROFILE_DIR) -> DeviceProfile:
+    """Load `profile_dir/<name>.toml`, or a path to a `.toml` file.
+
+    Unknown names raise ValueError listing the known ones; a malformed file raises ValueError
+    naming the file, the field and what was expected.
+    """
+    text = str(name_or_path)
+    path = Path(text) if text.endswith(".toml") or os.sep in text else Path(profile_dir) / f"{text}.toml"
+    if not path.is_file():
+        known = list_profiles(profile_dir)
+        raise ValueError(f"unknown device {text!r}; known devices: {', '.join(known) or '(none)'} "
+                         f"(profiles in {profile_dir}/)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _profile_from_dict(raw, path=path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, expected: str) -> Any:
+    if key not in table:
+        raise ValueError(f"missing field {where}{key} (expected {expected})")
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"field {where}{key} must be {expected}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ValueError(f"field {where}{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _section(raw: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"missing table [{where}{key}]")
+    return value
+
+
+def _source(table: dict[str, Any], where: str) -> str:
+    src = _get(table, "source", str, where, "a string starting with one of " + "/".join(SOURCE_KINDS))
+    head = src.split(":", 1)[0].strip()
+    if head not in SOURCE_KINDS or ":" not in src or not src.split(":", 1)[1].strip():
+        raise ValueError(f"field {where}source must start with one of {', '.join(SOURCE_KINDS)} followed by "
+                         f"': how it is known', got {src!r}")
+    return src
+
+
+def _figure(table: dict[str, Any], key: str, where: str, *, unit: str) -> Figure:
+    src = _source(table, where)
+    value = _get(table, key, (int, float), where, f"a number in {unit}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not src.startswith("TODO")):
+        raise ValueError(f"field {where}{key} must be a positive number in {unit}, got {value!r}")
+    return Figure(float(value), src)
+
+
+def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
+    where = f"pipeline.{key}."
+    part = _section(_section(raw, "pipeline"), key, "pipeline.")
+    src = _source(part, where)
+    value = _get(part, "latency_ms", (int, float), where, "a number of milliseconds >= 0")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"field {where}latency_ms must be a number of milliseconds >= 0, got {value!r}")
+    resolution = 0
+    if key == "vae_decoder":
+        resolution = _get(part, "resolution", int, where, "the image side in pixels (an integer > 0)")
+        if resolution <= 0:
+            raise ValueError(f"field {where}resolution must be an integer > 0, got {resolution!r}")
+    return PipelinePart(Figure(float(value), src), resolution)
+
+
+def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
+    dev = _section(raw, "device")
+    name = _get(dev, "name", str, "device.", "a string")
+    if name != path.stem:
+        raise ValueError(f"field device.name must equal the file name {path.stem!r}, got {name!r}")
+    kind = _get(dev, "kind", str, "device.", f"one of {get_args(DeviceKind)}")
+    if kind not in get_args(DeviceKind):
+        raise ValueError(f"field device.kind must be one of {get_args(DeviceKind)}, got {kind!r}")
+    threads = _get(dev, "threads", int, "device.", "a positive integer")
+    if threads < 1:
+        raise ValueError(f"field device.threads must be a positive integer, got {threads!r}")
+    precision = _get(dev, "default_precision", str, "device.", f"one of {PRECISIONS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"field device.default_precision must be one of {PRECISIONS}, got {precision!r}")
+
+    tvm = _section(raw, "tvm")
+    target = _get(tvm, "target", dict, "tvm.", 'a TVM target table, e.g. {kind = "llvm", mcpu = "..."}')
+    if not isinstance(target.get("kind"), str):
+        raise ValueError(f"field tvm.target.kind must be a string such as 'llvm', got {target.get('kind')!r}")
+    rpc_key = _get(tvm, "rpc_key", str, "tvm.", 'a string ("" to run locally)')
+
+    peaks: dict[Precision, Figure] = {}
+    for prec, table in _section(raw, "peak").items():
+        if prec not in PRECISIONS:
+            raise ValueError(f"table [peak.{prec}] names an unknown precision; expected one of {PRECISIONS}")
+        if not isinstance(table, dict):
+            raise ValueError(f"[peak.{prec}] must be a table with gflops and source, got {table!r}")
+        peaks[prec] = _figure(table, "gflops", f"peak.{prec}.", unit="GFLOP/s")  # type: ignore[index]
+    if precision not in peaks:
+        raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
+                         f"peaks given for {sorted(peaks)}")
+    memory = _section(raw, "memory")
+    return DeviceProfile(
+        name=name,
+        description=_get(dev, "description", str, "device.", "a string"),
+        kind=kind,  # type: ignore[arg-type]
+        local=_get(dev, "local", bool, "device.", "true or false"),
+        threads=threads,
+        default_precision=precision,  # type: ignore[arg-type]
+        target=target,
+        rpc_key=rpc_key,
+        peak_gflops=peaks,
+        bandwidth_gbps=_figure(memory, "bandwidth_gbps", "memory.", unit="GB/s"),
+        text_encoder=_pipeline_part(raw, "text_encoder"),
+        vae_decoder=_pipeline_part(raw, "vae_decoder"),
+        path=path,
+    )
+
+
+# The machine hwnas runs on ------------------------------------------------------------------
+
+
+def host_cpu() -> tuple[str, int]:
+    """(CPU model, logical core count) of this machine, from /proc/cpuinfo where there is one.
+
+    The model string includes family/model numbers because hypervisors often mask the name.
+    """
+    name, family, model = "", "", ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and not name:
+                    name = value
+                elif key == "cpu family" and not family:
+                    family = value
+                elif key == "model" and not model:
+                    model = value
+    except OSError:
+        import platform
+
+        name = platform.processor() or platform.machine()
+    label = name or "unknown"
+    if family:
+        label += f" (family {family}, model {model})"
+    return label, os.cpu_count() or 1
+
+
+# Scaffolding -------------------------------------------------------------------------------
+
+
+def scaffold_profile(name: str, *, target: dict[str, Any], description: str = "",
+                     kind: DeviceKind = "cpu") -> str:
+    """TOML text of a new profile with every field; numbers are 0 with TODO sources."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"a device name uses letters, digits, '-' and '_' only, got {name!r}")
+    if kind not in get_args(DeviceKind):
+        raise ValueError(f"kind must be one of {get_args(DeviceKind)}, got {kind!r}")
+    target_toml = ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in target.items())
+    peaks = "\n".join(
+        f"[peak.{p}]\ngflops = 0.0\nsource = \"TODO: datasheet/paper/measured/derived/assumed: how\"\n"
+        for p in ("fp32", "fp16", "w8a16", "w4a16"))
+    return f'''# Device profile (see device_profiles/host.toml for a complete example).
+# Sources start with datasheet:/paper:/measured:/derived:/assumed: and say how.
+# TODO figures load, but an estimated LUT or a prediction that needs them refuses to run.
+
+[device]
+name = "{name}"
+description = {_toml_value(description or "TODO: what this device is")}
+kind = "{kind}"          # cpu | gpu | npu: the unit the TVM target runs on
+local = false            # true only for the machine hwnas runs on
+threads = 1              # TODO: worker threads TVM uses on the device
+default_precision = "fp16"
+
+[tvm]
+target = {{ {target_toml} }}
+rpc_key = "{name}"       # key the device's rpc_server registers at the tracker ("" = local)
+
+# Peak compute per precision in GFLOP/s (a multiply-add = 2 FLOPs); delete precisions it lacks.
+{peaks}
+[memory]
+bandwidth_gbps = 0.0
+source = "TODO: DRAM bandwidth in GB/s and where it comes from"
+
+[pipeline.text_encoder]
+latency_ms = 0.0
+source = "TODO: measured or published text-encoder latency (SnapGen++ does not time it)"
+
+[pipeline.vae_decoder]
+latency_ms = 0.0
+resolution = 1024
+source = "TODO: measured or published VAE-decoder latency at this resolution"
+'''
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+    raise ValueError(f"cannot write {value!r} to TOML")

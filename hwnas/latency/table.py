@@ -1,0 +1,357 @@
+"""The LUT store: `latency_tables/<device>/<experiment>.csv` plus a JSON provenance sidecar.
+
+CSV: one row per `KernelKey` (`KEY_COLUMNS`), then `median_ms, p10_ms, p90_ms, cv, n, source`
+(`source` = measured | estimated per row, so measured entries can replace estimated ones one by
+one). Estimated rows have p10 = p90 = median, cv = 0, n = 0.
+
+Sidecar `<experiment>.meta.json`: device, target, TVM version, threads, precisions, date, code
+hash (of the files that define the kernels and their cost, so a code change marks the table
+stale), measured/estimated, the host CPU for local devices, estimator parameters with their
+sources, the calibration, an optional fitted correction, and the CSV's SHA-256.
+
+Both files are written atomically (temp file + `os.replace`). `load_table` refuses stale tables
+with a `StaleTableError` that names the changed field and the command that rebuilds the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import hwnas
+from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
+from hwnas.latency.profile import DEFAULT_PROFILE_DIR, DeviceProfile, PipelinePart, host_cpu, load_profile
+
+Source = Literal["measured", "estimated"]
+TableSource = Literal["measured", "estimated", "mixed"]
+TIMING_COLUMNS: tuple[str, ...] = ("median_ms", "p10_ms", "p90_ms", "cv", "n", "source")
+COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *TIMING_COLUMNS)
+DEFAULT_TABLE_DIR = Path("latency_tables")
+FORMAT_VERSION = 1
+
+_PACKAGE_ROOT = Path(hwnas.__file__).resolve().parent
+KERNEL_CODE_FILES: tuple[str, ...] = ("cost.py", "latency/kernels.py")
+"""Files (relative to the `hwnas` package) that define kernels and their cost: any table."""
+ESTIMATE_CODE_FILES: tuple[str, ...] = (*KERNEL_CODE_FILES, "latency/estimate.py")
+"""Files an estimated table depends on. Measured tables add their benchmark code."""
+
+
+class StaleTableError(ValueError):
+    """A LUT was built for another target, TVM version, code or profile; rebuild it."""
+
+
+class CorruptTableError(ValueError):
+    """A LUT file cannot be read or does not match its sidecar."""
+
+
+class HostMismatchWarning(UserWarning):
+    """A table of the local machine was built on a different CPU model."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One kernel's latency in milliseconds: median, 10th/90th percentile, coefficient of variation, n runs."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    cv: float
+    n: int
+    source: Source
+
+    def __post_init__(self) -> None:
+        for name in ("median_ms", "p10_ms", "p90_ms", "cv"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.median_ms <= 0:
+            raise ValueError(f"median_ms must be > 0, got {self.median_ms!r}")
+        if not self.p10_ms <= self.median_ms <= self.p90_ms:
+            raise ValueError(f"need p10_ms <= median_ms <= p90_ms, got {self.p10_ms!r}, {self.median_ms!r}, "
+                             f"{self.p90_ms!r}")
+        if not isinstance(self.n, int) or self.n < 0:
+            raise ValueError(f"n must be an integer >= 0, got {self.n!r}")
+        if self.source not in ("measured", "estimated"):
+            raise ValueError(f"source must be 'measured' or 'estimated', got {self.source!r}")
+        if self.source == "measured" and self.n < 1:
+            raise ValueError(f"a measured timing needs n >= 1, got {self.n!r}")
+
+    @classmethod
+    def estimated(cls, latency_ms: float) -> Timing:
+        return cls(latency_ms, latency_ms, latency_ms, 0.0, 0, "estimated")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A fitted linear correction of the denoiser step time: corrected = a * step_ms + b_ms."""
+
+    a: float
+    b_ms: float
+    source: str
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """Provenance of a LUT (the sidecar). `tvm_version` is None for estimated tables."""
+
+    device: str
+    experiment: str
+    experiment_path: str
+    source: TableSource
+    target: dict[str, Any] = field(hash=False)
+    tvm_version: str | None
+    threads: int
+    precisions: tuple[Precision, ...]
+    date: str
+    code_hash: str
+    code_files: tuple[str, ...]
+    profile_hash: str | None = None
+    host_cpu: str | None = None
+    host_cores: int | None = None
+    estimator: dict[str, Any] | None = field(default=None, hash=False)
+    calibration: str = ""
+    correction: Correction | None = None
+    csv_sha256: str = ""
+    rows: int = 0
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableMeta:
+        data = dict(data)
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format must be {FORMAT_VERSION}, got {data.get('format')!r}")
+        data["precisions"] = tuple(data["precisions"])
+        data["code_files"] = tuple(data["code_files"])
+        if data.get("correction") is not None:
+            data["correction"] = Correction(**data["correction"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A loaded LUT: entries by key, provenance, and the device's non-searched pipeline parts."""
+
+    meta: TableMeta
+    entries: dict[KernelKey, Timing] = field(hash=False)
+    text_encoder: PipelinePart = field(hash=False)
+    vae_decoder: PipelinePart = field(hash=False)
+    _median_ms: dict[KernelKey, tuple[float, Source]] = field(init=False, repr=False, compare=False, hash=False)
+    _memo: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        # Flat lookups for the predictor; `_memo` holds derived strings (provenance per source).
+        object.__setattr__(self, "_median_ms", {k: (t.median_ms, t.source) for k, t in self.entries.items()})
+        object.__setattr__(self, "_memo", {})
+
+    @property
+    def device(self) -> str:
+        return self.meta.device
+
+    @property
+    def source(self) -> TableSource:
+        kinds = {t.source for t in self.entries.values()}
+        return kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[return-value]
+
+
+# Code hash, paths ---------------------------------------------------------------------------
+
+
+def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
+    """SHA-256 (first 16 hex digits) over the named package files' names and contents."""
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.encode() + b"\0" + (_PACKAGE_ROOT / rel).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def profile_hash(profile: DeviceProfile) -> str:
+    """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads)."""
+    data = {"target": profile.target, "threads": profile.threads, "kind": profile.kind,
+            "bandwidth": asdict(profile.bandwidth_gbps),
+            "peaks": {p: asdict(f) for p, f in sorted(profile.peak_gflops.items())}}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tvm_version() -> str | None:
+    """Installed apache-tvm version, without importing tvm; None where it is not installed."""
+    try:
+        return metadata.version("apache-tvm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def table_paths(device: str, experiment: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> tuple[Path, Path]:
+    """(CSV path, sidecar path) of a table."""
+    base = Path(table_dir) / device
+    return base / f"{experiment}.csv", base / f"{experiment}.meta.json"
+
+
+def rebuild_command(meta: TableMeta) -> str:
+    cmd = f"hwnas lut build --device {meta.device} --experiment {meta.experiment_path}"
+    return cmd + (" --estimate" if meta.source == "estimated" else " --tracker HOST:PORT --key KEY")
+
+
+# Writing ------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _format_float(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _csv_text(entries: dict[KernelKey, Timing]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for key, t in entries.items():
+        row = key_to_row(key)
+        row.update(median_ms=_format_float(t.median_ms), p10_ms=_format_float(t.p10_ms),
+                   p90_ms=_format_float(t.p90_ms), cv=_format_float(t.cv), n=str(t.n), source=t.source)
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def write_table(table: LatencyTable, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> tuple[Path, Path]:
+    """Write CSV and sidecar atomically; the sidecar records the CSV's SHA-256 and row count.
+
+    The CSV is written first; a crash between the two leaves a sidecar whose hash does not match,
+    which `load_table` reports as corrupt rather than reading a mixed table.
+    """
+    csv_path, meta_path = table_paths(table.meta.device, table.meta.experiment, table_dir=table_dir)
+    text = _csv_text(table.entries)
+    meta = table.meta.to_dict()
+    meta.update(csv_sha256=hashlib.sha256(text.encode()).hexdigest(), rows=len(table.entries))
+    meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    _atomic_write(csv_path, text)
+    _atomic_write(meta_path, meta_text)
+    return csv_path, meta_path
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+def read_table(csv_path: str | Path, meta_path: str | Path, *, text_encoder: PipelinePart,
+               vae_decoder: PipelinePart) -> LatencyTable:
+    """Read a CSV + sidecar pair without staleness checks. Errors name the file (and row)."""
+    csv_path, meta_path = Path(csv_path), Path(meta_path)
+    try:
+        meta = TableMeta.from_dict(json.loads(meta_path.read_text()))
+    except FileNotFoundError:
+        raise CorruptTableError(f"{meta_path}: sidecar missing") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptTableError(f"{meta_path}: unreadable sidecar: {exc}") from None
+    try:
+        raw = csv_path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptTableError(f"{csv_path}: table missing (sidecar {meta_path.name} exists)") from None
+    if hashlib.sha256(raw).hexdigest() != meta.csv_sha256:
+        raise CorruptTableError(f"{csv_path}: contents do not match the SHA-256 in {meta_path.name} "
+                                f"(truncated, edited by hand or partly written); rebuild with: "
+                                f"{rebuild_command(meta)}")
+    entries: dict[KernelKey, Timing] = {}
+    try:
+        reader = csv.DictReader(io.StringIO(raw.decode()))
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"columns must be {list(COLUMNS)}, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                key = key_from_row(row)
+                timing = Timing(float(row["median_ms"]), float(row["p10_ms"]), float(row["p90_ms"]),
+                                float(row["cv"]), int(row["n"]), row["source"])  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"line {line}: {exc}") from None
+            if key in entries:
+                raise ValueError(f"line {line}: duplicate key {key.describe()}")
+            entries[key] = timing
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise CorruptTableError(f"{csv_path}: {exc}") from None
+    return LatencyTable(meta, entries, text_encoder, vae_decoder)
+
+
+def check_fresh(meta: TableMeta, profile: DeviceProfile, *, current_code_hash: str,
+                current_tvm_version: str | None, current_host: tuple[str, int] | None) -> None:
+    """Raise StaleTableError naming the first changed field and the rebuild command.
+
+    Checked: target, threads, TVM version (measured tables, where TVM is installed), code hash,
+    profile numbers (estimated tables). A local device's table built on another CPU model gives
+    a `HostMismatchWarning` (the numbers may still be useful as a rough guide).
+    """
+    def stale(what: str, old: Any, new: Any) -> StaleTableError:
+        return StaleTableError(
+            f"latency table {meta.device}/{meta.experiment} is stale: {what} changed "
+            f"(table: {old!r}, now: {new!r}); rebuild with: {rebuild_command(meta)}")
+
+    if meta.target != profile.target:
+        raise stale("target", meta.target, profile.target)
+    if meta.threads != profile.threads:
+        raise stale("threads", meta.threads, profile.threads)
+    if meta.tvm_version is not None and current_tvm_version is not None and meta.tvm_version != current_tvm_version:
+        raise stale("TVM version", meta.tvm_version, current_tvm_version)
+    if meta.code_hash != current_code_hash:
+        raise stale(f"code hash of {', '.join(meta.code_files)}", meta.code_hash, current_code_hash)
+    if meta.source == "estimated" and meta.profile_hash != profile_hash(profile):
+        raise stale(f"device profile numbers ({profile.path or profile.name})", meta.profile_hash,
+                    profile_hash(profile))
+    if profile.local and current_host is not None and meta.host_cpu is not None and meta.host_cpu != current_host[0]:
+        warnings.warn(HostMismatchWarning(
+            f"latency table {meta.device}/{meta.experiment} was built on CPU {meta.host_cpu!r}, this machine is "
+            f"{current_host[0]!r}; rebuild with: {rebuild_command(meta)}"), stacklevel=3)
+
+
+def load_table(device: str | DeviceProfile, experiment: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR,
+               profile_dir: str | Path = DEFAULT_PROFILE_DIR) -> LatencyTable:
+    """Load `table_dir/<device>/<experiment>.csv` after checking it is fresh (see `check_fresh`).
+
+    `experiment` is the experiment's name (`SearchSpace.name`). The pipeline parts (text encoder,
+    VAE decoder) come from the device profile as it is now.
+    """
+    profile = device if isinstance(device, DeviceProfile) else load_profile(device, profile_dir=profile_dir)
+    csv_path, meta_path = table_paths(profile.name, experiment, table_dir=table_dir)
+    if not csv_path.exists() and not meta_path.exists():
+        raise FileNotFoundError(
+            f"no latency table for device {profile.name!r} and experiment {experiment!r} ({csv_path}); build one "
+            f"with: hwnas lut build --device {profile.name} --experiment <experiment.toml> --estimate")
+    table = read_table(csv_path, meta_path, text_encoder=profile.text_encoder, vae_decoder=profile.vae_decoder)
+    if table.meta.device != profile.name or table.meta.experiment != experiment:
+        raise CorruptTableError(f"{meta_path}: describes {table.meta.device}/{table.meta.experiment}, "
+                                f"expected {profile.name}/{experiment}")
+    check_fresh(table.meta, profile, current_code_hash=code_hash(table.meta.code_files),
+                current_tvm_version=tvm_version(), current_host=host_cpu() if profile.local else None)
+    return table
+
+
+def table_kinds(device: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> dict[str, TableSource]:
+    """{experiment name: measured/estimated/mixed} of the tables a device has (sidecars only)."""
+    out: dict[str, TableSource] = {}
+    for meta_path in sorted((Path(table_dir) / device).glob("*.meta.json")):
+        try:
+            out[meta_path.name.removesuffix(".meta.json")] = json.loads(meta_path.read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            out[meta_path.name.removesuffix(".meta.json")] = "corrupt"  # type: ignore[assignment]
+    return out

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hwnas.latency import list_profiles, load_profile, scaffold_profile
+from hwnas.latency.profile import SOURCE_KINDS
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = ROOT / "device_profiles"
+SHIPPED = ("host", "pixel8", "iphone16promax", "galaxy-s24", "raspberry-pi-5", "jetson-orin-nano")
+
+
+def test_shipped_profiles_load_with_sources() -> None:
+    assert set(SHIPPED) <= set(list_profiles(PROFILES))
+    for name in SHIPPED:
+        p = load_profile(name, profile_dir=PROFILES)
+        assert p.name == name and p.default_precision in p.peak_gflops
+        figures = [*p.peak_gflops.values(), p.bandwidth_gbps, p.text_encoder.latency_ms, p.vae_decoder.latency_ms]
+        for fig in figures:
+            assert fig.known and fig.source.split(":")[0] in SOURCE_KINDS
+        assert p.vae_decoder.resolution == 1024
+    host = load_profile("host", profile_dir=PROFILES)
+    assert host.local and host.peak_gflops["fp32"].source.startswith("measured")
+    assert host.bandwidth_gbps.source.startswith("measured")
+
+
+def test_load_by_path_and_profile_is_hashable() -> None:
+    p = load_profile(PROFILES / "pixel8.toml")
+    assert p == load_profile("pixel8", profile_dir=PROFILES)
+    assert hash(p) == hash(load_profile("pixel8", profile_dir=PROFILES))
+
+
+def test_unknown_device_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown device 'nope'.*host.*iphone16promax"):
+        load_profile("nope", profile_dir=PROFILES)
+
+
+BAD = [
+    ('name = "host"', 'name = "other"', "device.name"),
+    ('name = "host"\n', "\n", "device.name"),
+    ('kind = "cpu"', 'kind = "fpga"', "device.kind"),
+    ("threads = 2", "threads = 0", "device.threads"),
+    ("threads = 2", 'threads = "2"', "device.threads"),
+    ("local = true", "local = 1", "device.local"),
+    ('default_precision = "fp32"', 'default_precision = "int3"', "device.default_precision"),
+    ('default_precision = "fp32"', 'default_precision = "fp16"', "device.default_precision"),
+    ('target = { kind = "llvm",', 'target = { mkind = "llvm",', "tvm.target.kind"),
+    ('rpc_key = ""', 'rpc_key = 3', "tvm.rpc_key"),
+    ("[peak.fp32]", "[peak.fp8]", "peak.fp8"),
+    ("gflops = 188.0", "gflops = -1.0", "peak.fp32.gflops"),
+    ("gflops = 188.0", 'gflops = "fast"', "peak.fp32.gflops"),
+    ("gflops = 188.0", "gflops = 0.0", "peak.fp32.gflops"),
+    ('source = "measured: benchmarks/host_peaks.py, torch.mm', 'source = "vibes: torch.mm', "peak.fp32.source"),
+    ("bandwidth_gbps = 27.0", "bandwidth_gbps = nan", "memory.bandwidth_gbps"),
+    ("[memory]", "[memoryx]", "[memory]"),
+    ("[pipeline.text_encoder]", "[pipeline.text_encoderx]", "pipeline.text_encoder"),
+    ("latency_ms = 0.0", "latency_ms = -5.0", "pipeline.text_encoder.latency_ms"),
+    ("resolution = 1024", "resolution = 0", "pipeline.vae_decoder.resolution"),
+    ("resolution = 1024", "", "pipeline.vae_decoder.resolution"),
+    ("[device]", "[device", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("old, new, field", BAD)
+def test_malformed_profile_names_file_and_field(tmp_path: Path, old: str, new: str, field: str) -> None:
+    text = (PROFILES / "host.toml").read_text()
+    assert old in text
+    path = tmp_path / "host.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError) as err:
+        load_profile("host", profile_dir=tmp_path)
+    msg = str(err.value)
+    assert str(path) in msg and field in msg
+
+
+def test_scaffold_loads_with_todo_figures(tmp_path: Path) -> None:
+    text = scaffold_profile("board-x", target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4},
+                            description="a test board")
+    (tmp_path / "board-x.toml").write_text(text)
+    p = load_profile("board-x", profile_dir=tmp_path)
+    assert p.target == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4}
+    assert not p.peak_gflops["fp16"].known
+    with pytest.raises(ValueError, match="not known yet"):
+        p.peak_gflops["fp16"].require("board-x: peak.fp16")
+
+
+@pytest.mark.parametrize("name", ["", "a b", "../x"])
+def test_scaffold_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ValueError, match="device name"):
+        scaffold_profile(name, target={"kind": "llvm"})
+
+
+def test_copy_of_profiles_dir_is_independent(tmp_path: Path) -> None:
+    shutil.copytree(PROFILES, tmp_path / "p")
+    assert list_profiles(tmp_path / "p") == list_profiles(PROFILES)
