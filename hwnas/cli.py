@@ -59,6 +59,30 @@ def main() -> None:
     """
 
 
+def _config_by_name(space: SearchSpace, value: str) -> SubnetConfig:
+    """`--config tiny|small|full|largest|smallest|FILE.json`, checked against `space`."""
+    try:
+        if value in PRESET_WIDTHS:
+            cfg = space.preset(value)
+        elif value in ("largest", "smallest"):
+            cfg = space.largest() if value == "largest" else space.smallest()
+        else:
+            cfg = load_config(value)
+        space.validate(cfg)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return cfg
+
+
+def _load_supernet(checkpoint: str | None):  # -> hwnas.train.Supernet
+    from hwnas.train import load_supernet
+
+    try:
+        return load_supernet(checkpoint)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.group()
 def space() -> None:
     """Inspect the search space of an experiment: presets, sizes, random members."""
@@ -106,6 +130,323 @@ def space_sample(experiment: str, n: int, seed: int, out: str | None) -> None:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / f"{cfg.id}.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         click.echo(cfg.to_json())
+
+
+@main.command()
+@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Override [train] steps.")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Override [train] batch_size.")
+@click.option("--out", "out", default="runs/train", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's choice).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(experiment: str, steps: int | None, batch_size: int | None, out: str, resume: bool,
+          threads: int | None, quiet: bool) -> None:
+    """Train the elastic supernet (flow matching; the largest + sampled sub-DiTs every step).
+
+    Runs under torchrun too: `torchrun --nproc-per-node 2 -m hwnas.cli train ...`.
+    """
+    import torch
+
+    from hwnas.train import train as run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = _repo_path(experiment)
+    _load_space(experiment)
+    if not resume and (Path(out) / "train_state.pt").exists():
+        raise click.UsageError(f"{out} already holds a run; pass --resume or choose another --out")
+    try:
+        summary = run_training(path, out=out, steps=steps, resume=resume, progress=not quiet,
+                               overrides={"batch_size": batch_size})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(summary))
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
+@click.option("--config", "config", default="small", show_default=True,
+              help="tiny|small|full|largest|smallest or a SubnetConfig JSON file.")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Repeat for several prompts.")
+@click.option("--n", "n", default=4, show_default=True, type=click.IntRange(min=1), help="Images per prompt.")
+@click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
+@click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
+@click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", "output", default="grid.png", show_default=True, type=click.Path(dir_okay=False))
+def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int, steps: int,
+           cfg_scale: float, solver: str, seed: int, output: str) -> None:
+    """Generate an image grid from one sub-DiT of a trained supernet."""
+    from hwnas.train import generate, save_grid
+
+    net = _load_supernet(checkpoint)
+    cfg = _config_by_name(net.space, config)
+    batch = [p for p in prompts for _ in range(n)]
+    images = generate(net, batch, cfg, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)  # type: ignore[arg-type]
+    save_grid(images, output, ncol=n, labels=batch)
+    click.echo(f"wrote {output} ({len(batch)} images, sub-DiT {cfg.describe()}, {steps} {solver} steps, "
+               f"CFG {cfg_scale})")
+
+
+@main.command("eval")
+@click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
+@click.option("--config", "config", default="small", show_default=True,
+              help="tiny|small|full|largest|smallest or a SubnetConfig JSON file.")
+@click.option("--metric", type=click.Choice(["compositional", "fd_ref", "val_loss"]), default="compositional",
+              show_default=True)
+@click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
+@click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
+@click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_scale: float, n: int,
+             seed: int, as_json: bool) -> None:
+    """Quality of one sub-DiT: compositional accuracy, fd_ref or validation loss."""
+    from hwnas.metrics.evaluate import evaluate
+
+    net = _load_supernet(checkpoint)
+    cfg = _config_by_name(net.space, config)
+    try:
+        result = evaluate(net, cfg, metric=metric, n=n, steps=steps, cfg_scale=cfg_scale, seed=seed,  # type: ignore[arg-type]
+                          checkpoint=checkpoint)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{metric} = {result['value']:.4f}  ({result['source']})")
+    for cat, acc in result.get("per_category", {}).items():
+        click.echo(f"  {cat:<14} {acc:.3f}")
+
+
+# Devices, latency tables, latency prediction ---------------------------------------------------
+
+PROFILE_DIR = "device_profiles"
+TABLE_DIR = "latency_tables"
+LATENCY_EXPERIMENT = "experiments/snapgenpp-1024.toml"
+"""Default experiment of the latency commands, and the space the paper's anchor point is solved on."""
+
+
+def _profile_option(f):  # type: ignore[no-untyped-def]
+    return click.option("--profiles", "profiles", default=PROFILE_DIR, show_default=True,
+                        type=click.Path(file_okay=False), help="Directory of device profile TOML files.")(f)
+
+
+def _table_option(f):  # type: ignore[no-untyped-def]
+    return click.option("--tables", "tables", default=TABLE_DIR, show_default=True,
+                        type=click.Path(file_okay=False), help="Directory of latency tables (<device>/<experiment>.csv).")(f)
+
+
+def _load_profile(name: str, profiles: str):  # -> hwnas.latency.DeviceProfile
+    from hwnas.latency import load_profile
+
+    try:
+        return load_profile(name, profile_dir=_repo_path(profiles))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.group(invoke_without_command=True)
+@_profile_option
+@_table_option
+@click.pass_context
+def devices(ctx: click.Context, profiles: str, tables: str) -> None:
+    """Device profiles and the latency tables each has (measured / estimated / none per experiment)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from hwnas.latency import list_profiles, load_profile, table_kinds
+
+    names = list_profiles(_repo_path(profiles))
+    kinds = {n: table_kinds(n, table_dir=_repo_path(tables)) for n in names}
+    experiments = sorted({e for k in kinds.values() for e in k})
+    for name in names:
+        try:
+            p = load_profile(name, profile_dir=_repo_path(profiles))
+            head = f"{name:18s} {p.kind:4s} {p.default_precision:6s} {p.description}"
+        except ValueError as exc:
+            head = f"{name:18s} invalid profile: {exc}"
+        luts = ", ".join(f"{e}: {kinds[name].get(e, 'none')}" for e in experiments) or "no latency tables"
+        click.echo(f"{head}\n{'':18s} LUT {luts}")
+
+
+@devices.command("show")
+@click.argument("name")
+@_profile_option
+@_table_option
+def devices_show(name: str, profiles: str, tables: str) -> None:
+    """Every field of one device profile, with the source of each number."""
+    from hwnas.latency import table_kinds
+
+    p = _load_profile(name, profiles)
+    click.echo(f"{p.name}: {p.description}  ({p.path})")
+    click.echo(f"kind {p.kind}, {p.threads} threads, default precision {p.default_precision}, "
+               f"local {str(p.local).lower()}")
+    click.echo(f"TVM target  {json.dumps(p.target)}")
+    click.echo(f"RPC key     {p.rpc_key or '(local)'}")
+    for prec, fig in p.peak_gflops.items():
+        click.echo(f"peak {prec:6s} {fig.value:>9,.1f} GFLOP/s  {fig.source}")
+    click.echo(f"bandwidth   {p.bandwidth_gbps.value:>9,.1f} GB/s     {p.bandwidth_gbps.source}")
+    click.echo(f"text encoder {p.text_encoder.latency_ms.value:>8,.1f} ms  {p.text_encoder.latency_ms.source}")
+    click.echo(f"VAE decoder {p.vae_decoder.latency_ms.value:>9,.1f} ms  at {p.vae_decoder.resolution} px: "
+               f"{p.vae_decoder.latency_ms.source}")
+    luts = table_kinds(p.name, table_dir=_repo_path(tables))
+    click.echo("LUTs        " + (", ".join(f"{e}: {k}" for e, k in luts.items()) or "none"))
+
+
+@devices.command("add")
+@click.argument("name")
+@click.option("--target", required=True,
+              help='TVM target as JSON, e.g. \'{"kind": "llvm", "mtriple": "aarch64-linux-android"}\', or a bare kind.')
+@click.option("--description", default="", help="What the device is.")
+@click.option("--kind", "kind", type=click.Choice(["cpu", "gpu", "npu"]), default="cpu", show_default=True)
+@_profile_option
+def devices_add(name: str, target: str, description: str, kind: str, profiles: str) -> None:
+    """Scaffold device_profiles/NAME.toml with every field (TODO sources); never overwrites."""
+    from hwnas.latency import scaffold_profile
+
+    try:
+        target_dict = json.loads(target) if target.lstrip().startswith("{") else {"kind": target.strip()}
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--target is not valid JSON: {exc}: {target!r}") from None
+    if not isinstance(target_dict.get("kind"), str) or not target_dict["kind"]:
+        raise click.UsageError(f"--target needs a 'kind' such as llvm, cuda or metal, got {target!r}")
+    path = Path(profiles) / f"{name}.toml"
+    if path.exists():
+        raise click.UsageError(f"{path} exists already; edit it or choose another name")
+    try:
+        text = scaffold_profile(name, target=target_dict, description=description, kind=kind)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x") as fh:
+        fh.write(text)
+    click.echo(f"wrote {path}: fill in the TODO figures and sources, then `hwnas devices show {name}`")
+
+
+def _prediction_json(pred) -> dict[str, object]:  # pred: hwnas.latency.LatencyPrediction
+    return {
+        "latency_ms": round(pred.total_ms, 3), "step_ms": round(pred.step_ms, 3), "steps": pred.steps,
+        "breakdown": {
+            "denoiser_ms": round(pred.denoiser_ms, 3),
+            "denoiser_step_ms_by_kind": {k: round(v, 3) for k, v in pred.step_ms_by_kind.items()},
+            "text_encoder_ms": round(pred.text_encoder_ms, 3), "vae_decoder_ms": round(pred.vae_decoder_ms, 3),
+        },
+        "source": pred.source, "provenance": pred.provenance, "corrected": pred.corrected,
+        "device": pred.device, "precision": pred.precision, "experiment": pred.experiment,
+        "config_id": pred.config_id,
+    }
+
+
+@main.command()
+@click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
+@click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True)
+@click.option("--preset", type=click.Choice(sorted(PRESET_WIDTHS)), help="One of SnapGen++'s presets.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="A SubnetConfig JSON file.")
+@click.option("--steps", default=4, show_default=True, type=click.IntRange(min=1), help="Denoising steps.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
+              help="Default: the device's default precision.")
+@click.option("--correct", is_flag=True, help="Apply the table's fitted linear correction.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_profile_option
+@_table_option
+def predict(device: str, experiment: str, preset: str | None, config: str | None, steps: int,
+            precision: str | None, correct: bool, as_json: bool, profiles: str, tables: str) -> None:
+    """End-to-end latency of one image of a sub-DiT on a device, from the device's LUT."""
+    from hwnas.latency import MissingKernelError, load_table, predict_latency_ms
+
+    prof = _load_profile(device, profiles)
+    sp = _load_space(experiment)
+    cfg = _resolve_config(sp, preset=preset, config=config)
+    try:
+        table = load_table(prof, sp.name, table_dir=_repo_path(tables))
+        pred = predict_latency_ms(cfg, table, steps=steps, precision=precision or prof.default_precision,  # type: ignore[arg-type]
+                                  space=sp, correct=correct)
+    except (FileNotFoundError, ValueError, MissingKernelError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_prediction_json(pred), indent=2))
+        return
+    click.echo(f"device       {pred.device}  ({prof.description})")
+    click.echo(f"sub-DiT      {cfg.describe()}  id {pred.config_id}, {pred.precision}, {pred.steps} steps")
+    click.echo(f"latency      {pred.total_ms:,.1f} ms  ({pred.source})")
+    click.echo(f"  denoiser   {pred.steps} x {pred.step_ms:,.1f} ms = {pred.denoiser_ms:,.1f} ms"
+               + ("  (corrected)" if pred.corrected else ""))
+    click.echo(f"  text enc   {pred.text_encoder_ms:,.1f} ms")
+    click.echo(f"  VAE dec    {pred.vae_decoder_ms:,.1f} ms")
+    for kind, ms in pred.step_ms_by_kind.items():
+        click.echo(f"    {kind:12s} {ms:>10,.2f} ms/step")
+    click.echo(f"source       {pred.provenance}")
+
+
+@main.group()
+def lut() -> None:
+    """Build device latency lookup tables (LUTs)."""
+
+
+@lut.command("build")
+@click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
+@click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True)
+@click.option("--estimate", is_flag=True, help="Roofline-estimated table from the profile's peaks (no device needed).")
+@click.option("--tracker", help="TVM RPC tracker HOST:PORT (measured builds).")
+@click.option("--key", "rpc_key", help="RPC key of the device at the tracker (default: the profile's).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
+              help="Repeat for several; default: every precision the profile has a peak for.")
+@click.option("--efficiency-from", "efficiency_from",
+              help="CPU estimates: take per-kernel-kind efficiencies from this device's measured table.")
+@click.option("--anchor-experiment", "anchor_experiment", default=LATENCY_EXPERIMENT, show_default=True,
+              help="Experiment the paper's iPhone point is solved on.")
+@_profile_option
+@_table_option
+def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
+              precisions: tuple[str, ...], efficiency_from: str | None, anchor_experiment: str,
+              profiles: str, tables: str) -> None:
+    """Build the LUT of a device for an experiment: every kernel of its search space."""
+    from hwnas.latency import (
+        SNAPGENPP_ANCHOR, build_estimated_table, efficiency_from_table, estimator_params, load_table, write_table,
+    )
+
+    prof = _load_profile(device, profiles)
+    sp = _load_space(experiment)
+    if tracker is not None:
+        host, _, port = tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise click.UsageError(f"--tracker must be HOST:PORT, got {tracker!r}")
+    if not estimate:
+        raise click.UsageError(
+            "measured LUT builds need the TVM block benchmark (hwnas.latency.bench), which this version does not "
+            "have yet; use --estimate for a roofline-estimated table")
+    if tracker is not None or rpc_key is not None:
+        raise click.UsageError("--tracker/--key are for measured builds; an --estimate build needs no device")
+    bad = [p for p in precisions if p not in prof.peak_gflops]
+    if bad:
+        raise click.UsageError(f"device {prof.name!r} has no peak for precision {bad[0]!r} "
+                               f"(it has {list(prof.precisions)})")
+    try:
+        anchor_profile = _load_profile(SNAPGENPP_ANCHOR.device, profiles)
+        host_eff, host_src = None, ""
+        if efficiency_from:
+            ref_prof = _load_profile(efficiency_from, profiles)
+            ref = load_table(ref_prof, sp.name, table_dir=_repo_path(tables))
+            if ref.meta.source == "estimated":
+                raise click.UsageError(f"the {efficiency_from}/{sp.name} table is estimated; --efficiency-from "
+                                       "needs measured entries")
+            ref_params = estimator_params(ref_prof, anchor_profile=anchor_profile,
+                                          anchor_space=_load_space(anchor_experiment))
+            host_eff = efficiency_from_table(ref, ref_prof, launch_overhead_ms=ref_params.launch_overhead_ms)
+            host_src = (f"{efficiency_from}/{sp.name} table measured {ref.meta.date} (target "
+                        f"{json.dumps(ref.meta.target)}), measured time vs {efficiency_from} roofline per kind")
+        params = estimator_params(prof, anchor_profile=anchor_profile, anchor_space=_load_space(anchor_experiment),
+                                  host_efficiency=host_eff, host_efficiency_source=host_src)
+        table = build_estimated_table(prof, sp, params, experiment_path=experiment,
+                                      precisions=tuple(precisions) or None)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    csv_path, meta_path = write_table(table, table_dir=_repo_path(tables))
+    click.echo(f"wrote {csv_path} ({len(table.entries)} kernels, {', '.join(table.meta.precisions)}; estimated)")
+    click.echo(f"      {meta_path}")
+    click.echo(f"calibration: {table.meta.calibration}")
+
 
 
 if __name__ == "__main__":

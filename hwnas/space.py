@@ -420,16 +420,23 @@ def load_space(path: str | Path) -> SearchSpace:
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ValueError(f"{path}: experiment file not found") from None
+    return parse_space(text, source=str(path))
+
+
+def parse_space(text: str, *, source: str = "<experiment>") -> SearchSpace:
+    """`load_space` on the text of an experiment TOML (e.g. one stored in a checkpoint)."""
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        raise ValueError(f"{source}: not valid TOML: {exc}") from None
     try:
         return _space_from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
-        raise ValueError(f"{path}: {msg}") from None
+        raise ValueError(f"{source}: {msg}") from None
 
 
 def _space_from_dict(raw: dict[str, Any]) -> SearchSpace:

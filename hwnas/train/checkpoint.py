@@ -1,0 +1,94 @@
+"""Checkpoints: safetensors weights plus JSON metadata, written atomically.
+
+A checkpoint directory holds
+- `supernet.safetensors`: the weights to use (EMA), tensors prefixed `dit.` and `text.`;
+- `supernet.json`: metadata (experiment file and its content, step, tokenizer vocabulary,
+  training settings, metrics, wall time);
+- `train_state.pt` (training runs only): raw weights, optimizer and EMA state for `--resume`,
+  loaded with `torch.load(weights_only=True)`.
+
+Each file is written to a temporary name in the same directory and moved into place with
+`os.replace`, so a killed writer leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "supernet.safetensors"
+META = "supernet.json"
+TRAIN_STATE = "train_state.pt"
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def save_weights(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write weights then metadata; the metadata names the weights' step, so it goes last."""
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(directory / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    write_json_atomic(directory / META, meta)
+
+
+def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read `supernet.safetensors` and `supernet.json`; a clear ValueError if either is bad."""
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    weights, meta = directory / WEIGHTS, directory / META
+    for path in (weights, meta):
+        if not path.exists():
+            raise ValueError(f"{path}: checkpoint file not found")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights}: corrupt checkpoint ({exc})") from None
+    try:
+        info = json.loads(meta.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta}: corrupt checkpoint metadata ({exc})") from None
+    return tensors, info
+
+
+def save_train_state(directory: Path, state: dict[str, Any]) -> None:
+    _atomic(directory / TRAIN_STATE, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(directory: Path) -> dict[str, Any]:
+    path = directory / TRAIN_STATE
+    if not path.exists():
+        raise ValueError(f"{path}: no training state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged pickle/zip
+        raise ValueError(f"{path}: corrupt training state ({exc})") from None
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in state.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_EXPERIMENT = """
+[experiment]
+name = "tiny-16"
+dataset = "shapes"
+
+[model]
+resolution = 16
+latent_downsample = 1
+latent_channels = 3
+patch_size = 4
+hidden_size = 16
+head_dim = 4
+kv_heads = 2
+time_dim = 16
+text_len = 12
+text_dim = 16
+bna_blocks = 4
+kv_compress = 2
+
+[space.down]
+width = [0.5, 1.0]
+depth = [1, 2]
+ffn_ratio = [2, 4]
+attn = ["assa", "bna", "global"]
+radius = [1]
+preset_ffn_ratio = 4
+
+[space.middle]
+width = [0.5, 1.0]
+depth = [1, 2]
+ffn_ratio = [2, 3]
+attn = ["full"]
+preset_ffn_ratio = 3
+
+[space.up]
+width = [0.5, 1.0]
+depth = [2, 3]
+ffn_ratio = [2, 4]
+attn = ["assa", "bna", "global"]
+radius = [1]
+preset_ffn_ratio = 4
+
+[train]
+steps = 4
+batch_size = 8
+lr = 3e-3
+warmup_steps = 2
+dataset_size = 64
+checkpoint_every = 2
+text_layers = 1
+"""
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path: Path) -> Path:
+    """A 16x16 shapes experiment whose supernet trains a step in well under a second."""
+    path = tmp_path / "tiny-16.toml"
+    path.write_text(TINY_EXPERIMENT)
+    return path

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hwnas.metrics.val_loss import make_val_set, val_loss
+from hwnas.train import generate, load_supernet, train
+from hwnas.train.checkpoint import TRAIN_STATE, WEIGHTS
+
+
+def test_training_reduces_validation_loss(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_experiment, out=out, steps=1, progress=False, overrides={"ema_decay": 0.0})
+    net = load_supernet(out)
+    val = make_val_set(net, n=32, seed=1)
+    cfg = net.space.largest()
+    before = val_loss(net, cfg, val)
+    out2 = tmp_path / "run2"
+    train(tiny_experiment, out=out2, steps=60, progress=False,
+          overrides={"ema_decay": 0.0, "checkpoint_every": 60})
+    after = val_loss(load_supernet(out2), cfg, make_val_set(load_supernet(out2), n=32, seed=1))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_resume_with_other_settings_is_refused(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_experiment, out=out, steps=2, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train(tiny_experiment, out=out, steps=4, resume=True, progress=False)
+
+
+def test_resume_after_kill_matches_straight_run(tiny_experiment: Path, tmp_path: Path) -> None:
+    """SIGKILL right after the step-2 checkpoint of a 4-step run, rerun with --resume: the
+    final weights equal those of an uninterrupted run, bit for bit."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(tiny_experiment, out=straight, progress=False)
+    code = (
+        "import os, signal\n"
+        "from hwnas.train import loop\n"
+        "orig = loop._checkpoint\n"
+        "def stop(out, net, ema, params, opt, exp, tc, step, *rest):\n"
+        "    orig(out, net, ema, params, opt, exp, tc, step, *rest)\n"
+        "    if step == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "loop._checkpoint = stop\n"
+        f"loop.train({str(tiny_experiment)!r}, out={str(killed)!r}, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert json.loads((killed / "supernet.json").read_text())["step"] == 2
+    train(tiny_experiment, out=killed, resume=True, progress=False)
+    a, b = load_file(str(straight / WEIGHTS)), load_file(str(killed / WEIGHTS))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa = torch.load(straight / TRAIN_STATE, weights_only=True)
+    sb = torch.load(killed / TRAIN_STATE, weights_only=True)
+    for key in sa["dit"]:
+        assert torch.equal(sa["dit"][key], sb["dit"][key]), key
+
+
+def test_checkpoint_round_trip_and_sampler(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_experiment, out=out, steps=2, progress=False)
+    net = load_supernet(out)
+    again = load_supernet(out)
+    cfg = net.space.preset("small")
+    prompts = ["a red circle", "two blue squares", "a green triangle left of a red circle"]
+    img1 = generate(net, prompts, cfg, steps=3, seed=5)
+    img2 = generate(again, prompts, cfg, steps=3, seed=5)
+    assert img1.shape == (3, 3, 16, 16)
+    assert torch.equal(img1, img2)
+    assert img1.min() >= -1 and img1.max() <= 1
+    assert not torch.equal(img1, generate(net, prompts, cfg, steps=3, seed=6))
+    # A different batch size does not change an image: noise depends on (seed, index) only.
+    assert torch.allclose(generate(net, prompts, cfg, steps=3, seed=5, batch_size=1), img1, atol=1e-5)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_experiment, out=out, steps=2, progress=False)
+    (out / WEIGHTS).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        load_supernet(out)
+    with pytest.raises(ValueError, match="not found"):
+        load_supernet(tmp_path / "nothing")
+
+
+def test_ddp_two_cpu_processes_keep_weights_identical(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "hwnas.cli", "train", "--experiment", str(tiny_experiment), "--out", str(out), "--quiet",
+           "--steps", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 2
+    assert all(s["ranks_identical"] for s in summaries)
+    assert json.loads((out / "supernet.json").read_text())["step"] == 3
