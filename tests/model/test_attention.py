@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ from hwnas.model.attention import (
 )
 from hwnas.space import SearchSpace, StageChoices
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add spin-wait overhead, badly so on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_space(*, blocks: int = 8) -> SearchSpace:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import random
 from dataclasses import replace
@@ -22,14 +21,6 @@ _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 def _sdpa_flops(q: list[int], k: list[int], v: list[int], *args: object, **kwargs: object) -> int:
     return sdpa_flop_count(q, k, v)  # dense: 2 * (QK^T + AV) multiply-adds
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add spin-wait overhead, badly so on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_space() -> SearchSpace:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +9,6 @@ import torch
 from hwnas.model import ElasticDiT, example_inputs, export_onnx, extract_subnet, run_onnx
 from hwnas.space import SearchSpace, StageChoices, StageConfig, SubnetConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add spin-wait overhead, badly so on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_space() -> SearchSpace:
