@@ -113,7 +113,7 @@ def test_efficiency_from_synthetic_measured_table(space) -> None:  # type: ignor
     measured = dataclasses.replace(measured, entries=entries)
     eff = efficiency_from_table(measured, host, launch_overhead_ms=base.launch_overhead_ms)
     assert eff == pytest.approx(truth, rel=1e-6)
-    pixel = load_profile("pixel8", profile_dir=PROFILES)
+    pixel = load_profile("pixel8-cpu", profile_dir=PROFILES)
     iphone_prof = load_profile("iphone16promax", profile_dir=PROFILES)
     params = estimator_params(pixel, anchor_profile=iphone_prof, anchor_space=space, host_efficiency=eff,
                               host_efficiency_source="synthetic")

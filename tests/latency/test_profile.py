@@ -10,7 +10,7 @@ from hwnas.latency.profile import SOURCE_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "device_profiles"
-SHIPPED = ("host", "pixel8", "iphone16promax", "galaxy-s24", "raspberry-pi-5", "jetson-orin-nano")
+SHIPPED = ("host", "pixel8", "pixel8-cpu", "iphone16promax", "galaxy-s24", "raspberry-pi-5", "jetson-orin-nano")
 
 
 def test_shipped_profiles_load_with_sources() -> None:

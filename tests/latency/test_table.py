@@ -30,7 +30,7 @@ def space():  # type: ignore[no-untyped-def]
     return load_space(ROOT / EXPERIMENT)
 
 
-def _table(space, profile_dir: Path, device: str = "pixel8") -> LatencyTable:  # type: ignore[no-untyped-def]
+def _table(space, profile_dir: Path, device: str = "pixel8-cpu") -> LatencyTable:  # type: ignore[no-untyped-def]
     prof = load_profile(device, profile_dir=profile_dir)
     keys = list(dict.fromkeys(kernels(space.preset("small"), space, precision=prof.default_precision)))
     return build_estimated_table(prof, space, default_params(prof), experiment_path=EXPERIMENT, keys=keys)
@@ -40,7 +40,7 @@ def test_round_trip(dirs, space) -> None:  # type: ignore[no-untyped-def]
     profiles, tables = dirs
     table = _table(space, profiles)
     write_table(table, table_dir=tables)
-    back = load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+    back = load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
     assert back.entries.keys() == table.entries.keys()
     for key, t in table.entries.items():
         assert back.entries[key].median_ms == pytest.approx(t.median_ms, rel=1e-5)
@@ -62,7 +62,7 @@ def test_stale_fields(dirs, space, changes: dict, field: str) -> None:  # type: 
     profiles, tables = dirs
     _rewrite_meta(_table(space, profiles), tables, **changes)
     with pytest.raises(StaleTableError, match=field) as err:
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
     assert "hwnas lut build --device pixel8 --experiment experiments/snapgenpp-1024.toml --estimate" in str(err.value)
 
 
@@ -75,7 +75,7 @@ def test_stale_tvm_version_of_measured_table(dirs, space) -> None:  # type: igno
     table = dataclasses.replace(table, entries=measured)
     _rewrite_meta(table, tables, source="measured", tvm_version="0.1.0")
     with pytest.raises(StaleTableError, match="TVM version changed.*--tracker HOST:PORT"):
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
 
 
 def test_profile_edit_marks_estimated_table_stale(dirs, space) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +84,7 @@ def test_profile_edit_marks_estimated_table_stale(dirs, space) -> None:  # type:
     path = profiles / "pixel8.toml"
     path.write_text(path.read_text().replace("gflops = 414.0", "gflops = 500.0", 1))
     with pytest.raises(StaleTableError, match="profile numbers"):
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
 
 
 def test_host_table_on_other_cpu_warns(dirs, space) -> None:  # type: ignore[no-untyped-def]
@@ -99,7 +99,7 @@ def test_corrupt_csv_names_file(dirs, space) -> None:  # type: ignore[no-untyped
     csv_path, _ = write_table(_table(space, profiles), table_dir=tables)
     csv_path.write_text(csv_path.read_text()[:-40])
     with pytest.raises(CorruptTableError, match=str(csv_path)):
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
 
 
 def test_bad_row_names_line(dirs, space) -> None:  # type: ignore[no-untyped-def]
@@ -117,19 +117,19 @@ def test_bad_row_names_line(dirs, space) -> None:  # type: ignore[no-untyped-def
     meta["csv_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CorruptTableError, match="line 4.*guessed"):
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
 
 
 def test_missing_table_says_how_to_build(dirs, space) -> None:  # type: ignore[no-untyped-def]
     profiles, tables = dirs
     with pytest.raises(FileNotFoundError, match="hwnas lut build --device pixel8"):
-        load_table("pixel8", space.name, table_dir=tables, profile_dir=profiles)
+        load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
 
 
 def test_atomic_write_leaves_no_partial_file(dirs, space, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     profiles, tables = dirs
     table = _table(space, profiles)
-    csv_path, meta_path = table_paths("pixel8", space.name, table_dir=tables)
+    csv_path, meta_path = table_paths("pixel8-cpu", space.name, table_dir=tables)
 
     def boom(fd: int) -> None:
         raise OSError("disk full")
