@@ -63,7 +63,7 @@ def test_stale_fields(dirs, space, changes: dict, field: str) -> None:  # type: 
     _rewrite_meta(_table(space, profiles), tables, **changes)
     with pytest.raises(StaleTableError, match=field) as err:
         load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
-    assert "hwnas lut build --device pixel8 --experiment experiments/snapgenpp-1024.toml --estimate" in str(err.value)
+    assert "hwnas lut build --device pixel8-cpu --experiment experiments/snapgenpp-1024.toml --estimate" in str(err.value)
 
 
 @pytest.mark.skipif(tvm_version() is None, reason="apache-tvm not installed")
@@ -81,7 +81,7 @@ def test_stale_tvm_version_of_measured_table(dirs, space) -> None:  # type: igno
 def test_profile_edit_marks_estimated_table_stale(dirs, space) -> None:  # type: ignore[no-untyped-def]
     profiles, tables = dirs
     write_table(_table(space, profiles), table_dir=tables)
-    path = profiles / "pixel8.toml"
+    path = profiles / "pixel8-cpu.toml"
     path.write_text(path.read_text().replace("gflops = 414.0", "gflops = 500.0", 1))
     with pytest.raises(StaleTableError, match="profile numbers"):
         load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
