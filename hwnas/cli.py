@@ -449,5 +449,235 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
 
 
 
+# Compression: export, distill, quantize, close the loop ------------------------------------------
+
+
+def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str | None) -> SubnetConfig:
+    """`--run DIR --pick N|best` or `--config tiny|small|full|FILE.json` (exactly one way)."""
+    from hwnas.compress import resolve_pick
+
+    if (run is None) == (config is None):
+        raise click.UsageError("give --run RUN_DIR (with --pick) or --config NAME|FILE.json, not both")
+    if config is not None:
+        return _config_by_name(space, config)
+    try:
+        cfg = resolve_pick(run, pick or "best")  # type: ignore[arg-type]
+        space.validate(cfg)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return cfg
+
+
+def _pick_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--config", "config", help="tiny|small|full|largest|smallest or a SubnetConfig JSON file.")(f)
+    f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
+    f = click.option("--run", "run", type=click.Path(file_okay=False), help="A search run directory.")(f)
+    return click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")(f)
+
+
+@main.command("export")
+@_pick_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--onnx", "with_onnx", is_flag=True, help="Also write model.onnx (fp32).")
+def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str,
+               with_onnx: bool) -> None:
+    """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON)."""
+    from hwnas.compress import from_supernet, save_subdit
+
+    net = _load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
+                        + (f", search run {run} pick {pick}" if run else ""))
+    save_subdit(sub, out)
+    if with_onnx:
+        from hwnas.model import export_onnx
+
+        export_onnx(sub.dit, Path(out) / "model.onnx")
+    click.echo(json.dumps({"out": out, "config_id": cfg.id, "describe": cfg.describe(),
+                           "params": sum(p.numel() for p in sub.dit.parameters())}))
+
+
+@main.command("distill")
+@_pick_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Student updates.")
+@click.option("--student-steps", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--critic-updates", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--mode", type=click.Choice(["kdmd", "dmd", "kd"]), default="kdmd", show_default=True,
+              help="K-DMD (all terms), DMD-only or KD-only (output + feature).")
+@click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
+@click.option("--kd-teacher-steps", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, steps: int,
+                student_steps: int, batch_size: int, critic_updates: int, mode: str, no_feature: bool,
+                kd_teacher_steps: int, resume: bool, quiet: bool) -> None:
+    """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
+    from dataclasses import replace
+
+    from hwnas.compress import DistillConfig, distill, from_supernet, terms
+
+    net = _load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    if not resume and (Path(out) / "distill_state.pt").exists():
+        raise click.UsageError(f"{out} already holds a distillation; pass --resume or choose another --out")
+    try:
+        dc = terms(mode, DistillConfig(steps=steps, student_steps=student_steps, batch_size=batch_size,  # type: ignore[arg-type]
+                                       critic_updates=critic_updates, kd_teacher_steps=kd_teacher_steps))
+        if no_feature:
+            dc = replace(dc, feat_weight=0.0)
+        summary = distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(summary))
+
+
+@main.command("quantize")
+@click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="A sub-DiT dir (export/distill output).")
+@click.option("--config", "config", default="small", show_default=True,
+              help="tiny|small|full|largest|smallest or a SubnetConfig JSON file (ignored with --model).")
+@click.option("--method", type=click.Choice(["rtn", "kmeans"]), default="rtn", show_default=True)
+@click.option("--group", default=32, show_default=True, type=click.IntRange(min=1),
+              help="rtn: input channels per scale; kmeans: output rows per palette (0 = per tensor).")
+@click.option("--asymmetric", is_flag=True, help="rtn with zero points.")
+@click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")
+@click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bias/norm self-distillation steps after quantization.")
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
+@click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
+@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Write the int4 ONNX model here (rtn).")
+@click.option("--json", "as_json", is_flag=True)
+def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: str, group: int,
+                 asymmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
+                 onnx_out: str | None, as_json: bool) -> None:
+    """Weight-only int4 quantization; accuracy before/after on the quantized weights."""
+    from hwnas.compress import QuantSpec, from_supernet, load_subdit, quality_row, quantize_subdit
+    from hwnas.compress.quant import finetune_biases_norms
+    from hwnas.model import example_inputs
+
+    try:
+        if model_dir is not None:
+            sub = load_subdit(model_dir)
+        else:
+            net = _load_supernet(checkpoint)
+            sub = from_supernet(net, _config_by_name(net.space, config))
+        spec = QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, not asymmetric)  # type: ignore[arg-type]
+        qsub, q = quantize_subdit(sub, spec, mixed=mixed)
+        if finetune_steps:
+            finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
+                                  steps=finetune_steps)
+        kw = dict(metric="compositional", n=n, steps=steps, cfg_scale=cfg_scale, checkpoint=checkpoint)
+        before = quality_row(sub, sub.cfg, stage="fp32", **kw)
+        after = quality_row(qsub, sub.cfg, stage="quantized", **kw)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    result = {"config_id": sub.cfg.id, "method": method, "group": spec.group, "symmetric": spec.symmetric,
+              "mixed": mixed, "finetune_steps": finetune_steps, **q.summary(), "acc_fp32": before["value"],
+              "acc_quant": after["value"], "n": n, "steps": steps, "cfg_scale": cfg_scale}
+    if onnx_out:
+        from hwnas.compress import check_parity, export_int4_onnx
+
+        try:
+            result["onnx"] = export_int4_onnx(sub.dit, q, onnx_out)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        result["parity"] = check_parity(onnx_out, qsub.dit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{method} g{spec.group} {'sym' if spec.symmetric else 'asym'}{' mixed' if mixed else ''}: "
+               f"{result['avg_bits']:.3f} bits, {result['bytes']} B vs {result['bytes_fp16']} B fp16; "
+               f"accuracy {result['acc_fp32']:.3f} -> {result['acc_quant']:.3f} (n={n}, {steps} steps)")
+
+
+@main.command("compress")
+@_pick_options
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Default: RUN_DIR/compress/<config_id> (with --run), else runs/compress/<config_id>.")
+@click.option("--distill-steps", default=300, show_default=True, type=click.IntRange(min=1))
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--resume", is_flag=True, help="Resume the distillation in OUT/kdmd.")
+@click.option("--quiet", is_flag=True)
+def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
+                 distill_steps: int, n: int, resume: bool, quiet: bool) -> None:
+    """Close the loop for one pick: quality at 28 / 4 / K-DMD 4 / int4, predicted vs measured latency."""
+    from hwnas.compress import DistillConfig, compress_pick
+
+    net = _load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
+    try:
+        result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=DistillConfig(steps=distill_steps),
+                               n=n, resume=resume, progress=not quiet)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
+                           "latency": result["latency"]}, indent=2))
+
+
+# Search and report ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
+@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms or 1.8 (seconds).")
+@click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True,
+              help="Experiment whose LUT gives latency (the supernet gives quality on the same choices).")
+@click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
+@click.option("--steps", default=4, show_default=True, type=click.IntRange(min=1), help="Denoising steps.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
+              help="Default: the device's default precision.")
+@click.option("--resolution", type=click.IntRange(min=1), help="Image side in px (only what the experiment offers).")
+@click.option("--sampler", type=click.Choice(["nsga2", "tpe", "gp", "random"]), default="nsga2", show_default=True)
+@click.option("--trials", "n_trials", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--storage", help="Optuna storage URL (default: sqlite file study.db in the run directory).")
+@click.option("--study", "study", help="Study name (default: from device, budget, steps, precision, sampler, seed).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Local worker processes.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory (default: reports/<device>-<budget>-<date>).")
+@click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print {run_dir, best} as JSON on stdout.")
+@_profile_option
+@_table_option
+def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
+           resolution: int | None, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
+           workers: int, out: str | None, reports: str, as_json: bool, profiles: str, tables: str) -> None:
+    """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency)."""
+    from rich.console import Console
+
+    from hwnas.report import load_run, print_summary
+    from hwnas.search import SearchSettings, parse_budget_ms, run_search
+
+    try:
+        settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
+                                  checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
+                                  sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
+                                  workers=workers, profile_dir=profiles, table_dir=tables)
+        console = Console(stderr=as_json)
+        result = run_search(settings, reports_dir=reports, out=out, console=console)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"run_dir": result["run_dir"], "best": result["best"]}, indent=2))
+    else:
+        print_summary(load_run(result["run_dir"]), console)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Rebuild report.html and its figures from the files of a search run directory."""
+    from hwnas.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
