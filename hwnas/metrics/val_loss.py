@@ -1,56 +1,9 @@
-"""Validation flow-matching loss: the cheap quality signal used inside the search.
+"""The validation flow-matching loss as a quality metric (lower is better).
 
-A `ValSet` is a fixed set of (x0, noise, t, caption) built once from the validation split: image
-i is paired with t = grid[i mod len(grid)] (a fixed grid in (0, 1)) and a seeded noise, so the
-loss of a sub-DiT is deterministic and comparable across sub-DiTs. Lower is better.
+It lives with training (`hwnas.train.validation`), which logs it during a run; this module is
+where the metrics stage and the search import it from.
 """
 
-from __future__ import annotations
+from hwnas.train.validation import ValSet, make_val_set, val_loss
 
-from dataclasses import dataclass
-
-import torch
-
-from hwnas.data import make_dataset
-from hwnas.space import SubnetConfig
-from hwnas.train.flow import flow_matching_loss, interpolate
-from hwnas.train.supernet import Supernet
-
-
-@dataclass(frozen=True)
-class ValSet:
-    x0: torch.Tensor  # (N, C, H, W) in [-1, 1]
-    noise: torch.Tensor  # (N, C, H, W)
-    t: torch.Tensor  # (N,)
-    emb: torch.Tensor  # (N, L, Ct) text embeddings
-    mask: torch.Tensor  # (N, L)
-    description: str
-
-
-def make_val_set(net: Supernet, *, n: int = 64, grid: int = 8, seed: int = 0) -> ValSet:
-    """`n` validation images of the supernet's dataset on a `grid`-point t grid (t = (k + 0.5) / grid)."""
-    space = net.space
-    data = make_dataset(space.dataset, split="val", resolution=space.resolution, size=n, seed=seed)
-    x0 = torch.stack([data[i][0] for i in range(n)])
-    captions = [data[i][1] for i in range(n)]
-    g = torch.Generator().manual_seed(seed + 12345)
-    noise = torch.randn(x0.shape, generator=g)
-    t = (torch.arange(n) % grid + 0.5) / grid
-    with torch.no_grad():
-        emb, mask = net.encode(captions)
-    desc = f"flow-matching val loss, {space.dataset} val split, n={n}, t grid={grid}, seed={seed}"
-    return ValSet(x0=x0, noise=noise, t=t, emb=emb, mask=mask, description=desc)
-
-
-@torch.no_grad()
-def val_loss(net: Supernet, cfg: SubnetConfig, val: ValSet, *, batch_size: int = 64) -> float:
-    """Mean flow-matching loss of sub-DiT `cfg` over `val` (deterministic)."""
-    net.space.validate(cfg)
-    total = 0.0
-    n = len(val.t)
-    for s in range(0, n, batch_size):
-        sl = slice(s, s + batch_size)
-        xt = interpolate(val.x0[sl], val.noise[sl], val.t[sl])
-        v = net.dit(xt, val.t[sl], val.emb[sl], val.mask[sl], cfg)
-        total += flow_matching_loss(v, val.x0[sl], val.noise[sl]).item() * len(val.t[sl])
-    return total / n
+__all__ = ["ValSet", "make_val_set", "val_loss"]

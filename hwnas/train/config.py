@@ -20,7 +20,8 @@ class TrainConfig:
     `batch_size` is global (split across torchrun ranks). Each step trains the largest sub-DiT
     plus `subnets_per_step` uniformly sampled ones (and the smallest too when `sandwich`); the
     sampled ones also regress to the largest's stop-gradient velocity with `distill_weight`.
-    `dataset_size` images of the experiment's dataset are rendered once and reused.
+    `dataset_size` images of the experiment's dataset are rendered once and reused. Every
+    `val_every` steps the validation loss of the largest and smallest sub-DiT goes to val_log.csv.
     """
 
     steps: int = 4000

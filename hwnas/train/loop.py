@@ -37,6 +37,7 @@ from hwnas.train.checkpoint import (
 from hwnas.train.config import TrainConfig, load_train_config
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
 from hwnas.train.supernet import Supernet, build_supernet
+from hwnas.train.validation import make_val_set, val_loss
 
 
 class _ElasticObjective(nn.Module):
@@ -177,6 +178,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         history.append({"step": done, "loss": loss.item(), **logs, "grad_norm": grad_norm,
                         "lr": lr_at(step, tc), "wall_s": round(elapsed, 2)})
         bar(done, loss.item(), (done - start) / (time.perf_counter() - t0))
+        if rank == 0 and (done % tc.val_every == 0 or done == tc.steps):
+            _log_validation(out, net, done)
         if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps):
             _checkpoint(out, net, ema, params, opt, experiment, tc, done, elapsed, history)
     bar(None, 0.0, 0.0)
@@ -232,6 +235,26 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
 
 
 _LOG = "train_log.csv"
+_VAL_LOG = "val_log.csv"
+
+
+def _log_validation(out: Path, net: Supernet, step: int) -> None:
+    """Append the validation flow-matching loss of the largest and smallest sub-DiT (raw weights)."""
+    was_training = net.dit.training
+    net.eval()
+    val = make_val_set(net, n=64, seed=0)
+    row = {"step": step, "largest": val_loss(net, net.space.largest(), val),
+           "smallest": val_loss(net, net.space.smallest(), val)}
+    net.dit.train(was_training)
+    net.text.train(was_training)
+    path = out / _VAL_LOG
+    out.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def _write_log(out: Path, history: list[dict[str, float]]) -> None:
