@@ -1,0 +1,133 @@
+"""Close the loop for one search pick: extract -> evaluate -> K-DMD -> int4 -> ONNX -> measure.
+
+Writes `RUN_DIR/compress/<config_id>/` with the sub-DiT (`subdit/`), the distilled student
+(`kdmd/`), the int4 ONNX model (`int4.onnx`), the fp32 ONNX model (`fp32.onnx`) and
+`results.json`, which `hwnas report` renders:
+
+    {"config_id", "quality_rows": [{"stage", "metric", "value", "n", "steps", "source"}],
+     "latency": {"device", "precision", "predicted_ms", "measured_ms", "how"}, ...}
+
+Quality rows: the sub-DiT at 28 steps with CFG (56 DiT evaluations per image), the same sub-DiT
+at 4 steps with CFG (before distillation, 8 evaluations), the K-DMD student at 4 steps without
+CFG (4 evaluations), and that student with its int4 weights (dequantized, as the int4 runtime
+runs them). Latency: the host LUT's prediction (`latency_tables/host/<experiment>.csv`) against
+the TVM-compiled whole step (`hwnas.latency.bench.time_subnet_tvm`); where either is missing the
+field is null and `how` says why, and onnxruntime fp32/int4 timings are reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwnas.compress.distill import DistillConfig, distill
+from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
+from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
+from hwnas.compress.quant import QuantSpec, layer_sensitivity, mixed_bits, quantize_model, quantized_model
+from hwnas.metrics.evaluate import evaluate
+from hwnas.model import example_inputs, export_onnx
+from hwnas.space import SubnetConfig
+from hwnas.train.checkpoint import write_json_atomic
+from hwnas.train.supernet import Supernet
+
+
+def quality_row(model: Any, cfg: SubnetConfig, *, stage: str, metric: str, n: int, steps: int,
+                cfg_scale: float, checkpoint: str | Path | None, seed: int = 0) -> dict[str, Any] | None:
+    """One `quality_rows` entry, or None where the metric is unavailable (fd_ref weights missing)."""
+    try:
+        res = evaluate(model, cfg, metric=metric, n=n, steps=steps, cfg_scale=cfg_scale, seed=seed,  # type: ignore[arg-type]
+                       checkpoint=checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        if metric == "fd_ref":
+            return None
+        raise ValueError(f"{stage}: {exc}") from None
+    evals = steps * (2 if cfg_scale != 1.0 else 1)
+    return {"stage": stage, "metric": metric, "value": float(res["value"]), "n": n, "steps": steps,
+            "source": f"{res['source']}; {evals} DiT evaluations per image"}
+
+
+def quantize_subdit(model: SubDiT, spec: QuantSpec, *, mixed: bool = False, extra_bits: float = 0.3,
+                    seed: int = 0) -> tuple[SubDiT, Any]:
+    """int4 (or mixed 4/8-bit by measured sensitivity) copy of `model`; returns (model, QuantizedModel)."""
+    dit = model.dit.eval()
+    bits = None
+    if mixed:
+        inputs = example_inputs(model.space, batch=8, seed=seed)
+        sens = layer_sensitivity(dit, spec, lambda m: m(*inputs))
+        bits = mixed_bits(dit, spec, sens, extra_bits=extra_bits)
+    q = quantize_model(dit, spec, bits=bits)
+    return model.with_dit(quantized_model(dit, q).eval(), quant=q.summary()), q
+
+
+def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") -> dict[str, Any]:
+    """Host LUT prediction vs TVM-measured step latency (ms, batch 1); nulls with reasons."""
+    how: list[str] = []
+    predicted = measured = None
+    try:
+        from hwnas.latency import load_table, predict_latency_ms
+
+        table = load_table("host", experiment)
+        predicted = predict_latency_ms(model.cfg, table, steps=1, precision=precision,  # type: ignore[arg-type]
+                                       space=model.space).step_ms
+        how.append(f"predicted: host LUT latency_tables/host/{experiment}.csv, {precision}, one step")
+    except Exception as exc:  # missing table or kernel: say so, never invent a number
+        how.append(f"predicted: unavailable ({type(exc).__name__}: {str(exc)[:160]})")
+    try:
+        from hwnas.latency import load_profile
+        from hwnas.latency.bench import time_subnet_tvm
+
+        timing = time_subnet_tvm(model.dit, profile=load_profile("host"), batch=1)
+        measured = float(timing.median_ms)
+        how.append(f"measured: TVM-compiled whole step on host (median of {timing.n}), fp32")
+    except Exception as exc:
+        how.append(f"measured (TVM): unavailable ({type(exc).__name__}: {str(exc)[:160]})")
+    return {"device": "host", "precision": precision, "predicted_ms": predicted, "measured_ms": measured,
+            "how": "; ".join(how)}
+
+
+def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
+                  dc: DistillConfig | None = None, spec: QuantSpec | None = None, mixed: bool = True,
+                  n: int = 100, teacher_steps: int = 28, cfg_scale: float = 4.0, resume: bool = False,
+                  progress: bool = True, threads: int = 1) -> dict[str, Any]:
+    """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content."""
+    out = Path(out)
+    start = time.perf_counter()
+    dc = dc or DistillConfig()
+    spec = spec or QuantSpec("rtn", 4, 32, True)
+    sub = from_supernet(net, cfg, source=f"extracted from {checkpoint or 'the shipped proxy supernet'}")
+    save_subdit(sub, out / "subdit")
+    rows: list[dict[str, Any] | None] = []
+    for metric in ("compositional", "fd_ref"):
+        rows.append(quality_row(sub, cfg, stage=f"teacher {teacher_steps} steps", metric=metric, n=n,
+                                steps=teacher_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
+        rows.append(quality_row(sub, cfg, stage=f"student {dc.student_steps} steps (before distillation)",
+                                metric=metric, n=n, steps=dc.student_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
+    student = from_supernet(net, cfg)
+    summary = distill(net, student, out=out / "kdmd", dc=dc, resume=resume, progress=progress)
+    quant_student, q = quantize_subdit(student, spec, mixed=mixed)
+    for metric in ("compositional", "fd_ref"):
+        rows.append(quality_row(student, cfg, stage=f"K-DMD {dc.student_steps} steps", metric=metric, n=n,
+                                steps=dc.student_steps, cfg_scale=1.0, checkpoint=checkpoint))
+        rows.append(quality_row(quant_student, cfg, stage=f"K-DMD {dc.student_steps} steps + int4", metric=metric,
+                                n=n, steps=dc.student_steps, cfg_scale=1.0, checkpoint=checkpoint))
+    int4 = export_int4_onnx(student.dit, q, out / "int4.onnx")
+    parity = check_parity(out / "int4.onnx", quant_student.dit, threads=threads)
+    export_onnx(student.dit, out / "fp32.onnx")
+    ort_fp32 = time_onnx(out / "fp32.onnx", student.dit, threads=threads)
+    ort_int4 = time_onnx(out / "int4.onnx", student.dit, threads=threads)
+    result = {
+        "config_id": cfg.id, "config": cfg.to_dict(), "describe": cfg.describe(),
+        "quality_rows": [r for r in rows if r is not None],
+        "latency": measure_latency(student, experiment=net.space.name),
+        "runtime": {"onnxruntime_fp32": ort_fp32, "onnxruntime_int4": ort_int4,
+                    "int4_over_fp32": ort_int4["median_ms"] / ort_fp32["median_ms"], "parity": parity,
+                    "int4_file_bytes": int4["file_bytes"], "fp32_file_bytes": (out / "fp32.onnx").stat().st_size},
+        "quant": {**q.summary(), "method": spec.method, "group": spec.group, "symmetric": spec.symmetric,
+                  "mixed": mixed},
+        "distill": summary, "wall_s": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(out / "results.json", result)
+    return result

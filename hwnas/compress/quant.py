@@ -1,0 +1,340 @@
+"""Weight-only int4 quantization of a static sub-DiT: packed storage, dequantized quality.
+
+Two methods, both per `nn.Linear` weight `(N out, K in)`:
+
+- **rtn**: group-wise round-to-nearest along K (groups of `group` input channels), symmetric or
+  asymmetric, in the exact layout of onnxruntime's `MatMulNBits` (com.microsoft): unsigned codes
+  `q`, dequantized as `(q - zp) * scale`; symmetric groups have the implicit zero point 2^(bits-1)
+  and `scale = w_absmax_signed / -2^(bits-1)` (what onnxruntime's own quantizer does, so the
+  largest-magnitude weight is exact). K is padded with zero-codes to whole blocks, and the padding
+  is counted in the bytes.
+- **kmeans**: palettization (SnapGen++ section 5; Core ML's `OpPalettizerConfig(mode="kmeans")`):
+  one 2^bits-entry fp16 palette per `group` output rows (per tensor when `group` is None), codes
+  are palette indices; 1-D Lloyd k-means from quantile initialisation.
+
+Mixed precision (SnapGen++): each Linear's sensitivity is the MSE of the model output with that
+layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to 8 bits until the
+average bits rise by `mixed_extra_bits`. Everything that is not a Linear weight (convs, biases,
+norms, adaLN tables) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
+
+PyTorch quality uses the dequantized weights from the packed codes (`quantized_model`), which
+are the weights the int4 ONNX model (`hwnas.compress.onnx_int4`) runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+Method = Literal["rtn", "kmeans"]
+Bits = Literal[4, 8]
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
+    palette (kmeans; None = one palette per tensor)."""
+
+    method: Method = "rtn"
+    bits: Bits = 4
+    group: int | None = 32
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("rtn", "kmeans"):
+            raise ValueError(f"method must be 'rtn' or 'kmeans', got {self.method!r}")
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {self.bits!r}")
+        if self.method == "rtn" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
+            raise ValueError(f"rtn needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
+        if self.group is not None and self.group < 1:
+            raise ValueError(f"group must be positive, got {self.group!r}")
+
+
+@dataclass
+class PackedWeight:
+    """A quantized `(N, K)` weight in its storage format.
+
+    rtn: `codes` uint8 `(N, blocks, block * bits / 8)` (MatMulNBits `B`, low nibble first),
+    `scales` fp16 `(N, blocks)`, `zero_points` uint8 `(N, blocks)` unpacked (None if symmetric).
+    kmeans: `codes` uint8 `(N * K * bits / 8,)` packed indices, `palette` fp16 `(palettes, 2^bits)`.
+    """
+
+    spec: QuantSpec
+    shape: tuple[int, int]
+    block: int
+    codes: np.ndarray
+    scales: np.ndarray | None = None
+    zero_points: np.ndarray | None = None
+    palette: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Storage bytes: codes + fp16 scales + 4/8-bit zero points + fp16 palettes."""
+        total = self.codes.nbytes
+        if self.scales is not None:
+            total += self.scales.size * 2
+        if self.zero_points is not None:
+            total += math.ceil(self.zero_points.size * self.spec.bits / 8)
+        if self.palette is not None:
+            total += self.palette.size * 2
+        return total
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    def unpacked_codes(self) -> np.ndarray:
+        """Integer codes `(N, K_padded)` (rtn) or `(N, K)` (kmeans)."""
+        n, k = self.shape
+        if self.spec.method == "rtn":
+            q = unpack(self.codes.reshape(n, -1), self.spec.bits)  # (N, blocks * block)
+            return q
+        return unpack(self.codes, self.spec.bits)[: n * k].reshape(n, k)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 weight `(N, K)` these codes stand for."""
+        n, k = self.shape
+        q = self.unpacked_codes().astype(np.float32)
+        if self.spec.method == "rtn":
+            blocks = q.shape[1] // self.block
+            q = q.reshape(n, blocks, self.block)
+            zp = (self.zero_points.astype(np.float32) if self.zero_points is not None
+                  else np.full((n, blocks), 2 ** (self.spec.bits - 1), np.float32))
+            w = (q - zp[..., None]) * self.scales.astype(np.float32)[..., None]  # (N, blocks, block)
+            return torch.from_numpy(w.reshape(n, -1)[:, :k].copy())
+        rows_per = n if self.spec.group is None else self.spec.group
+        pal = self.palette.astype(np.float32)[np.arange(n) // rows_per]  # (N, levels)
+        return torch.from_numpy(np.take_along_axis(pal, q.astype(np.int64), axis=1))
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned codes (last axis even for 4 bits) into bytes, low nibble first."""
+    codes = codes.astype(np.uint8)
+    if bits == 8:
+        return codes
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
+    return (codes[..., 0::2] & 0xF) | ((codes[..., 1::2] & 0xF) << 4)
+
+
+def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of `pack` (4-bit output has twice the last axis)."""
+    if bits == 8:
+        return packed.astype(np.uint8)
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), np.uint8)
+    out[..., 0::2] = packed & 0xF
+    out[..., 1::2] = packed >> 4
+    return out
+
+
+def block_size(k: int, group: int) -> int:
+    """MatMulNBits block for K input channels: the largest power of two in [16, group] dividing
+    K; otherwise the smallest power of two >= min(K, 16) capped at `group`, K zero-padded."""
+    b = group
+    while b >= 16:
+        if k % b == 0:
+            return b
+        b //= 2
+    return min(group, max(16, 1 << (k - 1).bit_length()))
+
+
+def quantize_rtn(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
+    """Group-wise round-to-nearest of `w (N, K)` in MatMulNBits layout (see module docstring)."""
+    n, k = w.shape
+    bs = block_size(k, spec.group or 32)
+    blocks = math.ceil(k / bs)
+    wp = torch.zeros(n, blocks * bs, dtype=torch.float64)
+    wp[:, :k] = w.detach().double()
+    g = wp.view(n, blocks, bs)  # (N, blocks, bs)
+    levels = 2**spec.bits
+    if spec.symmetric:
+        idx = g.abs().argmax(dim=-1, keepdim=True)
+        vmax = torch.gather(g, -1, idx).squeeze(-1)  # signed value of largest magnitude
+        scale = (vmax / -(levels // 2)).half().double()
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.full_like(scale, levels // 2)
+    else:
+        lo, hi = g.min(dim=-1).values, g.max(dim=-1).values
+        scale = ((hi - lo) / (levels - 1)).half().double()
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.round(-lo / scale).clamp(0, levels - 1)
+    q = torch.round(g / scale[..., None]) + zp[..., None]
+    q = q.clamp(0, levels - 1).to(torch.uint8).numpy()  # (N, blocks, bs); padding -> zp (exact 0)
+    return PackedWeight(spec=spec, shape=(n, k), block=bs, codes=pack(q, spec.bits),
+                        scales=scale.numpy().astype(np.float16),
+                        zero_points=None if spec.symmetric else zp.numpy().astype(np.uint8))
+
+
+def kmeans_1d(values: np.ndarray, levels: int, *, iters: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on scalars from quantile initialisation: (centroids (levels,), labels).
+    Centroids are unique (empty clusters are re-seeded at the worst-fit value)."""
+    x = values.astype(np.float64).ravel()
+    c = np.quantile(x, (np.arange(levels) + 0.5) / levels)
+    for _ in range(iters):
+        c = np.unique(c)
+        while len(c) < levels:  # re-seed at the value farthest from its centroid
+            far = np.abs(x[:, None] - c[None]).min(axis=1).argmax()
+            c = np.unique(np.append(c, x[far] if x[far] not in c else x[far] + 1e-6 * (1 + abs(x[far]))))
+        c = np.sort(c)
+        bounds = (c[1:] + c[:-1]) / 2
+        labels = np.searchsorted(bounds, x)
+        sums = np.bincount(labels, weights=x, minlength=levels)
+        counts = np.bincount(labels, minlength=levels)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        if np.allclose(new, c):
+            break
+        c = new
+    c16 = np.sort(np.unique(c.astype(np.float16)))
+    while len(c16) < levels:  # fp16 rounding merged two levels: spread them apart again
+        c16 = np.sort(np.unique(np.append(c16, np.nextafter(c16[-1], np.float16(np.inf)))))
+    bounds = (c16[1:].astype(np.float64) + c16[:-1]) / 2
+    return c16, np.searchsorted(bounds, x)
+
+
+def quantize_kmeans(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
+    """Palettize `w (N, K)`: one 2^bits-level fp16 palette per `spec.group` rows (or the tensor)."""
+    n, k = w.shape
+    rows = n if spec.group is None else spec.group
+    arr = w.detach().double().numpy()
+    levels = 2**spec.bits
+    palettes, codes = [], np.empty((n, k), np.uint8)
+    for r0 in range(0, n, rows):
+        part = arr[r0:r0 + rows]
+        c, labels = kmeans_1d(part, min(levels, part.size))
+        if len(c) < levels:
+            c = np.concatenate([c, np.full(levels - len(c), c[-1], np.float16)])
+        palettes.append(c)
+        codes[r0:r0 + rows] = labels.reshape(part.shape)
+    return PackedWeight(spec=spec, shape=(n, k), block=0, codes=pack(codes.ravel(), spec.bits),
+                        palette=np.stack(palettes).astype(np.float16))
+
+
+def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
+    return quantize_rtn(w, spec) if spec.method == "rtn" else quantize_kmeans(w, spec)
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The quantization targets: every `nn.Linear` of the model, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+@dataclass
+class QuantizedModel:
+    """Packed Linear weights of a model plus the size accounting."""
+
+    packed: dict[str, PackedWeight]
+    bytes: int
+    bytes_fp16: int
+    avg_bits: float
+    avg_bits_all: float
+    bits: dict[str, int]
+
+    def summary(self) -> dict[str, float | int]:
+        return {"avg_bits": round(self.avg_bits, 4), "avg_bits_all": round(self.avg_bits_all, 4),
+                "bytes": self.bytes, "bytes_fp16": self.bytes_fp16,
+                "compression_vs_fp16": round(self.bytes_fp16 / self.bytes, 3),
+                "layers_8bit": sorted(k for k, b in self.bits.items() if b == 8),
+                "layers": len(self.packed)}
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | None = None) -> QuantizedModel:
+    """Quantize every Linear weight of `model` with `spec` (bits per layer from `bits` where given).
+
+    `avg_bits` is over the Linear weights (codes + scales/zero points/palettes); `avg_bits_all`
+    over every parameter, the rest counted at 16 bits; `bytes` is the whole model so stored.
+    """
+    layers = linear_layers(model)
+    chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
+    packed = {name: quantize_weight(m.weight, QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))  # type: ignore[arg-type]
+              for name, m in layers.items()}
+    weight_ids = {id(m.weight) for m in layers.values()}
+    total = sum(p.numel() for p in model.parameters())
+    other = sum(p.numel() for p in model.parameters() if id(p) not in weight_ids)
+    lin_params = total - other
+    lin_bytes = sum(p.nbytes for p in packed.values())
+    nbytes = lin_bytes + 2 * other
+    return QuantizedModel(packed=packed, bytes=nbytes, bytes_fp16=2 * total, avg_bits=8 * lin_bytes / lin_params,
+                          avg_bits_all=8 * nbytes / total, bits=chosen)
+
+
+@torch.no_grad()
+def quantized_model(model: nn.Module, q: QuantizedModel) -> nn.Module:
+    """A copy of `model` whose Linear weights are the dequantized packed weights and whose other
+    parameters are rounded to fp16 (as stored), in fp32 for PyTorch."""
+    out = copy.deepcopy(model)
+    for p in out.parameters():
+        p.copy_(p.half().float())
+    for name, m in linear_layers(out).items():
+        m.weight.copy_(q.packed[name].dequantize().to(m.weight.dtype))
+    return out
+
+
+OutputFn = Callable[[nn.Module], torch.Tensor]
+
+
+@torch.no_grad()
+def layer_sensitivity(model: nn.Module, spec: QuantSpec, output: OutputFn) -> dict[str, float]:
+    """Output MSE of `output(model)` with each Linear alone quantized to `spec` (SnapGen++)."""
+    ref = output(model)
+    out: dict[str, float] = {}
+    for name, m in linear_layers(model).items():
+        saved = m.weight.detach().clone()
+        m.weight.copy_(quantize_weight(saved, spec).dequantize().to(saved.dtype))
+        out[name] = float(torch.mean((output(model) - ref) ** 2))
+        m.weight.copy_(saved)
+    return out
+
+
+def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float], *,
+               extra_bits: float = 0.3) -> dict[str, int]:
+    """4 bits everywhere, then 8 bits for the layers with the highest sensitivity per added bit
+    while the average over Linear weights rises by at most `extra_bits` (SnapGen++: 4 -> 4.3)."""
+    layers = linear_layers(model)
+    params = {n: m.weight.numel() for n, m in layers.items()}
+    total = sum(params.values())
+    bits = {n: 4 for n in layers}
+    cost4 = {n: quantize_weight(m.weight, spec).nbytes for n, m in layers.items()}
+    spec8 = QuantSpec(spec.method, 8, spec.group, spec.symmetric)
+    cost8 = {n: quantize_weight(m.weight, spec8).nbytes for n, m in layers.items()}
+    budget = extra_bits * total / 8  # bytes
+    order = sorted(layers, key=lambda n: -sensitivity[n] / max(cost8[n] - cost4[n], 1))
+    used = 0.0
+    for name in order:
+        extra = cost8[name] - cost4[name]
+        if sensitivity[name] > 0 and used + extra <= budget:
+            bits[name], used = 8, used + extra
+    return bits
+
+
+def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Callable[[int], tuple], *,
+                          steps: int = 100, lr: float = 1e-4) -> list[float]:
+    """Self-distillation after quantization (SnapGen++): train only biases, norm affines and
+    adaLN tables of the dequantized `student` to match the fp32 `teacher`'s output on
+    `batches(i)` (model inputs); Linear/conv weights stay frozen. Returns the loss per step."""
+    weights = {id(m.weight) for m in student.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))}
+    train = [p for p in student.parameters() if id(p) not in weights]
+    for p in student.parameters():
+        p.requires_grad_(id(p) not in weights)
+    opt = torch.optim.Adam(train, lr=lr)
+    losses = []
+    for i in range(steps):
+        inputs = batches(i)
+        with torch.no_grad():
+            target = teacher(*inputs)
+        loss = torch.mean((student(*inputs) - target) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        for p in train:
+            p.copy_(p.half().float())  # stored as fp16
+    student.requires_grad_(False)
+    return losses

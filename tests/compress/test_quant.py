@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hwnas.compress.quant import (
+    QuantSpec, block_size, finetune_biases_norms, layer_sensitivity, mixed_bits, pack, quantize_kmeans,
+    quantize_model, quantize_rtn, quantized_model, unpack,
+)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shape", [(48, 256), (16, 24), (8, 96)])
+def test_rtn_error_is_bounded_by_the_step(group: int, symmetric: bool, shape: tuple[int, int]) -> None:
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    pw = quantize_rtn(w, QuantSpec("rtn", 4, group, symmetric))
+    err = (pw.dequantize() - w).abs()  # (N, K)
+    n, k = shape
+    step = torch.from_numpy(pw.scales.astype(np.float32)).abs().repeat_interleave(pw.block, dim=1)[:, :k]
+    assert torch.all(err <= step * 1.001)  # one level at worst (the clipped top code)
+    assert float((err / step).mean()) < 0.3  # round-to-nearest: about a quarter step on average
+    assert pw.codes.dtype == np.uint8 and pw.codes.shape == (n, -(-k // pw.block), pw.block // 2)
+
+
+def test_symmetric_keeps_the_largest_weight_exact() -> None:
+    w = torch.randn(4, 32, generator=torch.Generator().manual_seed(2))
+    deq = quantize_rtn(w, QuantSpec("rtn", 4, 32, True)).dequantize()
+    idx = w.abs().argmax(dim=1)
+    assert torch.allclose(deq[torch.arange(4), idx], w[torch.arange(4), idx].half().float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("k,group,expected", [(32, 128, 32), (96, 128, 32), (256, 128, 128), (24, 128, 32), (64, 16, 16)])
+def test_block_size(k: int, group: int, expected: int) -> None:
+    assert block_size(k, group) == expected
+
+
+@pytest.mark.parametrize("length", [2, 7, 64])
+def test_pack_round_trip(length: int) -> None:
+    codes = np.random.default_rng(0).integers(0, 16, size=(3, length)).astype(np.uint8)
+    packed = pack(codes, 4)
+    assert packed.shape == (3, (length + 1) // 2)
+    assert np.array_equal(unpack(packed, 4)[:, :length], codes)
+    assert np.array_equal(unpack(pack(codes * 16, 8), 8), codes * 16)
+
+
+def test_rtn_bytes_and_packed_codes() -> None:
+    w = torch.randn(64, 64)
+    pw = quantize_rtn(w, QuantSpec("rtn", 4, 32, True))
+    assert pw.nbytes == 64 * 64 // 2 + 64 * 2 * 2  # codes + one fp16 scale per 32 weights
+    assert pw.bits_per_weight == pytest.approx(4.5)
+    asym = quantize_rtn(w, QuantSpec("rtn", 4, 32, False))
+    assert asym.nbytes == pw.nbytes + 64 * 2 // 2  # + 4-bit zero points
+
+
+@pytest.mark.parametrize("group", [None, 8])
+def test_kmeans_has_exactly_16_levels(group: int | None) -> None:
+    w = torch.randn(32, 40, generator=torch.Generator().manual_seed(3))
+    pw = quantize_kmeans(w, QuantSpec("kmeans", 4, group))
+    deq = pw.dequantize()
+    rows = 32 if group is None else group
+    for r0 in range(0, 32, rows):
+        assert len(torch.unique(deq[r0:r0 + rows])) == 16
+    assert pw.palette.shape == (32 // rows, 16)
+    assert float((deq - w).abs().mean()) < 0.15
+    assert np.array_equal(pw.unpacked_codes().max(), 15)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 32))
+
+
+def test_mixed_precision_average_bits() -> None:
+    model = _mlp()
+    spec = QuantSpec("rtn", 4, 32, True)
+    x = torch.randn(16, 64)
+    sens = layer_sensitivity(model, spec, lambda m: m(x))
+    assert set(sens) == {"0", "2", "4"} and all(v > 0 for v in sens.values())
+    base = quantize_model(model, spec)
+    bits = mixed_bits(model, spec, sens, extra_bits=0.5)
+    mixed = quantize_model(model, spec, bits=bits)
+    assert 8 in bits.values() and 4 in bits.values()
+    assert base.avg_bits < mixed.avg_bits <= base.avg_bits + 0.5 + 1e-9
+    lin = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    assert mixed.avg_bits == pytest.approx(8 * sum(p.nbytes for p in mixed.packed.values()) / lin)
+    assert mixed.bytes_fp16 == 2 * sum(p.numel() for p in model.parameters())
+    assert mixed.avg_bits_all > mixed.avg_bits  # biases counted at 16 bits
+
+
+def test_quantized_model_uses_the_packed_weights_and_finetune_moves_only_biases() -> None:
+    model = _mlp()
+    q = quantize_model(model, QuantSpec("rtn", 4, 32, False))
+    qm = quantized_model(model, q)
+    assert torch.equal(qm[0].weight, q.packed["0"].dequantize())
+    weight = qm[2].weight.clone()
+    bias = qm[2].bias.clone()
+    losses = finetune_biases_norms(qm, model, lambda i: (torch.randn(16, 64, generator=torch.Generator().manual_seed(i)),),
+                                   steps=30, lr=1e-3)
+    assert torch.equal(qm[2].weight, weight) and not torch.equal(qm[2].bias, bias)
+    assert losses[-1] < losses[0]
