@@ -8,6 +8,7 @@ exit code 2 (`click.UsageError`), never a traceback.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -413,9 +414,21 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
         if not host or not port.isdigit():
             raise click.UsageError(f"--tracker must be HOST:PORT, got {tracker!r}")
     if not estimate:
-        raise click.UsageError(
-            "measured LUT builds need the TVM block benchmark (hwnas.latency.bench), which this version does not "
-            "have yet; use --estimate for a roofline-estimated table")
+        from hwnas.latency.bench import TrackerError
+        from hwnas.latency.build import DeviceDroppedError, build_measured_table
+
+        if precisions and set(precisions) != {"fp32"}:
+            raise click.UsageError(f"measured builds time fp32 kernels only, got --precision {list(precisions)}")
+        try:
+            rep = build_measured_table(prof, sp, experiment_path=experiment, table_dir=_repo_path(tables),
+                                       tracker=tracker, rpc_key=rpc_key)
+        except (TrackerError, DeviceDroppedError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        if rep.note:
+            click.echo(rep.note)
+        click.echo(f"wrote {rep.paths[0]} ({len(rep.table.entries)} kernels; measured {rep.measured} now, kept "
+                   f"{rep.kept}) in {rep.wall_s:.0f} s")
+        return
     if tracker is not None or rpc_key is not None:
         raise click.UsageError("--tracker/--key are for measured builds; an --estimate build needs no device")
     bad = [p for p in precisions if p not in prof.peak_gflops]
@@ -446,6 +459,57 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
     click.echo(f"wrote {csv_path} ({len(table.entries)} kernels, {', '.join(table.meta.precisions)}; estimated)")
     click.echo(f"      {meta_path}")
     click.echo(f"calibration: {table.meta.calibration}")
+
+
+@lut.command("validate")
+@click.option("--device", required=True, help="Device profile name (a measured table on this machine).")
+@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True)
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2), help="Held-out sub-DiTs.")
+@click.option("--calibration", "n_calibration", default=20, show_default=True, type=click.IntRange(min=2),
+              help="Separate sub-DiTs the correction and the FLOPs baseline are fitted on.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--noise-repeats", "noise_repeats", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Time one sub-DiT this many times for the noise floor (0: skip).")
+@click.option("--cache", "cache", type=click.Path(dir_okay=False),
+              help="JSON-lines file of measured sub-DiTs, reused on a rerun (resume).")
+@click.option("--write-correction", "write_correction", is_flag=True,
+              help="Store the fitted correction in the table's sidecar (used by `predict --correct`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON report.")
+@_profile_option
+@_table_option
+def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed: int, noise_repeats: int,
+                 cache: str | None, write_correction: bool, as_json: bool, profiles: str, tables: str) -> None:
+    """Predicted vs measured whole-step latency of held-out random sub-DiTs (compiled with TVM)."""
+    from hwnas.latency import MissingKernelError, load_table
+    from hwnas.latency import validate as val
+
+    prof = _load_profile(device, profiles)
+    sp = _load_space(experiment)
+    if not prof.local:
+        raise click.UsageError(f"device {prof.name!r} is not this machine; validation runs locally")
+    try:
+        table = load_table(prof, sp.name, table_dir=_repo_path(tables))
+        report = val.validate_table(table, sp, prof, n=n, seed=seed, n_calibration=n_calibration,
+                                    noise_repeats=noise_repeats, cache=cache)
+    except (FileNotFoundError, ValueError, MissingKernelError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if write_correction:
+        c = report["corrected"]
+        val.write_correction(table, a=c["a"], b_ms=c["b_ms"], table_dir=_repo_path(tables),
+                             source=f"measured: hwnas lut validate --seed {seed}, least squares on "
+                                    f"{report['n_calibration']} calibration sub-DiTs disjoint from the held-out ones")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, r in (("LUT", report), ("LUT corrected", report["corrected"]), ("FLOPs-linear", report["baseline"])):
+        click.echo(f"{name:14s} n {r['n']}  within 5% {r['within_5pct']:.0%}  within 10% {r['within_10pct']:.0%}  "
+                   f"MAPE {r['mape']:.1f}%  max {r['max_abs_pct']:.1f}%  bias {r['bias_pct']:+.1f}%  "
+                   f"spearman {r['spearman']:.3f}  kendall {r['kendall']:.3f}  "
+                   f"false-feasible {r['false_feasible_rate']:.0%} at {r['budget_ms']:.2f} ms")
+    if "noise_floor" in report:
+        nf = report["noise_floor"]
+        click.echo(f"noise floor    same sub-DiT x{nf['times']}: CV {nf['cv']:.1%}, max {nf['max_abs_pct']:.1f}% "
+                   f"from the median")
 
 
 
@@ -539,7 +603,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 @click.option("--config", "config", default="small", show_default=True,
               help="tiny|small|full|largest|smallest or a SubnetConfig JSON file (ignored with --model).")
 @click.option("--method", type=click.Choice(["rtn", "kmeans"]), default="rtn", show_default=True)
-@click.option("--group", default=32, show_default=True, type=click.IntRange(min=1),
+@click.option("--group", default=32, show_default=True, type=click.IntRange(min=0),
               help="rtn: input channels per scale; kmeans: output rows per palette (0 = per tensor).")
 @click.option("--asymmetric", is_flag=True, help="rtn with zero points.")
 @click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")
@@ -632,11 +696,12 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
               help="Default: the device's default precision.")
 @click.option("--resolution", type=click.IntRange(min=1), help="Image side in px (only what the experiment offers).")
 @click.option("--sampler", type=click.Choice(["nsga2", "tpe", "gp", "random"]), default="nsga2", show_default=True)
-@click.option("--trials", "n_trials", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--trials", "n_trials", default=96, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--storage", help="Optuna storage URL (default: sqlite file study.db in the run directory).")
 @click.option("--study", "study", help="Study name (default: from device, budget, steps, precision, sampler, seed).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Local worker processes.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads per worker.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory (default: reports/<device>-<budget>-<date>).")
 @click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print {run_dir, best} as JSON on stdout.")
@@ -644,10 +709,12 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
            resolution: int | None, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
-           workers: int, out: str | None, reports: str, as_json: bool, profiles: str, tables: str) -> None:
+           workers: int, threads: int, out: str | None, reports: str, as_json: bool, profiles: str,
+           tables: str) -> None:
     """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency)."""
     from rich.console import Console
 
+    from hwnas.latency import MissingKernelError
     from hwnas.report import load_run, print_summary
     from hwnas.search import SearchSettings, parse_budget_ms, run_search
 
@@ -655,10 +722,10 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
-                                  workers=workers, profile_dir=profiles, table_dir=tables)
-        console = Console(stderr=as_json)
+                                  workers=workers, threads=threads, profile_dir=profiles, table_dir=tables)
+        console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
         result = run_search(settings, reports_dir=reports, out=out, console=console)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"run_dir": result["run_dir"], "best": result["best"]}, indent=2))

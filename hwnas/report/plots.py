@@ -1,0 +1,92 @@
+"""Matplotlib figures of a run (drawn from `RunData`'s DataFrames; Agg backend, PNG files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.report.frames import RunData, breakdown_frame
+
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(data: RunData, path: Path) -> Path:
+    """Quality (val loss) vs predicted latency: all trials, the Pareto front, the budget line, the presets.
+
+    Filled markers are measured latencies, hollow ones estimated; over-budget trials (quality not
+    evaluated) are ticks along the bottom.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    t = data.trials
+    ev = t[t["quality_evaluated"]]
+    for source, sub in ev.groupby("latency_source"):
+        filled = source == "measured"
+        ax.scatter(sub["latency_ms"], sub["quality"], s=22, marker="o",
+                   facecolors="tab:blue" if filled else "none", edgecolors="tab:blue", alpha=0.7,
+                   label=f"trials ({source} latency)")
+    p = data.pareto
+    if len(p):
+        ax.step(p["latency_ms"], p["quality"], where="post", color="tab:red", lw=1.5)
+        ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3, label="Pareto picks")
+        for _, r in p.iterrows():
+            ax.annotate(str(int(r["pick"])), (r["latency_ms"], r["quality"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="tab:red")
+    pr = data.presets
+    if len(pr):
+        for _, r in pr.iterrows():
+            ax.scatter([r["latency_ms"]], [r["quality"]], marker="*", s=140, color="tab:green", zorder=4,
+                       edgecolors="black", linewidths=0.5)
+            ax.annotate(str(r["name"]), (r["latency_ms"], r["quality"]), textcoords="offset points",
+                        xytext=(5, -10), fontsize=8, color="darkgreen")
+        ax.scatter([], [], marker="*", s=140, color="tab:green", edgecolors="black", label="presets (reference)")
+    over = t[~t["quality_evaluated"]]
+    if len(over):
+        ax.plot(over["latency_ms"], np.zeros(len(over)), "|", color="grey", ms=10, alpha=0.6,
+                transform=ax.get_xaxis_transform(), label=f"over budget, not evaluated ({len(over)})")
+    ax.axvline(data.budget_ms, color="black", ls="--", lw=1.2, label=f"budget {data.budget_ms:g} ms")
+    s = data.settings
+    ax.set_xlabel(f"predicted latency on {s['device']} (ms, {s['steps']} steps, {s['precision']}, "
+                  f"{s['latency_table_source']} LUT)")
+    ax.set_ylabel(f"val loss on {s['proxy_experiment']} (lower is better)")
+    ax.set_title(f"{s['experiment_name']} sub-DiTs on {s['device']}: quality vs latency")
+    ax.set_xscale("log")  # the presets can be several times the budget
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_breakdown(data: RunData, path: Path) -> Path:
+    """Stacked horizontal bars: where each Pareto pick's end-to-end latency goes."""
+    plt = _plt()
+    bd = breakdown_frame(data)
+    fig, ax = plt.subplots(figsize=(8.0, 2.0 + 0.35 * max(len(bd), 1)))
+    if len(bd):
+        parts = bd.drop(columns=["config_id"])
+        left = np.zeros(len(parts))
+        cmap = plt.get_cmap("tab20")
+        for i, col in enumerate(parts.columns):
+            ax.barh([f"pick {k}" for k in parts.index], parts[col], left=left, color=cmap(i % 20), label=col)
+            left += parts[col].to_numpy()
+        ax.axvline(data.budget_ms, color="black", ls="--", lw=1.2, label="budget")
+        ax.invert_yaxis()
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, frameon=False)
+    ax.set_xlabel(f"predicted latency (ms) on {data.settings['device']}, {data.settings['latency_table_source']}")
+    ax.set_title("latency breakdown of the Pareto picks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,26 @@
+"""Hardware-aware search: Optuna, constrained multi-objective (proxy val loss, predicted latency <= budget).
+
+    settings = SearchSettings(device="pixel8", budget_ms=parse_budget_ms("1.8s"))
+    result = run_search(settings)          # {"run_dir", "best", "settings", "cost"}
+
+Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prepare`,
+`InfeasibleBudgetError`, `hypervolume_2d`, and the pieces a benchmark or another driver reuses
+(`LatencyModel`, `QualityModel`, `run_trial`, `make_sampler`, `trials_frame`, `pareto_frame`).
+"""
+
+from __future__ import annotations
+
+from hwnas.search.budget import Feasibility, check_budget, format_ms, parse_budget_ms
+from hwnas.search.objective import (
+    LatencyModel, QualityModel, config_from_params, params_from_config, run_trial, same_choices, suggest_config,
+)
+from hwnas.search.results import hypervolume_2d, pareto_frame, trials_frame
+from hwnas.search.run import InfeasibleBudgetError, prepare, run_search
+from hwnas.search.study import SAMPLERS, SamplerName, SearchSettings, make_sampler, recover_stale_trials
+
+__all__ = [
+    "Feasibility", "InfeasibleBudgetError", "LatencyModel", "QualityModel", "SAMPLERS", "SamplerName",
+    "SearchSettings", "check_budget", "config_from_params", "format_ms", "hypervolume_2d", "make_sampler",
+    "pareto_frame", "params_from_config", "parse_budget_ms", "prepare", "recover_stale_trials", "run_search",
+    "run_trial", "same_choices", "suggest_config", "trials_frame",
+]

@@ -1,0 +1,109 @@
+"""Study -> tables: every trial, the Pareto front and the best feasible sub-DiT (DataFrames and files).
+
+File contract (read by `hwnas report` and `hwnas export`):
+- `trials.csv`: one row per COMPLETE trial (config id, choices, quality, latency, source, feasible, ...);
+- `pareto.csv`: one row per Pareto pick, `pick` 0.. in order of increasing latency; has `config_id`
+  and `config_json` (`SubnetConfig.to_json()`);
+- `best.json`: the feasible sub-DiT with the lowest val loss (`config`, `config_id`, `latency_ms`,
+  `latency_source`, `quality`, `quality_source`, `device`, `experiment`, `steps`, `precision`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from hwnas.space import STAGES, SubnetConfig
+
+CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
+BREAKDOWN_COLUMNS = ("denoiser_ms", "text_encoder_ms", "vae_decoder_ms")
+
+
+def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
+    """One row per COMPLETE trial, ordered by trial number. `quality` is NaN where not evaluated."""
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        a = t.user_attrs["hwnas"]
+        cfg = SubnetConfig.from_json(a["config_json"])
+        q = a.get("quality")
+        row: dict[str, Any] = {
+            "trial": t.number, "config_id": a["config_id"], "describe": a["describe"],
+            **{c: getattr(cfg.stage(c.split(".")[0]), c.split(".")[1]) for c in CHOICE_COLUMNS},  # type: ignore[arg-type]
+            "quality": float(q) if q is not None else math.nan,
+            "quality_evaluated": q is not None, "quality_cached": bool(a.get("quality_cached", False)),
+            "latency_ms": float(a["latency_ms"]), "latency_source": a["latency_source"],
+            "feasible": bool(a["feasible"]), "step_ms": float(a["step_ms"]),
+            **{c: float(a[c]) for c in BREAKDOWN_COLUMNS},
+            **{f"step_ms.{k}": float(v) for k, v in a.get("step_ms_by_kind", {}).items()},
+            "quality_cpu_s": float(a.get("quality_cpu_s", 0.0)), "latency_cpu_s": float(a.get("latency_cpu_s", 0.0)),
+            "worker": t.user_attrs.get("worker", ""), "retry_of": t.user_attrs.get("retry_of", ""),
+            "config_json": a["config_json"],
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pareto_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """Feasible, evaluated, non-dominated trials in (quality, latency_ms), one per config, by latency."""
+    ok = trials[trials["feasible"] & trials["quality_evaluated"]] if len(trials) else trials
+    if not len(ok):
+        return ok.assign(pick=pd.Series(dtype=int))
+    ok = ok.sort_values(["latency_ms", "quality", "trial"]).drop_duplicates("config_id", keep="first")
+    front, best_q = [], math.inf
+    for idx, row in ok.iterrows():  # increasing latency: keep a row only if it improves quality
+        if row["quality"] < best_q:
+            front.append(idx)
+            best_q = row["quality"]
+    out = ok.loc[front].reset_index(drop=True)
+    out.insert(0, "pick", range(len(out)))
+    return out
+
+
+def best_record(pareto: pd.DataFrame, *, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The best feasible sub-DiT (lowest val loss; the last Pareto pick) as the `best.json` object."""
+    if not len(pareto):
+        return None
+    row = pareto.iloc[-1]
+    return {
+        "config": json.loads(row["config_json"]), "config_id": row["config_id"], "describe": row["describe"],
+        "pick": int(row["pick"]), "trial": int(row["trial"]),
+        "latency_ms": round(float(row["latency_ms"]), 3), "latency_source": row["latency_source"],
+        "latency_breakdown_ms": {c: round(float(row[c]), 3) for c in BREAKDOWN_COLUMNS},
+        "latency_provenance": settings["latency_provenance"],
+        "quality": float(row["quality"]), "quality_metric": "val_loss (lower is better)",
+        "quality_source": settings["quality_source"],
+        "budget_ms": settings["budget_ms"], "device": settings["device"], "experiment": settings["experiment_name"],
+        "proxy_experiment": settings["proxy_experiment"], "steps": settings["steps"],
+        "precision": settings["precision"],
+    }
+
+
+def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by `points` (both objectives minimised) and bounded by `reference`."""
+    pts = sorted(((q, lat) for q, lat in points if q < reference[0] and lat < reference[1]), key=lambda p: (p[1], p[0]))
+    area, best_q = 0.0, reference[0]
+    for q, lat in pts:
+        if q >= best_q:
+            continue
+        # a strip from this latency to the reference latency, between the new and the previous best quality
+        area += (best_q - q) * (reference[1] - lat)
+        best_q = q
+    return area
+
+
+def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(run_dir / "trials.csv", index=False)
+    pareto = pareto_frame(trials)
+    pareto.to_csv(run_dir / "pareto.csv", index=False)
+    best = best_record(pareto, settings=settings)
+    (run_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    return best

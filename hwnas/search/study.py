@@ -1,0 +1,223 @@
+"""The Optuna study: settings, storage, sampler, crash recovery and the trial loop (one or many workers).
+
+Storage is any Optuna storage URL (`sqlite:///...`, `postgresql+psycopg2://...`); the default is
+a SQLite file in the run directory. Workers on one machine are local processes sharing that
+storage; workers on many machines run the same command against one PostgreSQL URL.
+
+Crash recovery: every trial records the worker (`host:pid`) that runs it. A RUNNING trial whose
+worker is a dead process on this host (a SIGKILLed search) is marked FAIL and its parameters are
+enqueued again, so rerunning the command finishes exactly `n_trials` COMPLETE trials: none lost,
+none duplicated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from hwnas.search.budget import format_ms
+
+SamplerName = Literal["nsga2", "tpe", "gp", "random"]
+SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
+DIRECTIONS = ("minimize", "minimize")
+"""Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines a search. Resolved (no None left) by `hwnas.search.resolve`."""
+
+    device: str
+    budget_ms: float
+    experiment: str = "experiments/snapgenpp-1024.toml"
+    checkpoint: str | None = None
+    steps: int = 4
+    precision: str | None = None
+    resolution: int | None = None
+    sampler: SamplerName = "nsga2"
+    n_trials: int = 96
+    population_size: int = 16
+    seed: int = 0
+    storage: str | None = None
+    study: str | None = None
+    workers: int = 1
+    threads: int = 1
+    """torch threads per worker: the proxy sub-DiTs are too small to gain from more, and oversubscribed
+    cores (other jobs, several workers) cost several times the CPU time."""
+    val_images: int = 64
+    sample_steps: int = 8
+    sample_prompts: int = 4
+    max_grids: int = 8
+    profile_dir: str = "device_profiles"
+    table_dir: str = "latency_tables"
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        for name in ("steps", "n_trials", "workers", "threads", "val_images", "sample_steps", "sample_prompts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.population_size < 2:
+            raise ValueError(f"population_size must be >= 2, got {self.population_size}")
+        if not self.budget_ms > 0:
+            raise ValueError(f"budget must be positive, got {self.budget_ms!r} ms")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that make two runs the same search (not: workers, storage location)."""
+        skip = {"workers", "threads", "storage", "study", "profile_dir", "table_dir", "max_grids"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+    def default_study_name(self, experiment_name: str) -> str:
+        return (f"{self.device}-{experiment_name}-{format_ms(self.budget_ms)}-{self.steps}steps-{self.precision}-"
+                f"{self.sampler}-seed{self.seed}")
+
+    def run_dir_stem(self, *, date: _dt.date | None = None) -> str:
+        day = (date or _dt.date.today()).isoformat()
+        return f"{self.device}-{format_ms(self.budget_ms)}-{day}"
+
+
+def make_sampler(name: SamplerName, *, seed: int, population_size: int = 16) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler `name`, seeded. Constraints come from `trial.set_constraint` (Optuna >= 5)."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose from {list(SAMPLERS)}")
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for `url`.
+
+    SQLite gets a long lock timeout (local workers share the file) and write-ahead logging with
+    `synchronous=NORMAL`: a commit no longer waits for fsync (Optuna commits once per parameter,
+    ~15 ms each on this machine's disk), yet a killed process loses nothing that was committed;
+    only an OS crash or power loss may drop the last commits.
+    """
+    if url.startswith("sqlite"):
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        _sqlite_wal(storage)
+        return storage
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    from sqlalchemy import event
+
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", _pragmas)
+    storage.engine.dispose()  # pooled connections opened before the listener get replaced
+
+
+def worker_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale_trials(study: optuna.Study, *, orphan_age_s: float = 60.0) -> list[int]:
+    """Fail and re-enqueue RUNNING trials left by dead workers of this host; returns their numbers.
+
+    A RUNNING trial without a worker tag (killed between `ask` and tagging) counts as stale once it
+    is `orphan_age_s` old. Trials of other hosts are left alone: that host recovers them.
+    """
+    host = socket.gethostname()
+    recovered = []
+    now = _dt.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = t.user_attrs.get("worker")
+        if tag is None:
+            stale = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > orphan_age_s
+        else:
+            tag_host, _, pid = str(tag).rpartition(":")
+            stale = tag_host == host and pid.isdigit() and not _pid_alive(int(pid))
+        if not stale:
+            continue
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        recovered.append(t.number)
+    return recovered
+
+
+def count_trials(study: optuna.Study) -> tuple[int, int, list[optuna.trial.FrozenTrial]]:
+    """(COMPLETE trials, RUNNING trials, the COMPLETE trials)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return len(complete), len(trials) - len(complete), complete
+
+
+@dataclass
+class LoopStats:
+    trials_run: int = 0
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[float, float]], *, n_trials: int,
+             on_trial: Callable[[int], None] | None = None,
+             on_complete: Callable[[list[optuna.trial.FrozenTrial]], None] | None = None) -> LoopStats:
+    """Ask/tell until the study holds `n_trials` COMPLETE trials (counting others' RUNNING ones).
+
+    With several workers the total can overshoot by at most (workers - 1). An exception inside
+    `objective` fails that trial and is re-raised (a bug, not a bad sub-DiT).
+    """
+    stats = LoopStats()
+    start = time.perf_counter()
+    tag = worker_tag()
+    while True:
+        done, running, complete = count_trials(study)
+        if on_complete is not None:
+            on_complete(complete)
+        if on_trial is not None:
+            on_trial(done)
+        if done + running >= n_trials:
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", tag)
+        try:
+            values = objective(trial)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        study.tell(trial, list(values))
+        stats.trials_run += 1
+    stats.wall_s = time.perf_counter() - start
+    return stats
+
+
+def open_study(*, storage: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=make_storage(storage), study_name=name, sampler=sampler,
+                               directions=list(DIRECTIONS), load_if_exists=True)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"

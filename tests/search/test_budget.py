@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwnas.search import InfeasibleBudgetError, SearchSettings, check_budget, parse_budget_ms, prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("text, expected_ms", [
+    ("1.8s", 1800.0), ("1800ms", 1800.0), ("1.8", 1800.0), ("2", 2000.0), (" 950ms ", 950.0), ("0.5s", 500.0),
+    ("1e3ms", 1000.0), (".25s", 250.0), ("3 s", 3000.0), ("+1.8s", 1800.0),
+])
+def test_parse_budget_valid(text: str, expected_ms: float) -> None:
+    assert parse_budget_ms(text) == pytest.approx(expected_ms)
+
+
+@pytest.mark.parametrize("text", [
+    "", "fast", "1.8 sec", "1.8min", "s", "ms", "1,8s", "1.8.1s", "0", "0s", "0ms", "-1.8s", "-5", "1e999", "nan",
+    "inf", "1.8 s s",
+])
+def test_parse_budget_invalid(text: str) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget_ms(text)
+
+
+def test_check_budget_names_fastest_and_nearest_preset() -> None:
+    from hwnas.latency import load_profile, load_table
+    from hwnas.space import load_space
+
+    space = load_space(ROOT / "experiments" / "snapgenpp-1024.toml")
+    table = load_table(load_profile("pixel8", profile_dir=ROOT / "device_profiles"), space.name,
+                       table_dir=ROOT / "latency_tables")
+    feas = check_budget(1.0, table=table, space=space, steps=4, precision="fp16")
+    assert not feas.feasible and 0 < feas.fastest_ms < feas.preset_ms["tiny"]
+    assert feas.nearest_preset == "tiny"
+    assert check_budget(feas.fastest_ms, table=table, space=space, steps=4, precision="fp16").feasible
+    with pytest.raises(InfeasibleBudgetError, match=r"fastest achievable latency is [0-9,]+ ms"):
+        prepare(SearchSettings(device="pixel8", budget_ms=1.0, profile_dir=str(ROOT / "device_profiles"),
+                               table_dir=str(ROOT / "latency_tables"), experiment=str(ROOT / "experiments" /
+                                                                                      "snapgenpp-1024.toml")))
+
+
+def _cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli", "search", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    return proc, time.perf_counter() - start
+
+
+def test_cli_infeasible_budget_exits_2_quickly() -> None:
+    proc, wall_s = _cli("--device", "pixel8", "--budget", "1ms")
+    assert proc.returncode == 2, proc.stderr
+    assert "fastest achievable latency is" in proc.stderr and "tiny" in proc.stderr
+    assert wall_s < 15  # no supernet loaded, no trial run
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--device", "pixel9", "--budget", "1.8s"), "known devices: "),
+    (("--device", "pixel8", "--budget", "0"), "must be positive"),
+    (("--device", "pixel8", "--budget", "fast"), "cannot parse latency budget 'fast'"),
+    (("--device", "pixel8", "--budget", "1.8s", "--resolution", "512"), "offers resolution 1024 only"),
+])
+def test_cli_usage_errors(args: tuple[str, ...], needle: str) -> None:
+    proc, _ = _cli(*args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    if "pixel9" in args:
+        assert "pixel8" in proc.stderr and "iphone16promax" in proc.stderr

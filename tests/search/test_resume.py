@@ -1,0 +1,69 @@
+"""SIGKILL a running `hwnas search` and rerun the same command: no trial lost, none duplicated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _states(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    except sqlite3.Error:
+        return {}
+
+
+def test_sigkill_then_rerun_resumes(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_dir = tmp_path / "run"
+    n_trials = 40
+    cmd = [sys.executable, "-m", "hwnas.cli", "search", *tiny_env.cli_args(), "--trials", str(n_trials),
+           "--out", str(run_dir), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run_dir / "study.db"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and _states(db).get("COMPLETE", 0) < 8:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _states(db)
+    assert 8 <= before.get("COMPLETE", 0) < n_trials, before  # killed mid-search
+
+    storage = f"sqlite:///{db}"
+    name = optuna.get_all_study_names(storage)[0]
+    done_before = {t.number: t.params for t in optuna.load_study(study_name=name, storage=storage).trials
+                   if t.state == TrialState.COMPLETE}
+    running_before = {t.number: t.params for t in optuna.load_study(study_name=name, storage=storage).trials
+                      if t.state == TrialState.RUNNING}
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(complete) == n_trials  # nothing lost, nothing extra
+    assert len({t.number for t in trials}) == len(trials)
+    assert {n: p for n, p in ((t.number, t.params) for t in complete) if n in done_before} == done_before
+    assert {t.number for t in failed} == set(running_before)  # the killed trial(s), and only they
+    for number, params in running_before.items():  # each re-run exactly once, with the same parameters
+        retries = [t for t in complete if t.user_attrs.get("retry_of") == number]
+        assert len(retries) == 1 and retries[0].params == params
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    rows = (run_dir / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == n_trials + 1
