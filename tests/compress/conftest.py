@@ -1,19 +1,12 @@
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_space import TINY_EXPERIMENT
 
 from hwnas.train import Supernet, load_supernet, train
-
-
-def _tiny_toml() -> str:
-    spec = importlib.util.spec_from_file_location("_train_conftest", Path(__file__).parents[1] / "train" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.TINY_EXPERIMENT
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +15,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     adaLN-zero weights so every path of the network carries signal."""
     root = tmp_path_factory.mktemp("tiny")
     exp = root / "tiny-16.toml"
-    exp.write_text(_tiny_toml())
+    exp.write_text(TINY_EXPERIMENT)
     out = root / "ckpt"
     train(exp, out=out, steps=2, progress=False)
     return out

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from hwnas.compress import QuantSpec, check_parity, export_int4_onnx, quantize_model, quantized_model
+from hwnas.compress import (
+    QuantSpec,
+    check_parity,
+    export_int4_onnx,
+    quantize_model,
+    quantized_model,
+)
 from hwnas.compress.quant import layer_sensitivity, mixed_bits
 from hwnas.model import example_inputs, extract_subnet
 from hwnas.train import Supernet

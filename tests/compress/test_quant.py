@@ -6,8 +6,17 @@ import torch
 from torch import nn
 
 from hwnas.compress.quant import (
-    QuantSpec, block_size, finetune_biases_norms, layer_sensitivity, mixed_bits, pack, quantize_kmeans,
-    quantize_model, quantize_rtn, quantized_model, unpack,
+    QuantSpec,
+    block_size,
+    finetune_biases_norms,
+    layer_sensitivity,
+    mixed_bits,
+    pack,
+    quantize_kmeans,
+    quantize_model,
+    quantize_rtn,
+    quantized_model,
+    unpack,
 )
 
 

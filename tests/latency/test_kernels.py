@@ -10,8 +10,18 @@ import pytest
 
 from hwnas.cost import PRECISION_ACT_BYTES, PRECISION_WEIGHT_BITS, flops_per_step, ops
 from hwnas.latency import (
-    KEY_COLUMNS, PRECISIONS, KernelKey, enumerate_kernels, kernel_activation_bytes, kernel_bytes, kernel_counts,
-    kernel_flops, kernel_weight_bytes, kernels, key_from_row, key_to_row,
+    KEY_COLUMNS,
+    PRECISIONS,
+    KernelKey,
+    enumerate_kernels,
+    kernel_activation_bytes,
+    kernel_bytes,
+    kernel_counts,
+    kernel_flops,
+    kernel_weight_bytes,
+    kernels,
+    key_from_row,
+    key_to_row,
 )
 from hwnas.space import load_space
 

@@ -12,8 +12,18 @@ from click.testing import CliRunner
 
 from hwnas.cli import main
 from hwnas.latency import (
-    Correction, LatencyTable, MissingKernelError, SNAPGENPP_ANCHOR, Timing, build_estimated_table, default_params,
-    efficiency_from_table, estimator_params, kernels, load_profile, predict_latency_ms,
+    SNAPGENPP_ANCHOR,
+    Correction,
+    LatencyTable,
+    MissingKernelError,
+    Timing,
+    build_estimated_table,
+    default_params,
+    efficiency_from_table,
+    estimator_params,
+    kernels,
+    load_profile,
+    predict_latency_ms,
 )
 from hwnas.latency.estimate import OP_KINDS, roofline_ms
 from hwnas.space import StageConfig, load_space

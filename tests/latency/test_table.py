@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from hwnas.latency import (
-    CorruptTableError, HostMismatchWarning, LatencyTable, StaleTableError, Timing, build_estimated_table,
-    default_params, kernels, list_profiles, load_profile, load_table, write_table,
+    CorruptTableError,
+    HostMismatchWarning,
+    LatencyTable,
+    StaleTableError,
+    Timing,
+    build_estimated_table,
+    default_params,
+    kernels,
+    list_profiles,
+    load_profile,
+    load_table,
+    write_table,
 )
 from hwnas.latency import table as table_mod
 from hwnas.latency.table import table_paths, tvm_version

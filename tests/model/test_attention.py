@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,6 @@ from hwnas.model.attention import (
     rope_angles,
 )
 from hwnas.space import SearchSpace, StageChoices
-
 
 
 def _tiny_space(*, blocks: int = 8) -> SearchSpace:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -10,9 +9,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from hwnas.cost import count_params, flops_per_step, local_key_pairs
-from hwnas.model import BuiltinTextEncoder, ElasticDiT, StaticDiT, TextEncoder, extract_subnet
-from hwnas.space import STAGES, SearchSpace, StageChoices, StageConfig, SubnetConfig, load_space
-
+from hwnas.model import (
+    BuiltinTextEncoder,
+    ElasticDiT,
+    StaticDiT,
+    TextEncoder,
+    extract_subnet,
+)
+from hwnas.space import (
+    STAGES,
+    SearchSpace,
+    StageChoices,
+    StageConfig,
+    SubnetConfig,
+    load_space,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hwnas.model import ElasticDiT, example_inputs, export_onnx, extract_subnet, run_onnx
+from hwnas.model import (
+    ElasticDiT,
+    example_inputs,
+    export_onnx,
+    extract_subnet,
+    run_onnx,
+)
 from hwnas.space import SearchSpace, StageChoices, StageConfig, SubnetConfig
-
 
 
 def _tiny_space() -> SearchSpace:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hwnas.report import build_report, load_run, summary_frame
+from hwnas.report import load_run, summary_frame
 from hwnas.search import run_search
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,60 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiny_space import TINY_EXPERIMENT  # tests/ is on sys.path via the root conftest
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "device_profiles"
-
-TINY_EXPERIMENT = """
-[experiment]
-name = "tiny-16"
-dataset = "shapes"
-
-[model]
-resolution = 16
-latent_downsample = 1
-latent_channels = 3
-patch_size = 4
-hidden_size = 16
-head_dim = 4
-kv_heads = 2
-time_dim = 16
-text_len = 12
-text_dim = 16
-bna_blocks = 4
-kv_compress = 2
-
-[space.down]
-width = [0.5, 1.0]
-depth = [1, 2]
-ffn_ratio = [2, 4]
-attn = ["assa", "bna", "global"]
-radius = [1]
-preset_ffn_ratio = 4
-
-[space.middle]
-width = [0.5, 1.0]
-depth = [1, 2]
-ffn_ratio = [2, 3]
-attn = ["full"]
-preset_ffn_ratio = 3
-
-[space.up]
-width = [0.5, 1.0]
-depth = [2, 3]
-ffn_ratio = [2, 4]
-attn = ["assa", "bna", "global"]
-radius = [1]
-preset_ffn_ratio = 4
-
-[train]
-steps = 2
-batch_size = 8
-lr = 3e-3
-warmup_steps = 1
-dataset_size = 32
-checkpoint_every = 2
-text_layers = 1
-"""
 
 # tiny-16 has widths 0.5 and 1.0 only: the presets `small` and `full` exist, `tiny` (0.375) does not.
 
@@ -97,7 +47,13 @@ class TinyEnv:
 def make_tiny_env(root: Path) -> TinyEnv:
     import torch
 
-    from hwnas.latency import build_estimated_table, default_params, load_profile, predict_latency_ms, write_table
+    from hwnas.latency import (
+        build_estimated_table,
+        default_params,
+        load_profile,
+        predict_latency_ms,
+        write_table,
+    )
     from hwnas.space import load_space
     from hwnas.train import train
 

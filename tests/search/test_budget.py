@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hwnas.search import InfeasibleBudgetError, SearchSettings, check_budget, parse_budget_ms, prepare
+from hwnas.search import (
+    InfeasibleBudgetError,
+    SearchSettings,
+    check_budget,
+    parse_budget_ms,
+    prepare,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -10,7 +9,12 @@ import pandas as pd
 import pytest
 
 from hwnas.search import (
-    QualityModel, config_from_params, hypervolume_2d, pareto_frame, params_from_config, run_search,
+    QualityModel,
+    config_from_params,
+    hypervolume_2d,
+    params_from_config,
+    pareto_frame,
+    run_search,
 )
 from hwnas.space import load_space
 

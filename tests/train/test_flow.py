@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hwnas.train.flow import interpolate, sample_train_time, shift_time, solve, time_grid
+from hwnas.train.flow import (
+    interpolate,
+    sample_train_time,
+    shift_time,
+    solve,
+    time_grid,
+)
 
 
 def test_interpolation_endpoints() -> None:

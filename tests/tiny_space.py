@@ -1,8 +1,7 @@
-from __future__ import annotations
+"""A 16x16 shapes experiment whose supernet trains a step in well under a second.
 
-from pathlib import Path
-
-import pytest
+Shared by the tests of several stages (the root conftest puts tests/ on sys.path).
+"""
 
 TINY_EXPERIMENT = """
 [experiment]
@@ -55,11 +54,3 @@ dataset_size = 64
 checkpoint_every = 2
 text_layers = 1
 """
-
-
-@pytest.fixture
-def tiny_experiment(tmp_path: Path) -> Path:
-    """A 16x16 shapes experiment whose supernet trains a step in well under a second."""
-    path = tmp_path / "tiny-16.toml"
-    path.write_text(TINY_EXPERIMENT)
-    return path
