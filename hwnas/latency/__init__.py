@@ -7,6 +7,10 @@ Pure parts (no torch, no I/O): `kernels`, `kernel_flops`, `kernel_bytes`, the es
     profile = load_profile("iphone16promax")
     table = load_table(profile, space.name)
     pred = predict_latency_ms(cfg, table, steps=4, precision=profile.default_precision, space=space)
+
+Measuring (needs torch and TVM, so imported explicitly, not from here): `hwnas.latency.bench`
+(`measure_kernel`, `time_subnet_tvm`, `connect_tracker`), `hwnas.latency.build`
+(`build_measured_table`, resumable) and `hwnas.latency.validate` (`validate_table`).
 """
 
 from __future__ import annotations

@@ -201,7 +201,9 @@ def table_paths(device: str, experiment: str, *, table_dir: str | Path = DEFAULT
 
 def rebuild_command(meta: TableMeta) -> str:
     cmd = f"hwnas lut build --device {meta.device} --experiment {meta.experiment_path}"
-    return cmd + (" --estimate" if meta.source == "estimated" else " --tracker HOST:PORT --key KEY")
+    if meta.source == "estimated":
+        return cmd + " --estimate"
+    return cmd if meta.host_cpu is not None else cmd + " --tracker HOST:PORT --key KEY"  # local: no tracker
 
 
 # Writing ------------------------------------------------------------------------------------

@@ -1,0 +1,311 @@
+"""Measure kernels and whole sub-DiT steps with TVM 0.27 (Relax), locally or through `tvm.rpc`.
+
+Path (DESIGN.md sections 6 and 11): PyTorch module -> `torch.export` -> Relax
+(`from_exported_program`) -> `tvm.compile` for the profile's target (the default Relax pipeline:
+fused, unscheduled loops; no tuning) -> `relax.VirtualMachine` -> warm-up calls -> `repeat` repeats of
+at least `min_repeat_ms`: thread CPU time with one local thread (robust to other processes on a shared
+machine), else `time_evaluator` (wall clock, locally with several threads and remotely). A `Timing` holds the median, p10, p90
+and coefficient of variation of the per-repeat means in ms, and n = repeats.
+
+Remote devices: cross-compile here, `export_library`, upload and time through an RPC session
+from a tracker (`connect_tracker`). The thread count is the profile's `threads`
+(`TVM_NUM_THREADS` locally, `runtime.config_threadpool` remotely).
+
+    timing = measure_kernel(key, profile=profile, space=space)
+    step = time_subnet_tvm(extract_subnet(supernet, cfg), profile=profile)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.latency.blocks import kernel_module
+from hwnas.latency.kernels import KernelKey
+from hwnas.latency.profile import DeviceProfile
+from hwnas.latency.table import Timing
+from hwnas.space import SearchSpace
+
+DEFAULT_REPEAT = 30
+DEFAULT_MIN_REPEAT_MS = 1
+DEFAULT_WARMUP = 3
+"""Repeats and their minimum length. With one thread on this machine the clock is the calling thread's CPU
+time (`_time_thread_cpu`); with more threads or remotely it is `time_evaluator`'s wall clock."""
+
+
+class TrackerError(RuntimeError):
+    """The RPC tracker cannot be reached, or no server is registered under the key."""
+
+
+class _Positional(nn.Module):
+    """A static sub-DiT with a positional forward returning the velocity (what `torch.export` traces)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, text, text_mask)  # (B, C, H, W)
+
+
+# Compiling ----------------------------------------------------------------------------------
+
+
+def set_local_threads(threads: int) -> None:
+    """Make TVM's local thread pool use `threads` workers (before the first TVM call where possible)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+
+    try:
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    except Exception:  # noqa: BLE001 - older runtimes: the environment variable is enough
+        pass
+
+
+def export_relax(module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
+    """Relax IRModule of `module(*args)` via `torch.export` (weights bound as constants)."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module.eval(), args)
+        return from_exported_program(program, keep_params_as_input=False)
+
+
+def compile_relax(mod: Any, *, target: dict[str, Any]) -> Any:
+    """`tvm.compile` with the default Relax pipeline for `target` (a TVM 0.27 target dict)."""
+    import tvm
+
+    return tvm.compile(mod, target=tvm.target.Target(target))
+
+
+def compile_module(module: nn.Module, args: tuple[torch.Tensor, ...], *, target: dict[str, Any]) -> Any:
+    """Executable of `module(*args)` for `target`."""
+    return compile_relax(export_relax(module, args), target=target)
+
+
+# Timing -------------------------------------------------------------------------------------
+
+
+def timing_from_seconds(per_repeat_s: list[float]) -> Timing:
+    """A measured `Timing` (ms) from per-repeat mean seconds: median, p10, p90 (nearest rank), CV."""
+    if not per_repeat_s:
+        raise ValueError("no repeats to summarise")
+    ms = sorted(s * 1e3 for s in per_repeat_s)
+    n = len(ms)
+
+    def pct(q: float) -> float:
+        return ms[min(n - 1, max(0, round(q * (n - 1))))]
+
+    median = statistics.median(ms)
+    mean = statistics.fmean(ms)
+    cv = statistics.pstdev(ms) / mean if n > 1 and mean > 0 else 0.0
+    return Timing(median, min(pct(0.1), median), max(pct(0.9), median), cv, n, "measured")
+
+
+def _time_executable(ex: Any, args: tuple[torch.Tensor, ...], *, remote: Any | None, repeat: int,
+                     min_repeat_ms: int, warmup: int, threads: int) -> Timing:
+    """Load `ex` (locally or on `remote`), warm up, and time `main` with `time_evaluator`."""
+    import tvm
+    from tvm import relax
+
+    if remote is None:
+        set_local_threads(threads)
+        dev = tvm.cpu()
+        vm = relax.VirtualMachine(ex, dev)
+    else:
+        dev = remote.cpu()
+        try:
+            remote.get_function("runtime.config_threadpool")(1, threads)
+        except Exception:  # noqa: BLE001 - a server without the function keeps its default pool
+            pass
+        with tempfile.TemporaryDirectory(prefix="hwnas-rpc-") as tmp:
+            lib = _export_for_remote(ex, Path(tmp))
+            remote.upload(str(lib))
+            vm = relax.VirtualMachine(remote.load_module(lib.name), dev)
+    inputs = [tvm.runtime.tensor(a.detach().cpu().numpy(), dev) for a in args]
+    for _ in range(warmup):
+        vm["main"](*inputs)
+    if remote is None and threads == 1:
+        return _time_thread_cpu(vm["main"], inputs, repeat=repeat, min_repeat_ms=max(min_repeat_ms, 1))
+    evaluator = vm.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return timing_from_seconds(list(evaluator(*inputs).results))
+
+
+def _time_thread_cpu(func: Any, inputs: list[Any], *, repeat: int, min_repeat_ms: int) -> Timing:
+    """Per-call CPU time of the calling thread (`time.thread_time_ns`), `repeat` repeats of >= `min_repeat_ms`.
+
+    With one TVM thread the work runs on the calling thread, so its CPU time is the latency the
+    code would have on an idle core; wall time on a shared machine also counts other processes'
+    time slices, which hit a 20 ms sub-DiT step far more often than a 0.2 ms kernel and made the
+    sum of kernels disagree with the whole step by ~2x (measured here, 2026-11-26).
+    """
+    start = time.thread_time_ns()
+    func(*inputs)
+    once_ns = max(time.thread_time_ns() - start, 1)
+    number = max(1, -(-min_repeat_ms * 1_000_000 // once_ns))
+    samples = []
+    for _ in range(repeat):
+        start = time.thread_time_ns()
+        for _ in range(number):
+            func(*inputs)
+        samples.append((time.thread_time_ns() - start) / number / 1e9)
+    return timing_from_seconds(samples)
+
+
+def _export_for_remote(ex: Any, tmp: Path) -> Path:
+    """Write the executable as a shared library (host-like targets) or an object tar (cross targets)."""
+    # A fresh name per upload: overwriting a library the server has loaded kills its worker (SIGBUS).
+    stem = f"kernel-{os.getpid()}-{time.monotonic_ns()}"
+    lib = tmp / f"{stem}.so"
+    try:
+        ex.export_library(str(lib))
+    except Exception:  # noqa: BLE001 - no host linker for this target: ship objects, the server links
+        from tvm.contrib import tar
+
+        lib = tmp / f"{stem}.tar"
+        ex.export_library(str(lib), fcompile=tar.tar)
+    return lib
+
+
+def measure_kernel(key: KernelKey, *, profile: DeviceProfile, space: SearchSpace, remote: Any | None = None,
+                   repeat: int = DEFAULT_REPEAT, min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS,
+                   warmup: int = DEFAULT_WARMUP, seed: int = 0) -> Timing:
+    """Latency of one kernel at batch 1 on the profile's device: build, compile, time.
+
+    `remote` is an RPC session (`connect_tracker(...)`); None runs on this machine.
+    """
+    module, args = kernel_module(key, space, seed=seed)
+    ex = compile_module(module, args, target=profile.target)
+    return _time_executable(ex, args, remote=remote, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                            warmup=warmup, threads=profile.threads)
+
+
+def subnet_inputs(space: SearchSpace, *, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random `(x, t, text, text_mask)` of a sub-DiT's step (see `hwnas.model.export.example_inputs`)."""
+    from hwnas.model.export import example_inputs
+
+    return example_inputs(space, batch=batch, seed=seed)
+
+
+def time_subnet_tvm(static_model: nn.Module, *, profile: DeviceProfile, batch: int = 1, remote: Any | None = None,
+                    repeat: int = DEFAULT_REPEAT, min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS,
+                    warmup: int = DEFAULT_WARMUP) -> Timing:
+    """Latency of one whole denoiser step of a static sub-DiT (`extract_subnet` / `StaticDiT`).
+
+    Same compiler path, target and threads as the LUT kernels, so the sum of a sub-DiT's kernel
+    entries predicts this. The model is exported in eval mode, fp32, on CPU; its training flag is
+    restored afterwards.
+    """
+    space: SearchSpace = static_model.space  # type: ignore[assignment]
+    was_training = static_model.training
+    try:
+        wrapper = _Positional(static_model.eval().float().cpu())
+        args = subnet_inputs(space, batch=batch)
+        ex = compile_module(wrapper, args, target=profile.target)
+    finally:
+        static_model.train(was_training)
+    return _time_executable(ex, args, remote=remote, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                            warmup=warmup, threads=profile.threads)
+
+
+# onnxruntime reference ------------------------------------------------------------------------
+
+
+def time_onnxruntime(module: nn.Module, args: tuple[torch.Tensor, ...], *, threads: int,
+                     repeat: int = DEFAULT_REPEAT, min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS,
+                     warmup: int = DEFAULT_WARMUP) -> Timing:
+    """Latency of `module(*args)` under onnxruntime's CPU provider (all graph optimisations,
+    `threads` intra-op threads), timed like the TVM kernels: per-repeat means of >= `min_repeat_ms`,
+    thread CPU time with one thread (onnxruntime then runs on the calling thread), else wall clock."""
+    import onnxruntime as ort
+
+    clock = time.thread_time if threads == 1 else time.perf_counter
+
+    names = [f"in{i}" for i in range(len(args))]
+    with tempfile.TemporaryDirectory(prefix="hwnas-ort-") as tmp:
+        path = Path(tmp) / "kernel.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, str(path), input_names=names, opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    per_repeat: list[float] = []
+    number = 1
+    for _ in range(repeat):
+        while True:
+            start = clock()
+            for _ in range(number):
+                session.run(None, feed)
+            elapsed = clock() - start
+            if elapsed * 1e3 >= min_repeat_ms or number >= 1 << 16:
+                break
+            number = max(number * 2, int(number * min_repeat_ms / max(elapsed * 1e3, 1e-3)) + 1)
+        per_repeat.append(elapsed / number)
+    return timing_from_seconds(per_repeat)
+
+
+# RPC ------------------------------------------------------------------------------------------
+
+
+def parse_tracker(tracker: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port); ValueError quoting a malformed value."""
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"tracker must be HOST:PORT, got {tracker!r}")
+    return host, int(port)
+
+
+def connect_tracker(tracker: str, key: str, *, timeout_s: float = 5.0, wait_free_s: float = 60.0,
+                    session_timeout_s: int = 0) -> Any:
+    """An RPC session to a device registered under `key` at `tracker` (`HOST:PORT`).
+
+    Raises `TrackerError` with one clear line when the tracker does not answer within `timeout_s`,
+    has no server under `key`, or none of them is free within `wait_free_s` (TVM's own client
+    would retry for a minute, then block for ever).
+    """
+    host, port = parse_tracker(tracker)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise TrackerError(f"TVM RPC tracker {host}:{port} is unreachable ({exc.strerror or exc}); start it with "
+                           f"`python -m tvm.exec.rpc_tracker --host {host} --port {port}`") from None
+    from tvm import rpc
+
+    client = rpc.connect_tracker(host, port)
+    keys = tracker_keys(client)
+    if key not in keys:
+        raise TrackerError(f"no RPC server is registered under key {key!r} at tracker {host}:{port} "
+                           f"(registered: {', '.join(sorted(keys)) or 'none'})")
+    deadline = time.monotonic() + wait_free_s
+    while keys.get(key, 0) < 1:
+        if time.monotonic() > deadline:
+            raise TrackerError(f"no free RPC server under key {key!r} at tracker {host}:{port} after "
+                               f"{wait_free_s:.0f} s (is the device still up?)")
+        time.sleep(1.0)
+        keys = tracker_keys(client)
+    return client.request(key, priority=1, session_timeout=session_timeout_s)
+
+
+def tracker_keys(client: Any) -> dict[str, int]:
+    """{key: free servers} the tracker reports (its queue status)."""
+    summary = client.summary()
+    out: dict[str, int] = {}
+    for key, info in summary.get("queue_info", {}).items():
+        out[key] = int(info.get("free", 0))
+    return out

@@ -1,0 +1,273 @@
+"""Validation of a measured LUT: predicted vs measured end-to-end step latency of held-out sub-DiTs.
+
+Held-out sub-DiTs are drawn with `random.Random(f"hwnas-validate-{seed}")`; a disjoint calibration
+sample with `random.Random(f"hwnas-calibrate-{seed}")` (held-out configs removed). Each sub-DiT's
+whole denoiser step is compiled and timed with `time_subnet_tvm` (same compiler, target, threads
+and batch 1 as the LUT kernels) and compared with the LUT prediction `predict_latency_ms(...).step_ms`.
+
+Reported (DESIGN.md section 6): share within +-5 % and +-10 %, MAPE, max |error|, signed bias,
+Spearman and Kendall (tau-b), and the false-feasible rate at a budget (the median predicted latency
+of the held-out sample): of the sub-DiTs predicted to fit the budget, the share that do not. The
+same for the LUT after a linear correction `a * pred + b` and for a FLOPs-linear baseline
+`a * flops + b`, both fitted on the calibration sample only. The noise floor is one sub-DiT
+compiled once and timed `noise_repeats` times. The statistics here are pure functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hwnas.cost import flops_per_step
+from hwnas.latency.predict import predict_latency_ms
+from hwnas.latency.profile import DeviceProfile, host_cpu
+from hwnas.latency.table import LatencyTable, Timing, tvm_version
+from hwnas.space import SearchSpace, SubnetConfig
+
+Measure = Callable[[SubnetConfig], Timing]
+
+
+# Statistics (pure) ---------------------------------------------------------------------------
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 1..n, ties get their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    _check_pair(x, y)
+    return _pearson(_ranks(x), _ranks(y))
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties corrected; O(n^2)); NaN when either side is constant."""
+    _check_pair(x, y)
+    concordant = discordant = ties_x = ties_y = 0
+    n = len(x)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denom if denom > 0 else float("nan")
+
+
+def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (a, b) of y = a * x + b. ValueError with fewer than 2 distinct x."""
+    _check_pair(x, y)
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxx = sum((a - mx) ** 2 for a in x)
+    if sxx == 0:
+        raise ValueError(f"need at least 2 distinct x values to fit a line, got {sorted(set(x))}")
+    a = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sxx
+    return a, my - a * mx
+
+
+def accuracy(predicted_ms: Sequence[float], measured_ms: Sequence[float], *, budget_ms: float) -> dict[str, float]:
+    """Agreement of predictions with measurements (percent errors relative to the measurement).
+
+    `false_feasible_rate`: among predictions <= `budget_ms`, the share whose measurement exceeds
+    it (0 when nothing is predicted feasible).
+    """
+    _check_pair(predicted_ms, measured_ms)
+    if any(m <= 0 for m in measured_ms):
+        raise ValueError("measured latencies must be > 0")
+    err = [100.0 * (p - m) / m for p, m in zip(predicted_ms, measured_ms)]
+    n = len(err)
+    feasible = [(p, m) for p, m in zip(predicted_ms, measured_ms) if p <= budget_ms]
+    false_feasible = sum(1 for _, m in feasible if m > budget_ms)
+    return {
+        "n": n,
+        "within_5pct": sum(abs(e) <= 5 for e in err) / n,
+        "within_10pct": sum(abs(e) <= 10 for e in err) / n,
+        "mape": statistics.fmean(abs(e) for e in err),
+        "max_abs_pct": max(abs(e) for e in err),
+        "bias_pct": statistics.fmean(err),
+        "spearman": spearman(predicted_ms, measured_ms) if n > 1 else float("nan"),
+        "kendall": kendall(predicted_ms, measured_ms) if n > 1 else float("nan"),
+        "budget_ms": budget_ms,
+        "false_feasible_rate": false_feasible / len(feasible) if feasible else 0.0,
+        "predicted_feasible": len(feasible),
+    }
+
+
+def _check_pair(x: Sequence[float], y: Sequence[float]) -> None:
+    if len(x) != len(y) or not x:
+        raise ValueError(f"need two non-empty sequences of equal length, got {len(x)} and {len(y)}")
+
+
+# Samples and measurement -----------------------------------------------------------------------
+
+
+def sample_subnets(space: SearchSpace, n: int, *, seed: int, purpose: str,
+                   exclude: Sequence[SubnetConfig] = ()) -> list[SubnetConfig]:
+    """`n` distinct random sub-DiTs from `random.Random(f"hwnas-{purpose}-{seed}")`, none in `exclude`."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n!r}")
+    rng = random.Random(f"hwnas-{purpose}-{seed}")
+    seen = {c.id for c in exclude}
+    out: list[SubnetConfig] = []
+    for _ in range(100 * n):
+        cfg = space.sample(rng)
+        if cfg.id not in seen:
+            seen.add(cfg.id)
+            out.append(cfg)
+            if len(out) == n:
+                return out
+    raise ValueError(f"could not draw {n} distinct sub-DiTs from {space.name!r}")
+
+
+def tvm_measure(space: SearchSpace, profile: DeviceProfile, **timing: Any) -> Measure:
+    """A `Measure`: whole-step latency of `StaticDiT(space, cfg)` (random weights) via `time_subnet_tvm`."""
+    from hwnas.latency.bench import time_subnet_tvm
+    from hwnas.model.static import StaticDiT
+
+    def measure(cfg: SubnetConfig) -> Timing:
+        return time_subnet_tvm(StaticDiT(space, cfg), profile=profile, **timing)
+
+    return measure
+
+
+def noise_floor(cfg: SubnetConfig, space: SearchSpace, profile: DeviceProfile, *, times: int) -> dict[str, Any]:
+    """One sub-DiT compiled once and timed `times` times: spread of the medians (percent of their median)."""
+    from hwnas.latency.bench import _Positional, _time_executable, compile_module, subnet_inputs
+    from hwnas.model.static import StaticDiT
+
+    args = subnet_inputs(space)
+    ex = compile_module(_Positional(StaticDiT(space, cfg).eval()), args, target=profile.target)
+    medians = [_time_executable(ex, args, remote=None, repeat=25, min_repeat_ms=0, warmup=3,
+                                threads=profile.threads).median_ms for _ in range(times)]
+    mid = statistics.median(medians)
+    dev = [100.0 * (m - mid) / mid for m in medians]
+    return {"config_id": cfg.id, "times": times, "medians_ms": [round(m, 4) for m in medians],
+            "cv": statistics.pstdev(medians) / statistics.fmean(medians),
+            "max_abs_pct": max(abs(d) for d in dev),
+            "within_5pct": sum(abs(d) <= 5 for d in dev) / times,
+            "within_10pct": sum(abs(d) <= 10 for d in dev) / times}
+
+
+def _measure_all(cfgs: Sequence[SubnetConfig], measure: Measure, *, cache: Path | None, provenance: dict[str, Any],
+                 progress: bool, desc: str) -> list[Timing]:
+    """Measure each config; rows in `cache` (JSON lines) with the same provenance are reused (resume)."""
+    from tqdm import tqdm
+
+    done: dict[str, Timing] = {}
+    if cache is not None and cache.exists():
+        for line in cache.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                if row.get("provenance") == provenance:
+                    done[row["config_id"]] = Timing(**row["timing"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    out = []
+    for cfg in tqdm(cfgs, desc=desc, disable=not progress, file=sys.stderr, unit="sub-DiT",
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0):
+        timing = done.get(cfg.id)
+        if timing is None:
+            timing = measure(cfg)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with cache.open("a") as fh:
+                    fh.write(json.dumps({"config_id": cfg.id, "provenance": provenance,
+                                         "timing": timing.__dict__}) + "\n")
+        out.append(timing)
+    return out
+
+
+def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfile, *, n: int, seed: int,
+                   n_calibration: int = 20, noise_repeats: int = 5, measure: Measure | None = None,
+                   cache: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Validate `table` on `n` held-out sub-DiTs (see the module docstring); returns the JSON report.
+
+    Every kernel of every sampled sub-DiT must be in the table (`MissingKernelError` otherwise).
+    `measure` defaults to compiling and timing with TVM on this machine.
+    """
+    start = time.perf_counter()
+    held_out = sample_subnets(space, n, seed=seed, purpose="validate")
+    calibration = sample_subnets(space, n_calibration, seed=seed, purpose="calibrate", exclude=held_out)
+
+    def predict(cfg: SubnetConfig) -> float:
+        return predict_latency_ms(cfg, table, steps=1, precision="fp32", space=space).step_ms
+
+    pred_held, pred_cal = [predict(c) for c in held_out], [predict(c) for c in calibration]  # fail fast on a key
+    measure = measure or tvm_measure(space, profile)
+    provenance = {"device": table.device, "target": table.meta.target, "threads": profile.threads,
+                  "tvm": tvm_version(), "code_hash": table.meta.code_hash, "cpu": host_cpu()[0]}
+    cache_path = Path(cache) if cache is not None else None
+    meas_cal = [t.median_ms for t in _measure_all(calibration, measure, cache=cache_path, provenance=provenance,
+                                                    progress=progress, desc="calibration")]
+    meas_timings = _measure_all(held_out, measure, cache=cache_path, provenance=provenance, progress=progress,
+                                desc="held-out")
+    meas_held = [t.median_ms for t in meas_timings]
+    budget = statistics.median(pred_held)
+
+    a, b = fit_linear(pred_cal, meas_cal)
+    corrected = [a * p + b for p in pred_held]
+    flops_cal = [float(flops_per_step(c, space)) for c in calibration]
+    fa, fb = fit_linear(flops_cal, meas_cal)
+    baseline = [fa * flops_per_step(c, space) + fb for c in held_out]
+
+    report: dict[str, Any] = accuracy(pred_held, meas_held, budget_ms=budget)
+    report["corrected"] = {**accuracy(corrected, meas_held, budget_ms=budget), "a": a, "b_ms": b}
+    report["baseline"] = {**accuracy(baseline, meas_held, budget_ms=budget), "a_ms_per_gflop": fa * 1e9, "b_ms": fb,
+                          "what": "latency = a * FLOPs + b, least squares on the calibration sample"}
+    report["measured_p10_vs_prediction"] = accuracy(pred_held, [t.p10_ms for t in meas_timings], budget_ms=budget)
+    if noise_repeats > 1:
+        mid = held_out[sorted(range(n), key=lambda i: pred_held[i])[n // 2]]
+        report["noise_floor"] = noise_floor(mid, space, profile, times=noise_repeats)
+    report.update(
+        device=table.device, experiment=space.name, seed=seed, n_calibration=len(calibration),
+        threads=profile.threads, tvm_version=tvm_version(), host_cpu=host_cpu()[0],
+        measured_cv_median=statistics.median(t.cv for t in meas_timings),
+        wall_s=time.perf_counter() - start,
+        rows=[{"config_id": c.id, "predicted_ms": round(p, 4), "measured_ms": round(m, 4),
+               "flops": flops_per_step(c, space)} for c, p, m in zip(held_out, pred_held, meas_held)],
+    )
+    return report
+
+
+def write_correction(table: LatencyTable, *, a: float, b_ms: float, source: str,
+                     table_dir: str | Path) -> tuple[Path, Path]:
+    """Record a fitted step-time correction `a * step_ms + b_ms` in the table's sidecar (atomic rewrite)."""
+    from dataclasses import replace
+
+    from hwnas.latency.table import Correction, write_table
+
+    meta = replace(table.meta, correction=Correction(a, b_ms, source))
+    return write_table(LatencyTable(meta, table.entries, table.text_encoder, table.vae_decoder), table_dir=table_dir)
