@@ -54,9 +54,15 @@ def main() -> None:
     """Hardware-aware NAS for efficient text-to-image diffusion transformers on edge devices.
 
     \b
-    Start here:
-      hwnas space show --preset small          sizes of a sub-DiT (params, FLOPs)
-      hwnas space sample --n 3                 random sub-DiTs of the search space
+    Start here (the main job):
+      hwnas search --device pixel8 --budget 1.8s    best sub-DiT under a budget + report
+    \b
+    The pipeline:
+      hwnas space show --preset small               sizes of a sub-DiT (params, FLOPs)
+      hwnas train / sample / eval                   proxy supernet: train, images, quality
+      hwnas devices / predict / lut build|validate  device profiles and latency tables
+      hwnas search / report                         Optuna search and its report
+      hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
     """
 
 
