@@ -14,19 +14,11 @@ from pathlib import Path
 import click
 
 from hwnas import __version__
+from hwnas.paths import repo_path
 from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig, load_config, load_space
 
 DEFAULT_EXPERIMENT = "experiments/shapes-32.toml"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _repo_path(path: str) -> Path:
-    """`path` as given if it exists, else relative to the hwnas checkout (for the shipped files)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    shipped = REPO_ROOT / given
-    return shipped if shipped.exists() else given
+_repo_path = repo_path
 
 
 def _load_space(path: str) -> SearchSpace:

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from hwnas.latency import LatencyTable, load_profile, load_table
+from hwnas.paths import repo_path
 from hwnas.search.budget import Feasibility, check_budget
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
@@ -25,7 +26,6 @@ from hwnas.search.study import (
 )
 from hwnas.space import SearchSpace, load_space
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class InfeasibleBudgetError(ValueError):
@@ -36,12 +36,7 @@ class InfeasibleBudgetError(ValueError):
         super().__init__(feasibility.message(device=device, steps=steps, precision=precision))
 
 
-def _repo_path(path: str) -> Path:
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    shipped = REPO_ROOT / given
-    return shipped if shipped.exists() else given
+_repo_path = repo_path
 
 
 @dataclass

@@ -14,10 +14,10 @@ import torch
 
 from hwnas.data import Tokenizer
 from hwnas.model import BuiltinTextEncoder, ElasticDiT
+from hwnas.paths import REPO_ROOT
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import load_weights, prefixed, unprefixed
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-32"
 
 
