@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from hwnas.compress.distill import DistillConfig, distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
