@@ -63,7 +63,8 @@ def test_sigkill_then_rerun_resumes(tiny_env, tmp_path: Path) -> None:  # type: 
     assert {t.number for t in failed} == set(running_before)  # the killed trial(s), and only they
     for number, params in running_before.items():  # each re-run exactly once, with the same parameters
         retries = [t for t in complete if t.user_attrs.get("retry_of") == number]
-        assert len(retries) == 1 and retries[0].params == params
+        # A trial killed before its first suggestion has no parameters yet: the retry samples them.
+        assert len(retries) == 1 and params.items() <= retries[0].params.items()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     rows = (run_dir / "trials.csv").read_text().strip().splitlines()
     assert len(rows) == n_trials + 1
