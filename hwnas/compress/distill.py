@@ -24,7 +24,6 @@ slice of the batch and DDP averages the gradients (gloo on CPU, NCCL on GPUs).
 from __future__ import annotations
 
 import copy
-import csv
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -38,8 +37,14 @@ from torch import nn
 from hwnas.compress.extract import SubDiT, save_subdit
 from hwnas.model.ops import plain_norm
 from hwnas.space import SubnetConfig
-from hwnas.train.checkpoint import _atomic, write_json_atomic
+from hwnas.train.checkpoint import (
+    load_train_state,
+    save_train_state,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from hwnas.train.flow import flow_matching_loss, interpolate, time_grid
+from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet
 
 Mode = Literal["dmd", "kd", "kdmd"]
@@ -159,7 +164,7 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
     opt_g = torch.optim.AdamW(gen.parameters(), lr=dc.lr, betas=(0.0, 0.99), weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=dc.critic_lr, betas=(0.0, 0.99), weight_decay=0.0)
     if resume:
-        state = _load_state(out)
+        state = load_train_state(out, name=STATE, what="distillation")
         if _comparable(state["settings"]) != _comparable(settings):
             raise ValueError(f"{out}: the distillation there used other settings; resume with the same command")
         gen.load_state_dict(state["gen"])
@@ -179,7 +184,7 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
     shape = (teacher.space.latent_channels, teacher.space.latent_size, teacher.space.latent_size)
     per, lo = dc.batch_size // world, rank * (dc.batch_size // world)
     t0 = time.perf_counter()
-    bar = _progress(progress and rank == 0, total=dc.steps, start=start)
+    bar = loss_progress(progress and rank == 0, label="distill", total=dc.steps, start=start)
     for step in range(start, dc.steps):
         g = _gen(dc.seed, step, 0)
         idx = torch.randint(len(prompts), (dc.batch_size,), generator=g)[lo:lo + per]
@@ -247,7 +252,7 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
         bar(done, loss.item())
         if rank == 0 and (done % dc.checkpoint_every == 0 or done == dc.steps):
             _save(out, student, gen, critic, opt_g, opt_c, settings, done, elapsed, history)
-    bar(None, 0.0)
+    bar(None)
     student.dit.eval()
     summary = {"out": str(out), "steps": dc.steps, "wall_s": round(wall_before + time.perf_counter() - t0, 1),
                "student_steps": dc.student_steps, "dit_evals_per_image": dc.student_steps,
@@ -271,45 +276,10 @@ def _save(out: Path, student: SubDiT, gen: _Generator, critic: nn.Module, opt_g:
           opt_c: torch.optim.Optimizer, settings: dict[str, Any], step: int, wall_s: float,
           history: list[dict[str, float]]) -> None:
     """Log, then the student as a sub-DiT directory, then the resume state (that order)."""
-    out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
-    with (out / f".{LOG}.tmp").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(out / f".{LOG}.tmp", out / LOG)
+    write_csv_atomic(out / LOG, history, fieldnames=keys)
     save_subdit(student, out, distill={**settings, "step": step, "terms": _term_names(
         DistillConfig(**settings["distill"]))}, source=f"K-DMD student of {student.cfg.id}")
     state = {"settings": settings, "step": step, "wall_s": wall_s, "history": history, "gen": gen.state_dict(),
              "critic": critic.state_dict(), "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict()}
-    _atomic(out / STATE, lambda tmp: torch.save(state, tmp))
-
-
-def _load_state(out: Path) -> dict[str, Any]:
-    path = out / STATE
-    if not path.exists():
-        raise ValueError(f"{path}: no distillation state to resume from")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: corrupt distillation state ({exc})") from None
-
-
-def _progress(enabled: bool, *, total: int, start: int):  # -> callable(step | None, loss)
-    """A rich progress bar with the loss; a no-op when disabled."""
-    if not enabled:
-        return lambda *_: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    task = prog.add_task("distill", total=total, completed=start, loss=float("nan"))
-    prog.start()
-
-    def update(step: int | None, loss: float) -> None:
-        if step is None:
-            prog.stop()
-            return
-        prog.update(task, completed=step, loss=loss)
-
-    return update
+    save_train_state(out, state, name=STATE)

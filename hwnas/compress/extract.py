@@ -21,7 +21,8 @@ import torch
 from hwnas.data import Tokenizer
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
-from hwnas.train.checkpoint import _atomic, prefixed, unprefixed, write_json_atomic
+from hwnas.train.checkpoint import prefixed, unprefixed, write_atomic, write_json_atomic
+from hwnas.train.flow import guided_velocity
 from hwnas.train.supernet import Supernet
 
 WEIGHTS = "model.safetensors"
@@ -51,11 +52,7 @@ class SubDiT:
         """As `Supernet.velocity`; `cfg` must be this model's config."""
         if cfg != self.cfg:
             raise ValueError(f"this sub-DiT is {self.cfg.id}, asked for {cfg.id}")
-        if null is None or cfg_scale == 1.0:
-            return self.dit(x, t, emb, mask)  # type: ignore[return-value]
-        b = x.shape[0]
-        both = self.dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([emb, null[0]]), torch.cat([mask, null[1]]))
-        return both[b:] + cfg_scale * (both[:b] - both[b:])  # type: ignore[index]
+        return guided_velocity(self.dit, x, t, emb=emb, mask=mask, null=null, cfg_scale=cfg_scale)
 
     def with_dit(self, dit: StaticDiT, **meta: Any) -> SubDiT:
         """The same text side with another static DiT (a student, a quantized copy)."""
@@ -84,7 +81,7 @@ def save_subdit(model: SubDiT, out: str | Path, **meta: Any) -> Path:
     out = Path(out)
     tensors = {**prefixed("dit", model.dit.state_dict()), **prefixed("text", model.text.state_dict())}
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(out / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    write_atomic(out / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
     model.meta.update(meta)
     write_json_atomic(out / META, model.meta)
     return out

@@ -13,6 +13,7 @@ Each file is written to a temporary name in the same directory and moved into pl
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -28,7 +29,8 @@ META = "supernet.json"
 TRAIN_STATE = "train_state.pt"
 
 
-def _atomic(path: Path, write: Any) -> None:
+def write_atomic(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -42,13 +44,13 @@ def _atomic(path: Path, write: Any) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def save_weights(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write weights then metadata; the metadata names the weights' step, so it goes last."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(directory / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    write_atomic(directory / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
     write_json_atomic(directory / META, meta)
 
 
@@ -72,18 +74,31 @@ def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, info
 
 
-def save_train_state(directory: Path, state: dict[str, Any]) -> None:
-    _atomic(directory / TRAIN_STATE, lambda tmp: torch.save(state, tmp))
+def save_train_state(directory: Path, state: dict[str, Any], *, name: str = TRAIN_STATE) -> None:
+    """Write a resume state (tensors, numbers, dicts) atomically as `directory/name`."""
+    write_atomic(directory / name, lambda tmp: torch.save(state, tmp))
 
 
-def load_train_state(directory: Path) -> dict[str, Any]:
-    path = directory / TRAIN_STATE
+def load_train_state(directory: Path, *, name: str = TRAIN_STATE, what: str = "training") -> dict[str, Any]:
+    """Read a resume state with `weights_only=True`; `what` names the run kind in errors."""
+    path = directory / name
     if not path.exists():
-        raise ValueError(f"{path}: no training state to resume from")
+        raise ValueError(f"{path}: no {what} state to resume from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged pickle/zip
-        raise ValueError(f"{path}: corrupt training state ({exc})") from None
+        raise ValueError(f"{path}: corrupt {what} state ({exc})") from None
+
+
+def write_csv_atomic(path: Path, rows: list[dict[str, Any]], *, fieldnames: list[str] | None = None) -> None:
+    """Write `rows` as CSV (columns: `fieldnames`, default the first row's keys) atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames or list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,20 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Solver = Literal["euler", "heun"]
 
 
+def guided_velocity(model: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, *,
+                    emb: torch.Tensor, mask: torch.Tensor,
+                    null: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    cfg_scale: float = 1.0) -> torch.Tensor:
+    """`model(x, t, emb, mask)`; with `null` text and `cfg_scale` != 1, classifier-free guided
+    (Ho & Salimans 2022): uncond + s (cond - uncond), both halves in one batched call."""
+    if null is None or cfg_scale == 1.0:
+        return model(x, t, emb, mask)
+    batch = x.shape[0]
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([emb, null[0]]), torch.cat([mask, null[1]]))
+    cond, uncond = both[:batch], both[batch:]
+    return uncond + cfg_scale * (cond - uncond)
+
+
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3's resolution time shift: t' = s t / (1 + (s - 1) t); s > 1 spends more time near noise."""
     if shift == 1.0:

@@ -32,10 +32,12 @@ from hwnas.train.checkpoint import (
     load_train_state,
     save_train_state,
     save_weights,
+    write_csv_atomic,
     write_json_atomic,
 )
 from hwnas.train.config import TrainConfig, load_train_config
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
+from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet, build_supernet
 from hwnas.train.validation import make_val_set, val_loss
 
@@ -153,7 +155,7 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
 
     per_rank = tc.batch_size // world
     t0 = time.perf_counter()
-    bar = _progress(progress and rank == 0, total=tc.steps, start=start)
+    bar = loss_progress(progress and rank == 0, label="train", total=tc.steps, start=start)
     for step in range(start, tc.steps):
         g = _step_generator(tc.seed, step, 0)
         idx = torch.randint(len(images), (tc.batch_size,), generator=g)[rank * per_rank:(rank + 1) * per_rank]
@@ -177,12 +179,12 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         elapsed = wall_before + time.perf_counter() - t0
         history.append({"step": done, "loss": loss.item(), **logs, "grad_norm": grad_norm,
                         "lr": lr_at(step, tc), "wall_s": round(elapsed, 2)})
-        bar(done, loss.item(), (done - start) / (time.perf_counter() - t0))
+        bar(done, loss.item())
         if rank == 0 and (done % tc.val_every == 0 or done == tc.steps):
             _log_validation(out, net, done)
         if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps):
             _checkpoint(out, net, ema, params, opt, experiment, tc, done, elapsed, history)
-    bar(None, 0.0, 0.0)
+    bar(None)
     summary = _summary(out, tc, tc.steps, wall_before + time.perf_counter() - t0)
     if world > 1:
         summary["ranks_identical"] = _ranks_identical(params)
@@ -258,13 +260,7 @@ def _log_validation(out: Path, net: Supernet, step: int) -> None:
 
 
 def _write_log(out: Path, history: list[dict[str, float]]) -> None:
-    tmp = out / f".{_LOG}.tmp"
-    out.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, out / _LOG)
+    write_csv_atomic(out / _LOG, history)
 
 
 def _read_log(out: Path) -> list[dict[str, float]]:
@@ -283,24 +279,3 @@ def _summary(out: Path, tc: TrainConfig, step: int, wall_s: float) -> dict[str, 
     if _dist_info()[0] == 0:
         write_json_atomic(out / "train_summary.json", summary)
     return summary
-
-
-def _progress(enabled: bool, *, total: int, start: int):  # -> callable(step|None, loss, it/s)
-    """A rich progress bar with loss and it/s; a no-op when disabled (other ranks, tests)."""
-    if not enabled:
-        return lambda *_: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.2f} it/s"),
-                    TimeRemainingColumn())
-    task = prog.add_task("train", total=total, completed=start, loss=float("nan"), rate=0.0)
-    prog.start()
-
-    def update(step: int | None, loss: float, rate: float) -> None:
-        if step is None:
-            prog.stop()
-            return
-        prog.update(task, completed=step, loss=loss, rate=rate)
-
-    return update

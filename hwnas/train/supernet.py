@@ -17,6 +17,7 @@ from hwnas.model import BuiltinTextEncoder, ElasticDiT
 from hwnas.paths import REPO_ROOT
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import load_weights, prefixed, unprefixed
+from hwnas.train.flow import guided_velocity
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-32"
 
@@ -47,13 +48,8 @@ class Supernet:
                  mask: torch.Tensor, null: tuple[torch.Tensor, torch.Tensor] | None = None,
                  cfg_scale: float = 1.0) -> torch.Tensor:
         """v(x, t) of sub-DiT `cfg`; with `null` text and `cfg_scale` != 1, classifier-free guided."""
-        if null is None or cfg_scale == 1.0:
-            return self.dit(x, t, emb, mask, cfg)
-        batch = x.shape[0]
-        both = self.dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([emb, null[0]]),
-                        torch.cat([mask, null[1]]), cfg)
-        cond, uncond = both[:batch], both[batch:]
-        return uncond + cfg_scale * (cond - uncond)
+        return guided_velocity(lambda *inputs: self.dit(*inputs, cfg), x, t, emb=emb, mask=mask, null=null,
+                               cfg_scale=cfg_scale)
 
 
 def build_supernet(space: SearchSpace, tokenizer: Tokenizer, *, text_layers: int) -> Supernet:
