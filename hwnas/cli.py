@@ -136,7 +136,8 @@ def space_sample(experiment: str, n: int, seed: int, out: str | None) -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Override [train] steps.")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Override [train] batch_size.")
 @click.option("--out", "out", default="runs/train", show_default=True, type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out where it stopped (a larger --steps extends it).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's choice).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(experiment: str, steps: int | None, batch_size: int | None, out: str, resume: bool,

@@ -35,7 +35,7 @@ from hwnas.train.checkpoint import (
     write_csv_atomic,
     write_json_atomic,
 )
-from hwnas.train.config import TrainConfig, load_train_config
+from hwnas.train.config import TrainConfig, load_train_config, tomllib
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
 from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet, build_supernet
@@ -83,7 +83,11 @@ def step_subnets(space: SearchSpace, tc: TrainConfig, step: int) -> list[SubnetC
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+    """Linear warm-up, then cosine decay to 10% of the peak over `tc.steps`.
+
+    Extending a run (`--resume` with more steps) stretches the cosine: the rate goes back up to
+    where the longer schedule would be at that step (a warm restart), then decays again.
+    """
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
     progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
@@ -138,11 +142,19 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     ema = [p.detach().clone() for p in params]
 
-    start, wall_before, history = 0, 0.0, []
+    start, wall_before, history, schedule = 0, 0.0, [], [tc.steps]
     if resume:
         state = load_train_state(out)
-        if state["experiment_toml"] != experiment.read_text() or state["train"] != asdict(tc):
-            raise ValueError(f"{out}: the run there used other settings; resume with the same command")
+        saved_steps = int(state["train"]["steps"])
+        if not _same_run(state, experiment.read_text(), tc):
+            raise ValueError(f"{out}: the run there used other settings; resume with the same "
+                             "command (only --steps may grow, to extend it)")
+        if tc.steps < saved_steps:
+            raise ValueError(f"{out}: the run there is scheduled for {saved_steps} steps; "
+                             f"--steps {tc.steps} would shorten it")
+        schedule = list(state.get("schedule", [saved_steps]))
+        if tc.steps > saved_steps:
+            schedule.append(tc.steps)
         net.dit.load_state_dict(state["dit"])
         net.text.load_state_dict(state["text"])
         opt.load_state_dict(state["optimizer"])
@@ -183,13 +195,25 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         if rank == 0 and (done % tc.val_every == 0 or done == tc.steps):
             _log_validation(out, net, done)
         if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            _checkpoint(out, net, ema, params, opt, experiment, tc, done, elapsed, history)
+            _checkpoint(out, net, ema, params, opt, experiment, tc, done, elapsed, history,
+                        schedule)
     bar(None)
     summary = _summary(out, tc, tc.steps, wall_before + time.perf_counter() - t0)
     if world > 1:
         summary["ranks_identical"] = _ranks_identical(params)
         dist.barrier()
     return summary
+
+
+def _same_run(state: dict[str, Any], experiment_toml: str, tc: TrainConfig) -> bool:
+    """Whether a resume state was made by the same experiment and settings, `steps` aside."""
+    def without_steps(toml_text: str) -> dict[str, Any]:
+        data = tomllib.loads(toml_text)
+        data.get("train", {}).pop("steps", None)
+        return data
+
+    return (without_steps(state["experiment_toml"]) == without_steps(experiment_toml)
+            and {**state["train"], "steps": tc.steps} == asdict(tc))
 
 
 def _ranks_identical(params: list[nn.Parameter]) -> bool:
@@ -204,8 +228,12 @@ def _ranks_identical(params: list[nn.Parameter]) -> bool:
 
 def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[nn.Parameter],
                 opt: torch.optim.Optimizer, experiment: Path, tc: TrainConfig, step: int,
-                wall_s: float, history: list[dict[str, float]]) -> None:
-    """Write the log, the EMA weights + metadata, then the resume state (in that order)."""
+                wall_s: float, history: list[dict[str, float]], schedule: list[int]) -> None:
+    """Write the log, the EMA weights + metadata, then the resume state (in that order).
+
+    `schedule` lists the step targets the run was given: [1000] for one run, [1000, 3000] for a
+    run extended with `--resume --steps 3000` (its cosine learning rate restarted at step 1000).
+    """
     _write_log(out, history)
     raw = {"dit": {k: v.detach().cpu().clone() for k, v in net.dit.state_dict().items()},
            "text": {k: v.detach().cpu().clone() for k, v in net.text.state_dict().items()}}
@@ -227,11 +255,14 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
         "wall_s": round(wall_s, 1),
         "weights": "EMA",
         "loss_recent": sum(r["loss"] for r in recent) / len(recent),
-        "command": f"hwnas train --experiment {experiment} --steps {tc.steps} --out {out}",
+        "schedule": schedule,
+        "command": "; ".join(f"hwnas train --experiment {experiment} --steps {n} --out {out}"
+                             + (" --resume" if i else "") for i, n in enumerate(schedule)),
     }
     save_weights(out, weights, meta)
     save_train_state(out, {"step": step, "wall_s": wall_s, "train": asdict(tc),
-                           "experiment_toml": experiment.read_text(), "dit": raw["dit"],
+                           "experiment_toml": experiment.read_text(), "schedule": schedule,
+                           "dit": raw["dit"],
                            "text": raw["text"], "optimizer": opt.state_dict(),
                            "ema": [e.detach().cpu().clone() for e in ema]})
 
@@ -268,7 +299,8 @@ def _read_log(out: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with path.open() as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [{k: int(float(v)) if k == "step" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(fh)]
 
 
 def _summary(out: Path, tc: TrainConfig, step: int, wall_s: float) -> dict[str, Any]:

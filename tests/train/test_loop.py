@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -33,7 +34,20 @@ def test_resume_with_other_settings_is_refused(tiny_experiment: Path, tmp_path: 
     out = tmp_path / "run"
     train(tiny_experiment, out=out, steps=2, progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        train(tiny_experiment, out=out, steps=4, resume=True, progress=False)
+        train(tiny_experiment, out=out, steps=2, resume=True, progress=False, overrides={"lr": 1e-4})
+    with pytest.raises(ValueError, match="shorten"):
+        train(tiny_experiment, out=out, steps=1, resume=True, progress=False)
+
+
+def test_resume_with_more_steps_extends_the_run(tiny_experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_experiment, out=out, steps=2, progress=False)
+    summary = train(tiny_experiment, out=out, steps=4, resume=True, progress=False)
+    assert summary["steps"] == 4
+    meta = json.loads((out / "supernet.json").read_text())
+    assert meta["step"] == 4 and meta["schedule"] == [2, 4]
+    assert meta["command"].endswith("--steps 4 --out " + str(out) + " --resume")
+    assert [int(row["step"]) for row in csv.DictReader((out / "train_log.csv").open())] == [1, 2, 3, 4]
 
 
 def test_resume_after_kill_matches_straight_run(tiny_experiment: Path, tmp_path: Path) -> None:
