@@ -1,4 +1,4 @@
-"""TVM (default Relax pipeline, untuned) vs onnxruntime vs PyTorch eager per block kind, with roofline efficiency.
+"""TVM (as the LUT compiles: hwnas CPU schedules, no tuning) vs onnxruntime vs PyTorch eager per block kind, with roofline efficiency.
 
 Usage (from the repository root):
 

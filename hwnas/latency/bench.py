@@ -1,8 +1,9 @@
 """Measure kernels and whole sub-DiT steps with TVM 0.27 (Relax), locally or through `tvm.rpc`.
 
 Path (DESIGN.md sections 6 and 11): PyTorch module -> `torch.export` -> Relax
-(`from_exported_program`) -> `tvm.compile` for the profile's target (the default Relax pipeline:
-fused, unscheduled loops; no tuning) -> `relax.VirtualMachine` -> warm-up calls -> `repeat` repeats of
+(`from_exported_program`) -> `tvm.compile` for the profile's target (CPU targets: operator fusion and
+hwnas's hand-written TensorIR schedules, `hwnas.latency.schedule`; other targets: TVM's default
+pipeline; no tuning) -> `relax.VirtualMachine` -> warm-up calls -> `repeat` repeats of
 at least `min_repeat_ms`: thread CPU time with one local thread (robust to other processes on a shared
 machine), else `time_evaluator` (wall clock, locally with several threads and remotely). A `Timing` holds the median, p10, p90
 and coefficient of variation of the per-repeat means in ms, and n = repeats.
@@ -17,6 +18,7 @@ from a tracker (`connect_tracker`). The thread count is the profile's `threads`
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import statistics
@@ -71,26 +73,64 @@ def set_local_threads(threads: int) -> None:
         pass
 
 
+class _LinearKN(nn.Module):
+    """`nn.Linear` with its weight stored transposed, `(in, out)`: `x @ W^T + b` without a transpose op.
+
+    TVM imports `linear` as `permute_dims(W)` + `matmul`; folding those transposes of constant
+    weights (Relax `FoldConstant` compiles and runs one function per weight) took 44 s of a 50 s
+    sub-DiT compile here. A deployed model stores its weights in the layout its kernels read, so
+    doing it once in torch is what the device would run, at no compile cost.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight_kn = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)  # (in, out)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight_kn)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+
+def _weights_kn(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every `nn.Linear` replaced by `_LinearKN` (same outputs)."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, _LinearKN(child))
+    return module
+
+
 def export_relax(module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
-    """Relax IRModule of `module(*args)` via `torch.export` (weights bound as constants)."""
+    """Relax IRModule of `module(*args)` via `torch.export` (weights bound as constants, stored `(in, out)`)."""
     from tvm.relax.frontend.torch import from_exported_program
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(module.eval(), args)
+        program = torch.export.export(_weights_kn(module).eval(), args)
         return from_exported_program(program, keep_params_as_input=False)
 
 
-def compile_relax(mod: Any, *, target: dict[str, Any]) -> Any:
-    """`tvm.compile` with the default Relax pipeline for `target` (a TVM 0.27 target dict)."""
+def compile_relax(mod: Any, *, target: dict[str, Any], threads: int = 1, schedule: bool = True) -> Any:
+    """`tvm.compile` of `mod` for `target` (a TVM 0.27 target dict).
+
+    LLVM (CPU) targets get the hand-written schedules of `hwnas.latency.schedule` (`threads` > 1:
+    parallel outer loops) unless `schedule` is False; other targets the default Relax pipeline.
+    """
     import tvm
 
+    if schedule and target.get("kind") == "llvm":
+        from hwnas.latency.schedule import compile_relax_scheduled
+
+        return compile_relax_scheduled(mod, target=target, threads=threads)
     return tvm.compile(mod, target=tvm.target.Target(target))
 
 
-def compile_module(module: nn.Module, args: tuple[torch.Tensor, ...], *, target: dict[str, Any]) -> Any:
-    """Executable of `module(*args)` for `target`."""
-    return compile_relax(export_relax(module, args), target=target)
+def compile_module(module: nn.Module, args: tuple[torch.Tensor, ...], *, target: dict[str, Any], threads: int = 1,
+                   schedule: bool = True) -> Any:
+    """Executable of `module(*args)` for `target` (see `compile_relax`)."""
+    return compile_relax(export_relax(module, args), target=target, threads=threads, schedule=schedule)
 
 
 # Timing -------------------------------------------------------------------------------------
@@ -185,7 +225,7 @@ def measure_kernel(key: KernelKey, *, profile: DeviceProfile, space: SearchSpace
     `remote` is an RPC session (`connect_tracker(...)`); None runs on this machine.
     """
     module, args = kernel_module(key, space, seed=seed)
-    ex = compile_module(module, args, target=profile.target)
+    ex = compile_module(module, args, target=profile.target, threads=profile.threads)
     return _time_executable(ex, args, remote=remote, repeat=repeat, min_repeat_ms=min_repeat_ms,
                             warmup=warmup, threads=profile.threads)
 
@@ -211,7 +251,7 @@ def time_subnet_tvm(static_model: nn.Module, *, profile: DeviceProfile, batch: i
     try:
         wrapper = _Positional(static_model.eval().float().cpu())
         args = subnet_inputs(space, batch=batch)
-        ex = compile_module(wrapper, args, target=profile.target)
+        ex = compile_module(wrapper, args, target=profile.target, threads=profile.threads)
     finally:
         static_model.train(was_training)
     return _time_executable(ex, args, remote=remote, repeat=repeat, min_repeat_ms=min_repeat_ms,

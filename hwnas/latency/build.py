@@ -30,7 +30,7 @@ from hwnas.space import SearchSpace
 
 MEASURED_CODE_FILES: tuple[str, ...] = (
     *KERNEL_CODE_FILES, "latency/blocks.py", "latency/bench.py", "model/static.py", "model/attention.py",
-    "model/ops.py",
+    "model/ops.py", "latency/schedule.py",
 )
 """Files a measured table depends on: the kernels' cost and shapes, the modules timed, the bench path."""
 
@@ -61,7 +61,8 @@ def measured_meta(profile: DeviceProfile, space: SearchSpace, *, experiment_path
         target=profile.target, tvm_version=tvm_version(), threads=profile.threads, precisions=("fp32",),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         code_hash=code_hash(MEASURED_CODE_FILES), code_files=MEASURED_CODE_FILES, host_cpu=cpu, host_cores=cores,
-        calibration=(f"none: TVM {tvm_version()} default Relax pipeline (no tuning), {warmup} warm-up calls, "
+        calibration=(f"none: TVM {tvm_version()} Relax, " + ("hwnas CPU schedules (hwnas/latency/schedule.py)"
+                     if profile.target.get("kind") == "llvm" else "default pipeline") + f" (no tuning), {warmup} warm-up calls, "
                      f"{repeat} repeats of >= {min_repeat_ms} ms, batch 1, {profile.threads} thread(s), "
                      + ("time_evaluator wall clock through tvm.rpc" if remote else
                         "thread CPU time" if profile.threads == 1 else "time_evaluator wall clock")),

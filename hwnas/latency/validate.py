@@ -169,7 +169,8 @@ def noise_floor(cfg: SubnetConfig, space: SearchSpace, profile: DeviceProfile, *
     from hwnas.model.static import StaticDiT
 
     args = subnet_inputs(space)
-    ex = compile_module(_Positional(StaticDiT(space, cfg).eval()), args, target=profile.target)
+    ex = compile_module(_Positional(StaticDiT(space, cfg).eval()), args, target=profile.target,
+                        threads=profile.threads)
     medians = [_time_executable(ex, args, remote=None, repeat=25, min_repeat_ms=0, warmup=3,
                                 threads=profile.threads).median_ms for _ in range(times)]
     mid = statistics.median(medians)

@@ -1,0 +1,159 @@
+"""Default (unscheduled) TVM vs scheduled TVM (`hwnas.latency.schedule`) vs onnxruntime vs PyTorch per block kind.
+
+Usage (from the repository root):
+
+    OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 .venv/bin/python benchmarks/tvm_schedule.py
+        [--experiment experiments/shapes-32.toml] [--device host] [--repeat 20] [--no-large]
+
+For each kernel kind of the space (Down/Up blocks once per attention type), the kernel at the median FLOPs
+of that kind is built once and timed side by side in this run: TVM with the default Relax pipeline
+(`compile_module(..., schedule=False)`), TVM with the hand-written CPU schedules as the LUT compiles it
+(`compile_relax_scheduled`), onnxruntime (CPU provider, all graph optimisations) and torch eager, each with
+the host profile's thread count (one thread: thread CPU time, robust to the other jobs on this machine).
+Also prints the compile seconds of both TVM builds, the scheduled build's max |difference| to the default
+build (relative to the output's max |value|) and the number of PrimFuncs it scheduled as matmuls.
+Then one large matmul, a Linear of 256 tokens x 1024 -> 4096 (2 x 256 x 1024 x 4096 FLOPs, a multiply-add
+is 2 FLOPs), in GFLOP/s (`--no-large` skips it; the default build takes seconds per call there).
+The last line is the summary: median speedup default/scheduled and median ratios scheduled/ORT and
+default/ORT over the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hwnas.latency import enumerate_kernels, kernel_flops, load_profile
+from hwnas.latency.bench import (
+    _time_executable,
+    compile_module,
+    export_relax,
+    time_onnxruntime,
+    timing_from_seconds,
+)
+from hwnas.latency.blocks import kernel_module
+from hwnas.latency.kernels import KernelKey
+from hwnas.latency.schedule import compile_relax_scheduled, schedule_module
+from hwnas.space import load_space
+
+
+def _torch_ms(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, repeat: int) -> float:
+    with torch.no_grad():
+        for _ in range(3):
+            module(*args)
+        samples = []
+        for _ in range(repeat):
+            start = time.thread_time()  # one torch thread: the work runs on this thread
+            for _ in range(10):
+                module(*args)
+            samples.append((time.thread_time() - start) / 10)
+    return timing_from_seconds(samples).median_ms
+
+
+def _vm_output(ex: Any, args: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """First output of `main` on this machine's CPU."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a.detach().numpy()) for a in args])
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def _matmul_funcs(mod: Any, *, target: dict[str, Any]) -> int:
+    """PrimFuncs of `mod` that `schedule_module` schedules as matmuls (after legalization and fusion)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    tgt = tvm.target.Target(target)
+    with tgt:
+        fused = tvm.transform.Sequential(pipeline.library_dispatch_passes(tgt) + pipeline.legalize_passes(tgt))(mod)
+    return len(schedule_module(fused, target=target)[1].matmul)
+
+
+def _picks(keys: list[KernelKey]) -> dict[str, KernelKey]:
+    """{row name: kernel at the median FLOPs}, Down/Up blocks split by attention type."""
+    groups: dict[str, list[KernelKey]] = {}
+    for k in keys:
+        name = f"{k.kind}/{k.op.attn}" if k.kind in ("down_block", "up_block") else k.kind
+        groups.setdefault(name, []).append(k)
+    return {name: sorted(ks, key=kernel_flops)[len(ks) // 2] for name, ks in groups.items()}
+
+
+def _large(*, target: dict[str, Any], threads: int, repeat: int) -> None:
+    """GFLOP/s of a 256 x 1024 -> 4096 Linear: default TVM (one call), scheduled TVM, onnxruntime, torch."""
+    module, args = torch.nn.Linear(1024, 4096), (torch.randn(1, 256, 1024),)
+    flops = 2 * 256 * 1024 * 4096
+    mod = export_relax(module, args)
+    start = time.perf_counter()
+    ex_def = compile_module(module, args, target=target, schedule=False)
+    mid = time.perf_counter()
+    ex_sch = compile_relax_scheduled(mod, target=target)
+    end = time.perf_counter()
+    t_def = _time_executable(ex_def, args, remote=None, repeat=1, min_repeat_ms=1, warmup=0, threads=threads)
+    t_sch = _time_executable(ex_sch, args, remote=None, repeat=repeat, min_repeat_ms=1, warmup=2, threads=threads)
+    t_ort = time_onnxruntime(module, args, threads=threads, repeat=repeat, min_repeat_ms=1)
+    t_torch = _torch_ms(module, args, repeat=max(3, repeat // 4))
+    rows = [("tvm default", t_def.median_ms), ("tvm scheduled", t_sch.median_ms), ("onnxruntime", t_ort.median_ms),
+            ("torch", t_torch)]
+    print(f"large Linear 256x1024->4096 ({flops / 1e9:.2f} GFLOP); compile default {mid - start:.2f} s, "
+          f"scheduled {end - mid:.2f} s")
+    for name, ms in rows:
+        print(f"  {name:14s} {ms:10.2f} ms {flops / (ms * 1e6):8.1f} GFLOP/s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", default="experiments/shapes-32.toml")
+    parser.add_argument("--device", default="host")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--no-large", action="store_true", help="skip the 256x1024->4096 Linear")
+    opts = parser.parse_args()
+
+    space = load_space(Path(opts.experiment))
+    prof = load_profile(opts.device)
+    torch.set_num_threads(prof.threads)
+    target = prof.target
+    picks = _picks(enumerate_kernels(space, precisions=("fp32",)))
+    print(f"device {prof.name}: {prof.threads} thread(s), target {target}; {len(picks)} kinds of {space.name} "
+          f"(kernel at the median FLOPs of each)")
+    print(f"{'kind':18s} {'MFLOP':>7s} {'mm_fn':>5s} {'def_ms':>8s} {'sch_ms':>8s} {'ort_ms':>8s} {'torch_ms':>8s} "
+          f"{'def_c_s':>7s} {'sch_c_s':>7s} {'def/sch':>7s} {'sch/ort':>7s} {'def/ort':>7s} {'max|d|':>8s}")
+    speedups, sch_ort, def_ort = [], [], []
+    for name, key in picks.items():
+        module, args = kernel_module(key, space)
+        mod = export_relax(module, args)
+        start = time.perf_counter()
+        ex_def = compile_module(module, args, target=target, schedule=False)
+        mid = time.perf_counter()
+        ex_sch = compile_relax_scheduled(mod, target=target)
+        end = time.perf_counter()
+        out_def, out_sch = _vm_output(ex_def, args), _vm_output(ex_sch, args)
+        diff = float(np.abs(out_def - out_sch).max() / max(float(np.abs(out_def).max()), 1e-12))
+        kwargs = {"remote": None, "repeat": opts.repeat, "min_repeat_ms": 1, "warmup": 3, "threads": prof.threads}
+        t_def = _time_executable(ex_def, args, **kwargs)
+        t_sch = _time_executable(ex_sch, args, **kwargs)
+        t_ort = time_onnxruntime(module, args, threads=prof.threads, repeat=opts.repeat, min_repeat_ms=1)
+        torch_ms = _torch_ms(module, args, repeat=opts.repeat)
+        speedups.append(t_def.median_ms / t_sch.median_ms)
+        sch_ort.append(t_sch.median_ms / t_ort.median_ms)
+        def_ort.append(t_def.median_ms / t_ort.median_ms)
+        print(f"{name:18s} {kernel_flops(key) / 1e6:7.2f} {_matmul_funcs(mod, target=target):5d} "
+              f"{t_def.median_ms:8.4f} {t_sch.median_ms:8.4f} {t_ort.median_ms:8.4f} {torch_ms:8.4f} "
+              f"{mid - start:7.2f} {end - mid:7.2f} {speedups[-1]:7.2f} {sch_ort[-1]:7.2f} {def_ort[-1]:7.2f} "
+              f"{diff:8.1e}", flush=True)
+    if not opts.no_large:
+        _large(target=target, threads=prof.threads, repeat=opts.repeat)
+    print(f"SUMMARY over {len(speedups)} kinds: speedup default/scheduled median {statistics.median(speedups):.2f} "
+          f"(range {min(speedups):.2f}-{max(speedups):.2f}); scheduled/ORT median {statistics.median(sch_ort):.2f} "
+          f"(range {min(sch_ort):.2f}-{max(sch_ort):.2f}); default/ORT median {statistics.median(def_ort):.2f}")
+
+
+if __name__ == "__main__":
+    main()
