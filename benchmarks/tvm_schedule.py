@@ -6,8 +6,8 @@ Usage (from the repository root):
         [--experiment experiments/shapes-32.toml] [--device host] [--repeat 20] [--no-large]
 
 For each kernel kind of the space (Down/Up blocks once per attention type), the kernel at the median FLOPs
-of that kind is built once and timed side by side in this run: TVM with the default Relax pipeline
-(`compile_module(..., schedule=False)`), TVM with the hand-written CPU schedules as the LUT compiles it
+of that kind is exported once and timed side by side in this run: TVM with the default Relax pipeline
+(`compile_relax(..., schedule=False)`), TVM with the hand-written CPU schedules as the LUT compiles it
 (`compile_relax_scheduled`), onnxruntime (CPU provider, all graph optimisations) and torch eager, each with
 the host profile's thread count (one thread: thread CPU time, robust to the other jobs on this machine).
 Also prints the compile seconds of both TVM builds, the scheduled build's max |difference| to the default
@@ -32,28 +32,15 @@ import torch
 from hwnas.latency import enumerate_kernels, kernel_flops, load_profile
 from hwnas.latency.bench import (
     _time_executable,
-    compile_module,
+    compile_relax,
     export_relax,
     time_onnxruntime,
-    timing_from_seconds,
 )
 from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import KernelKey
 from hwnas.latency.schedule import compile_relax_scheduled, schedule_module
 from hwnas.space import load_space
-
-
-def _torch_ms(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, repeat: int) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            module(*args)
-        samples = []
-        for _ in range(repeat):
-            start = time.thread_time()  # one torch thread: the work runs on this thread
-            for _ in range(10):
-                module(*args)
-            samples.append((time.thread_time() - start) / 10)
-    return timing_from_seconds(samples).median_ms
+from tvm_vs_ort import torch_thread_ms  # benchmarks/ is on sys.path when run as a script
 
 
 def _vm_output(ex: Any, args: tuple[torch.Tensor, ...]) -> np.ndarray:
@@ -86,24 +73,28 @@ def _picks(keys: list[KernelKey]) -> dict[str, KernelKey]:
     return {name: sorted(ks, key=kernel_flops)[len(ks) // 2] for name, ks in groups.items()}
 
 
+def _compile_both(mod: Any, *, target: dict[str, Any]) -> tuple[Any, Any, float, float]:
+    """(default build, scheduled build, compile seconds of each) of one exported Relax module."""
+    start = time.perf_counter()
+    ex_def = compile_relax(mod, target=target, schedule=False)
+    mid = time.perf_counter()
+    ex_sch = compile_relax_scheduled(mod, target=target)
+    return ex_def, ex_sch, mid - start, time.perf_counter() - mid
+
+
 def _large(*, target: dict[str, Any], threads: int, repeat: int) -> None:
     """GFLOP/s of a 256 x 1024 -> 4096 Linear: default TVM (one call), scheduled TVM, onnxruntime, torch."""
     module, args = torch.nn.Linear(1024, 4096), (torch.randn(1, 256, 1024),)
     flops = 2 * 256 * 1024 * 4096
-    mod = export_relax(module, args)
-    start = time.perf_counter()
-    ex_def = compile_module(module, args, target=target, schedule=False)
-    mid = time.perf_counter()
-    ex_sch = compile_relax_scheduled(mod, target=target)
-    end = time.perf_counter()
+    ex_def, ex_sch, def_s, sch_s = _compile_both(export_relax(module, args), target=target)
     t_def = _time_executable(ex_def, args, remote=None, repeat=1, min_repeat_ms=1, warmup=0, threads=threads)
     t_sch = _time_executable(ex_sch, args, remote=None, repeat=repeat, min_repeat_ms=1, warmup=2, threads=threads)
     t_ort = time_onnxruntime(module, args, threads=threads, repeat=repeat, min_repeat_ms=1)
-    t_torch = _torch_ms(module, args, repeat=max(3, repeat // 4))
+    t_torch = torch_thread_ms(module, args, repeat=max(3, repeat // 4))
     rows = [("tvm default", t_def.median_ms), ("tvm scheduled", t_sch.median_ms), ("onnxruntime", t_ort.median_ms),
             ("torch", t_torch)]
-    print(f"large Linear 256x1024->4096 ({flops / 1e9:.2f} GFLOP); compile default {mid - start:.2f} s, "
-          f"scheduled {end - mid:.2f} s")
+    print(f"large Linear 256x1024->4096 ({flops / 1e9:.2f} GFLOP); compile default {def_s:.2f} s, "
+          f"scheduled {sch_s:.2f} s")
     for name, ms in rows:
         print(f"  {name:14s} {ms:10.2f} ms {flops / (ms * 1e6):8.1f} GFLOP/s", flush=True)
 
@@ -129,24 +120,20 @@ def main() -> None:
     for name, key in picks.items():
         module, args = kernel_module(key, space)
         mod = export_relax(module, args)
-        start = time.perf_counter()
-        ex_def = compile_module(module, args, target=target, schedule=False)
-        mid = time.perf_counter()
-        ex_sch = compile_relax_scheduled(mod, target=target)
-        end = time.perf_counter()
+        ex_def, ex_sch, def_s, sch_s = _compile_both(mod, target=target)
         out_def, out_sch = _vm_output(ex_def, args), _vm_output(ex_sch, args)
         diff = float(np.abs(out_def - out_sch).max() / max(float(np.abs(out_def).max()), 1e-12))
         kwargs = {"remote": None, "repeat": opts.repeat, "min_repeat_ms": 1, "warmup": 3, "threads": prof.threads}
         t_def = _time_executable(ex_def, args, **kwargs)
         t_sch = _time_executable(ex_sch, args, **kwargs)
         t_ort = time_onnxruntime(module, args, threads=prof.threads, repeat=opts.repeat, min_repeat_ms=1)
-        torch_ms = _torch_ms(module, args, repeat=opts.repeat)
+        torch_ms = torch_thread_ms(module, args, repeat=opts.repeat)
         speedups.append(t_def.median_ms / t_sch.median_ms)
         sch_ort.append(t_sch.median_ms / t_ort.median_ms)
         def_ort.append(t_def.median_ms / t_ort.median_ms)
         print(f"{name:18s} {kernel_flops(key) / 1e6:7.2f} {_matmul_funcs(mod, target=target):5d} "
               f"{t_def.median_ms:8.4f} {t_sch.median_ms:8.4f} {t_ort.median_ms:8.4f} {torch_ms:8.4f} "
-              f"{mid - start:7.2f} {end - mid:7.2f} {speedups[-1]:7.2f} {sch_ort[-1]:7.2f} {def_ort[-1]:7.2f} "
+              f"{def_s:7.2f} {sch_s:7.2f} {speedups[-1]:7.2f} {sch_ort[-1]:7.2f} {def_ort[-1]:7.2f} "
               f"{diff:8.1e}", flush=True)
     if not opts.no_large:
         _large(target=target, threads=prof.threads, repeat=opts.repeat)

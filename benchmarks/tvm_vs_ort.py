@@ -29,7 +29,8 @@ from hwnas.latency.blocks import kernel_module
 from hwnas.space import load_space
 
 
-def _torch_ms(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, repeat: int) -> float:
+def torch_thread_ms(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, repeat: int) -> float:
+    """Median ms of `module(*args)` in torch eager, thread CPU time (one torch thread), 10 calls per repeat."""
     with torch.no_grad():
         for _ in range(3):
             module(*args)
@@ -80,7 +81,7 @@ def main() -> None:
             tvm_t = _time_executable(ex, args, remote=None, repeat=opts.repeat, min_repeat_ms=1, warmup=3,
                                      threads=prof.threads)
             ort_t = time_onnxruntime(module, args, threads=prof.threads, repeat=opts.repeat, min_repeat_ms=1)
-            torch_ms = _torch_ms(module, args, repeat=opts.repeat)
+            torch_ms = torch_thread_ms(module, args, repeat=opts.repeat)
             flops, nbytes = kernel_flops(key), kernel_bytes(key)
             roof_ms = max(flops / (peak_gflops * 1e6), nbytes / (bw_gbps * 1e6))
             ratios.append(tvm_t.median_ms / ort_t.median_ms)
