@@ -471,13 +471,16 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
               help="Time one sub-DiT this many times for the noise floor (0: skip).")
 @click.option("--cache", "cache", type=click.Path(dir_okay=False),
               help="JSON-lines file of measured sub-DiTs, reused on a rerun (resume).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Compile this many sub-DiTs at once; timing always runs alone, after compiling.")
 @click.option("--write-correction", "write_correction", is_flag=True,
               help="Store the fitted correction in the table's sidecar (used by `predict --correct`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report.")
 @_profile_option
 @_table_option
 def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed: int, noise_repeats: int,
-                 cache: str | None, write_correction: bool, as_json: bool, profiles: str, tables: str) -> None:
+                 cache: str | None, jobs: int, write_correction: bool, as_json: bool, profiles: str,
+                 tables: str) -> None:
     """Predicted vs measured whole-step latency of held-out random sub-DiTs (compiled with TVM)."""
     from hwnas.latency import MissingKernelError, load_table
     from hwnas.latency import validate as val
@@ -489,7 +492,7 @@ def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed:
     try:
         table = load_table(prof, sp.name, table_dir=_repo_path(tables))
         report = val.validate_table(table, sp, prof, n=n, seed=seed, n_calibration=n_calibration,
-                                    noise_repeats=noise_repeats, cache=cache)
+                                    noise_repeats=noise_repeats, cache=cache, jobs=jobs)
     except (FileNotFoundError, ValueError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
     if write_correction:
@@ -567,6 +570,10 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
 @click.option("--student-steps", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--critic-updates", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Student learning rate (AdamW, constant).")
+@click.option("--critic-lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Critic (fake score) learning rate.")
 @click.option("--mode", type=click.Choice(["kdmd", "dmd", "kd"]), default="kdmd", show_default=True,
               help="K-DMD (all terms), DMD-only or KD-only (output + feature).")
 @click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
@@ -574,8 +581,8 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
 @click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, steps: int,
-                student_steps: int, batch_size: int, critic_updates: int, mode: str, no_feature: bool,
-                kd_teacher_steps: int, resume: bool, quiet: bool) -> None:
+                student_steps: int, batch_size: int, critic_updates: int, lr: float, critic_lr: float, mode: str,
+                no_feature: bool, kd_teacher_steps: int, resume: bool, quiet: bool) -> None:
     """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
     from dataclasses import replace
 
@@ -587,7 +594,8 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
         raise click.UsageError(f"{out} already holds a distillation; pass --resume or choose another --out")
     try:
         dc = terms(mode, DistillConfig(steps=steps, student_steps=student_steps, batch_size=batch_size,  # type: ignore[arg-type]
-                                       critic_updates=critic_updates, kd_teacher_steps=kd_teacher_steps))
+                                       critic_updates=critic_updates, kd_teacher_steps=kd_teacher_steps,
+                                       lr=lr, critic_lr=critic_lr))
         if no_feature:
             dc = replace(dc, feat_weight=0.0)
         summary = distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)

@@ -31,9 +31,9 @@ class Supernet:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions -> text embeddings (B, L, Ct) and mask (B, L)."""
+        """Captions -> text embeddings (B, L, Ct) and mask (B, L), on the text encoder's device."""
         ids = self.tokenizer.encode(captions, max_len=self.space.text_len)
-        return self.text.encode(ids)
+        return self.text.encode(ids.to(next(self.text.parameters()).device))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**prefixed("dit", self.dit.state_dict()), **prefixed("text", self.text.state_dict())}

@@ -127,6 +127,52 @@ def test_validate_table_with_fake_measurement(space: SearchSpace, tmp_path: Path
     assert rep2["rows"] == rep["rows"]
 
 
+def test_validate_table_prepares_only_unmeasured_configs(space: SearchSpace, tmp_path: Path) -> None:
+    """A measure with `prepare` is asked once, before any timing, for every config not in the cache."""
+    table = _synthetic_table(space)
+    prof = load_profile("host", profile_dir=ROOT / "device_profiles")
+    calls: list[tuple[str, object]] = []
+
+    class Fake:
+        def prepare(self, cfgs, *, progress):  # type: ignore[no-untyped-def]
+            calls.append(("prepare", sorted(c.id for c in cfgs)))
+
+        def __call__(self, cfg):  # type: ignore[no-untyped-def]
+            calls.append(("time", cfg.id))
+            return Timing(1.0 + len(calls) * 1e-3, 0.9, 1.1, 0.01, 5, "measured")
+
+    cache = tmp_path / "cache.jsonl"
+    validate_table(table, space, prof, n=4, seed=0, n_calibration=2, noise_repeats=0, measure=Fake(), cache=cache,
+                   progress=False)
+    assert calls[0][0] == "prepare" and len(calls[0][1]) == 6
+    assert [c[0] for c in calls[1:]] == ["time"] * 6
+    calls.clear()
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:4]) + "\n")  # two measurements lost: only they are compiled again
+    validate_table(table, space, prof, n=4, seed=0, n_calibration=2, noise_repeats=0, measure=Fake(), cache=cache,
+                   progress=False)
+    assert calls[0] == ("prepare", sorted(json.loads(line)["config_id"] for line in lines[4:]))
+    assert len(calls) == 3
+
+
+@pytest.mark.slow
+def test_tvm_measure_compiles_ahead_in_parallel(space: SearchSpace) -> None:
+    """`prepare` with 2 jobs writes one library per config; timing loads it, then deletes it."""
+    pytest.importorskip("tvm")
+    from hwnas.latency.validate import tvm_measure
+
+    prof = load_profile("host", profile_dir=ROOT / "device_profiles")
+    cfgs = [space.smallest(), space.preset("tiny")]
+    measure = tvm_measure(space, prof, jobs=2, repeat=3, min_repeat_ms=0, warmup=1)
+    measure.prepare(cfgs)
+    libs = sorted(Path(measure._dir.name).glob("*.so"))  # type: ignore[union-attr]
+    assert [p.stem for p in libs] == sorted(c.id for c in cfgs)
+    for cfg in cfgs:
+        t = measure(cfg)
+        assert t.source == "measured" and t.n == 3 and 0 < t.p10_ms <= t.median_ms <= t.p90_ms
+    assert not list(Path(measure._dir.name).glob("*.so"))  # type: ignore[union-attr]
+
+
 def test_validate_cli_without_table_is_one_line(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
