@@ -396,10 +396,12 @@ def lut() -> None:
               help="CPU estimates: take per-kernel-kind efficiencies from this device's measured table.")
 @click.option("--anchor-experiment", "anchor_experiment", default=LATENCY_EXPERIMENT, show_default=True,
               help="Experiment the paper's iPhone point is solved on.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Local builds: compile this many kernels at once (timing runs alone, after each chunk).")
 @_profile_option
 @_table_option
 def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
-              precisions: tuple[str, ...], efficiency_from: str | None, anchor_experiment: str,
+              precisions: tuple[str, ...], efficiency_from: str | None, anchor_experiment: str, jobs: int,
               profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency import (
@@ -420,7 +422,7 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
             raise click.UsageError(f"measured builds time fp32 kernels only, got --precision {list(precisions)}")
         try:
             rep = build_measured_table(prof, sp, experiment_path=experiment, table_dir=_repo_path(tables),
-                                       tracker=tracker, rpc_key=rpc_key)
+                                       tracker=tracker, rpc_key=rpc_key, jobs=jobs)
         except (TrackerError, DeviceDroppedError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         if rep.note:

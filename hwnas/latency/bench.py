@@ -19,12 +19,15 @@ from a tracker (`connect_tracker`). The thread count is the profile's `threads`
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 import socket
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +43,10 @@ from hwnas.space import SearchSpace
 DEFAULT_REPEAT = 30
 DEFAULT_MIN_REPEAT_MS = 1
 DEFAULT_WARMUP = 3
+DEFAULT_ROUNDS = 5
 """Repeats and their minimum length. With one thread on this machine the clock is the calling thread's CPU
-time (`_time_thread_cpu`); with more threads or remotely it is `time_evaluator`'s wall clock."""
+time (`time_interleaved`: the repeats split into `DEFAULT_ROUNDS` rounds); with more threads or remotely
+it is `time_evaluator`'s wall clock."""
 
 
 class TrackerError(RuntimeError):
@@ -133,6 +138,50 @@ def compile_module(module: nn.Module, args: tuple[torch.Tensor, ...], *, target:
     return compile_relax(export_relax(module, args), target=target, threads=threads, schedule=schedule)
 
 
+def compile_kernel_library(key: KernelKey, space: SearchSpace, target: dict[str, Any], threads: int,
+                           path: Path) -> Path:
+    """Compile one kernel exactly as `measure_kernel` does and write it to `path` (a shared library)."""
+    module, args = kernel_module(key, space)
+    compile_module(module, args, target=target, threads=threads).export_library(str(path))
+    return path
+
+
+def run_parallel(fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]], *, jobs: int) -> Iterator[tuple[int, Any]]:
+    """Yield `(index, fn(*args))` as each finishes: in this process for `jobs` == 1, else in `jobs`
+    spawned processes of one thread each (compiling in parallel; TVM's and torch's thread pools do
+    not survive fork)."""
+    if jobs == 1:
+        for i, args in enumerate(arg_tuples):
+            yield i, fn(*args)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread_worker) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(arg_tuples)}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def _one_thread_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = os.environ["TVM_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def load_local(lib: Any, args: Sequence[torch.Tensor], *, threads: int, warmup: int = DEFAULT_WARMUP
+               ) -> tuple[Any, list[Any]]:
+    """`(main, inputs)` of an executable or a library path on this machine, warmed up."""
+    import tvm
+    from tvm import relax
+
+    set_local_threads(threads)
+    dev = tvm.cpu()
+    mod = tvm.runtime.load_module(str(lib)) if isinstance(lib, (str, Path)) else lib
+    vm = relax.VirtualMachine(mod, dev)
+    inputs = [tvm.runtime.tensor(a.detach().cpu().numpy(), dev) for a in args]
+    for _ in range(warmup):
+        vm["main"](*inputs)
+    return vm["main"], inputs
+
+
 # Timing -------------------------------------------------------------------------------------
 
 
@@ -182,24 +231,54 @@ def _time_executable(ex: Any, args: tuple[torch.Tensor, ...], *, remote: Any | N
 
 
 def _time_thread_cpu(func: Any, inputs: list[Any], *, repeat: int, min_repeat_ms: int) -> Timing:
-    """Per-call CPU time of the calling thread (`time.thread_time_ns`), `repeat` repeats of >= `min_repeat_ms`.
+    """Per-call CPU time of the calling thread (`time.thread_time_ns`): `time_interleaved` of one call.
 
     With one TVM thread the work runs on the calling thread, so its CPU time is the latency the
     code would have on an idle core; wall time on a shared machine also counts other processes'
     time slices, which hit a 20 ms sub-DiT step far more often than a 0.2 ms kernel and made the
     sum of kernels disagree with the whole step by ~2x (measured here, 2026-11-26).
     """
-    start = time.thread_time_ns()
-    func(*inputs)
-    once_ns = max(time.thread_time_ns() - start, 1)
-    number = max(1, -(-min_repeat_ms * 1_000_000 // once_ns))
-    samples = []
-    for _ in range(repeat):
+    return time_interleaved([(func, inputs)], repeat=repeat, min_repeat_ms=min_repeat_ms)[0]
+
+
+def time_interleaved(calls: Sequence[tuple[Any, Sequence[Any]]], *, repeat: int = DEFAULT_REPEAT,
+                     min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS, rounds: int = DEFAULT_ROUNDS) -> list[Timing]:
+    """Thread-CPU timing of several `(func, inputs)` calls (warmed up), in `rounds` round-robin rounds.
+
+    Each round times every call ~`repeat / rounds` times (each repeat >= `min_repeat_ms`), so one
+    call's repeats are spread over the whole measurement. A call's median is the median of its
+    round medians: on this shared machine bursts of interference slow a thread by up to ~50% for
+    a fraction of a second (measured 2026-11-26: 15 of 105 rounds of one step), and back-to-back
+    repeats land wholly inside or outside one. `cv` is the spread of the round medians; p10/p90
+    are over all repeats.
+    """
+    rounds = max(1, min(rounds, repeat))
+    per_round = [repeat // rounds + (r < repeat % rounds) for r in range(rounds)]  # sums to `repeat`
+    numbers = []
+    for func, inputs in calls:
         start = time.thread_time_ns()
-        for _ in range(number):
-            func(*inputs)
-        samples.append((time.thread_time_ns() - start) / number / 1e9)
-    return timing_from_seconds(samples)
+        func(*inputs)
+        once_ns = max(time.thread_time_ns() - start, 1)
+        numbers.append(max(1, -(-max(min_repeat_ms, 1) * 1_000_000 // once_ns)))
+    samples: list[list[float]] = [[] for _ in calls]
+    medians: list[list[float]] = [[] for _ in calls]
+    for r in range(rounds):
+        for i, (func, inputs) in enumerate(calls):
+            this_round = []
+            for _ in range(per_round[r]):
+                start = time.thread_time_ns()
+                for _ in range(numbers[i]):
+                    func(*inputs)
+                this_round.append((time.thread_time_ns() - start) / numbers[i] / 1e9)
+            samples[i] += this_round
+            medians[i].append(statistics.median(this_round))
+    out = []
+    for all_s, round_s in zip(samples, medians):
+        t = timing_from_seconds(all_s)
+        mid = 1e3 * statistics.median(round_s)
+        cv = statistics.pstdev(round_s) / statistics.fmean(round_s) if len(round_s) > 1 else t.cv
+        out.append(Timing(mid, min(t.p10_ms, mid), max(t.p90_ms, mid), cv, t.n, "measured"))
+    return out
 
 
 def _export_for_remote(ex: Any, tmp: Path) -> Path:

@@ -3,7 +3,9 @@
 The table (`latency_tables/<device>/<experiment>.csv` + sidecar) is rewritten atomically after
 every kernel (`write_table`), so a killed build loses at most the kernel in flight; rerunning it
 keeps the entries whose provenance (target, threads, TVM version, code hash, CPU) still matches
-and measures only the rest. A remote device that drops mid-build is reconnected `retries` times
+and measures only the rest. On this machine with one thread the kernels go in chunks of
+`CHUNK`: compiled first (`jobs` processes at a time), then timed together in interleaved rounds
+(`time_interleaved`), then written; a killed build loses at most the chunk in flight. A remote device that drops mid-build is reconnected `retries` times
 per kernel; after that the build stops with `DeviceDroppedError` and a rerun resumes it.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.latency.bench import (
-    DEFAULT_MIN_REPEAT_MS, DEFAULT_REPEAT, DEFAULT_WARMUP, TrackerError, connect_tracker, measure_kernel,
+    DEFAULT_MIN_REPEAT_MS, DEFAULT_REPEAT, DEFAULT_ROUNDS, DEFAULT_WARMUP, TrackerError, compile_kernel_library,
+    connect_tracker, load_local, measure_kernel, run_parallel, time_interleaved,
 )
+from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import KernelKey, enumerate_kernels
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.table import (
@@ -33,6 +38,9 @@ MEASURED_CODE_FILES: tuple[str, ...] = (
     "model/ops.py", "latency/schedule.py",
 )
 """Files a measured table depends on: the kernels' cost and shapes, the modules timed, the bench path."""
+
+CHUNK = 64
+"""Kernels compiled, then timed together, per step of a local build (each round spans ~0.5-1 s)."""
 
 
 class DeviceDroppedError(RuntimeError):
@@ -65,7 +73,8 @@ def measured_meta(profile: DeviceProfile, space: SearchSpace, *, experiment_path
                      if profile.target.get("kind") == "llvm" else "default pipeline") + f" (no tuning), {warmup} warm-up calls, "
                      f"{repeat} repeats of >= {min_repeat_ms} ms, batch 1, {profile.threads} thread(s), "
                      + ("time_evaluator wall clock through tvm.rpc" if remote else
-                        "thread CPU time" if profile.threads == 1 else "time_evaluator wall clock")),
+                        f"thread CPU time, median of {DEFAULT_ROUNDS} rounds interleaved over {CHUNK} kernels"
+                        if profile.threads == 1 else "time_evaluator wall clock")),
     )
 
 
@@ -93,12 +102,12 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
                          table_dir: str | Path = DEFAULT_TABLE_DIR, keys: Sequence[KernelKey] | None = None,
                          tracker: str | None = None, rpc_key: str | None = None, retries: int = 2,
                          repeat: int = DEFAULT_REPEAT, min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS,
-                         warmup: int = DEFAULT_WARMUP, progress: bool = True) -> BuildReport:
+                         warmup: int = DEFAULT_WARMUP, progress: bool = True, jobs: int = 1) -> BuildReport:
     """Measure every kernel of `space` (or `keys`) on the profile's device and write the table.
 
     Local when `tracker` is None, else through the RPC tracker (`HOST:PORT`) and `rpc_key` (the
     profile's `rpc_key` by default). Existing valid entries are kept (resume); entries of other
-    keys already in the table stay too.
+    keys already in the table stay too. `jobs` compile processes for local one-thread builds.
     """
     start = time.perf_counter()
     remote_key = rpc_key or profile.rpc_key
@@ -122,6 +131,16 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
         if not todo:  # nothing to measure: still (re)write the sidecar so provenance is current
             written = write_table(LatencyTable(meta, dict(entries),
                                                profile.text_encoder, profile.vae_decoder), table_dir=table_dir)
+        if session is None and profile.threads == 1:
+            for lo in range(0, len(todo), CHUNK):
+                chunk = todo[lo:lo + CHUNK]
+                entries.update(_measure_chunk(chunk, profile, space, jobs=jobs, repeat=repeat,
+                                              min_repeat_ms=min_repeat_ms, warmup=warmup))
+                measured += len(chunk)
+                written = write_table(LatencyTable(meta, dict(entries), profile.text_encoder, profile.vae_decoder),
+                                      table_dir=table_dir)
+                bar.update(len(chunk))
+            todo = []
         for key in todo:
             for attempt in range(retries + 1):
                 try:
@@ -151,6 +170,19 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
         bar.close()
     table = LatencyTable(meta, entries, profile.text_encoder, profile.vae_decoder)
     return BuildReport(table, measured, kept, discarded, time.perf_counter() - start, written, note)
+
+
+def _measure_chunk(keys: Sequence[KernelKey], profile: DeviceProfile, space: SearchSpace, *, jobs: int,
+                   repeat: int, min_repeat_ms: int, warmup: int) -> dict[KernelKey, Timing]:
+    """Compile `keys` into shared libraries (`jobs` processes), then time them together."""
+    with tempfile.TemporaryDirectory(prefix="hwnas-lut-") as tmp:
+        libs: dict[int, Path] = dict(run_parallel(
+            compile_kernel_library,
+            [(k, space, profile.target, profile.threads, Path(tmp) / f"k{i}.so") for i, k in enumerate(keys)],
+            jobs=jobs))
+        calls = [load_local(libs[i], kernel_module(k, space)[1], threads=profile.threads, warmup=warmup)
+                 for i, k in enumerate(keys)]
+        return dict(zip(keys, time_interleaved(calls, repeat=repeat, min_repeat_ms=min_repeat_ms)))
 
 
 def _progress(total: int, *, initial: int, enabled: bool, desc: str) -> Any:

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +158,12 @@ class TvmMeasure:
     with TVM on this machine like `time_subnet_tvm`.
 
     `prepare(cfgs)` compiles many sub-DiTs ahead, `jobs` processes at a time, into shared libraries
-    under a temporary directory; calling the measure then only loads and times them. Compiling is
-    ~95% of the cost (~30 s vs ~2 s per shapes-32 sub-DiT), and keeping it out of the timing phase
-    means no compiler runs beside a timed step (on this 2-core machine a concurrent job inflated
-    whole-step times by up to ~17%, stop 8 of issue 4).
+    under a temporary directory; `many(cfgs)` then times the prepared ones together in interleaved
+    rounds (`time_interleaved`). Compiling is ~95% of the cost (~30 s vs ~0.1 s per shapes-32
+    sub-DiT), and keeping it out of the timing phase means no compiler runs beside a timed step
+    (on this 2-core machine a concurrent job inflated whole-step times by up to ~17%, stop 8 of
+    issue 4); interleaving spreads each sub-DiT's repeats over the whole phase, past the short
+    bursts of interference this shared machine has.
     """
 
     def __init__(self, space: SearchSpace, profile: DeviceProfile, *, jobs: int = 1, **timing: Any) -> None:
@@ -178,58 +177,36 @@ class TvmMeasure:
         """Compile every config in `cfgs` not compiled yet (in parallel with `jobs` > 1)."""
         from tqdm import tqdm
 
+        from hwnas.latency.bench import run_parallel
+
         todo = [c for c in dict.fromkeys(cfgs) if c.id not in self._built]
         if not todo:
             return
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="hwnas-validate-")
-        paths = [Path(self._dir.name) / f"{c.id}.so" for c in todo]
-        bar = tqdm(total=len(todo), desc="compile", disable=not progress, file=sys.stderr, unit="sub-DiT",
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        if self.jobs == 1:
-            for cfg, path in zip(todo, paths):
-                self._built[cfg.id] = _compile_whole_step(self.space, self.profile, cfg, path)
+        args = [(self.space, self.profile, c, Path(self._dir.name) / f"{c.id}.so") for c in todo]
+        with tqdm(total=len(todo), desc="compile", disable=not progress, file=sys.stderr, unit="sub-DiT",
+                  mininterval=0.5 if sys.stderr.isatty() else 30.0) as bar:
+            for i, path in run_parallel(_compile_whole_step, args, jobs=self.jobs):
+                self._built[todo[i].id] = path
                 bar.update()
-        else:
-            # spawn: TVM's and torch's thread pools do not survive fork
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_single_thread) as pool:
-                futures = {pool.submit(_compile_whole_step, self.space, self.profile, c, p): c
-                           for c, p in zip(todo, paths)}
-                for fut in as_completed(futures):
-                    self._built[futures[fut].id] = fut.result()
-                    bar.update()
-        bar.close()
+
+    def many(self, cfgs: Sequence[SubnetConfig]) -> list[Timing]:
+        """Time `cfgs` together (interleaved rounds); each is compiled first if `prepare` did not."""
+        from hwnas.latency.bench import DEFAULT_WARMUP, load_local, subnet_inputs, time_interleaved
+
+        self.prepare(cfgs)
+        warmup = self.timing.get("warmup", DEFAULT_WARMUP)
+        calls = [load_local(self._built[c.id], subnet_inputs(self.space), threads=self.profile.threads,
+                            warmup=warmup) for c in cfgs]
+        kw = {k: v for k, v in self.timing.items() if k in ("repeat", "min_repeat_ms")}
+        timings = time_interleaved(calls, **kw)
+        for c in cfgs:
+            self._built.pop(c.id).unlink(missing_ok=True)
+        return timings
 
     def __call__(self, cfg: SubnetConfig) -> Timing:
-        from hwnas.latency.bench import _time_executable, subnet_inputs, time_subnet_tvm
-        from hwnas.model.static import StaticDiT
-
-        path = self._built.pop(cfg.id, None)
-        if path is None:
-            return time_subnet_tvm(StaticDiT(self.space, cfg), profile=self.profile, **self.timing)
-        import tvm
-
-        from hwnas.latency.bench import (
-            DEFAULT_MIN_REPEAT_MS,
-            DEFAULT_REPEAT,
-            DEFAULT_WARMUP,
-        )
-
-        timing = {"repeat": DEFAULT_REPEAT, "min_repeat_ms": DEFAULT_MIN_REPEAT_MS, "warmup": DEFAULT_WARMUP,
-                  **self.timing}
-        result = _time_executable(tvm.runtime.load_module(str(path)), subnet_inputs(self.space), remote=None,
-                                  threads=self.profile.threads, **timing)
-        path.unlink(missing_ok=True)
-        return result
-
-
-def _single_thread() -> None:
-    """Compile workers: one thread each (the pool is the parallelism)."""
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = os.environ["TVM_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+        return self.many([cfg])[0]
 
 
 def _compile_whole_step(space: SearchSpace, profile: DeviceProfile, cfg: SubnetConfig, path: Path) -> Path:
@@ -248,21 +225,22 @@ def tvm_measure(space: SearchSpace, profile: DeviceProfile, *, jobs: int = 1, **
     return TvmMeasure(space, profile, jobs=jobs, **timing)
 
 
-def noise_floor(cfg: SubnetConfig, space: SearchSpace, profile: DeviceProfile, *, times: int) -> dict[str, Any]:
-    """One sub-DiT compiled once and timed `times` times: spread of the medians (percent of their median)."""
-    from hwnas.latency.bench import (
-        _Positional,
-        _time_executable,
-        compile_module,
-        subnet_inputs,
-    )
+def noise_floor(cfg: SubnetConfig, space: SearchSpace, profile: DeviceProfile, *, times: int,
+                pause_s: float = 2.0) -> dict[str, Any]:
+    """One sub-DiT compiled once and timed `times` times, `pause_s` apart (so the floor includes the
+    machine's slow drift, not only back-to-back repeats): spread of the medians (percent of their median)."""
+    from hwnas.latency.bench import _Positional, _time_executable, compile_module, subnet_inputs
     from hwnas.model.static import StaticDiT
 
     args = subnet_inputs(space)
     ex = compile_module(_Positional(StaticDiT(space, cfg).eval()), args, target=profile.target,
                         threads=profile.threads)
-    medians = [_time_executable(ex, args, remote=None, repeat=25, min_repeat_ms=0, warmup=3,
-                                threads=profile.threads).median_ms for _ in range(times)]
+    medians = []
+    for i in range(times):
+        if i:
+            time.sleep(pause_s)
+        medians.append(_time_executable(ex, args, remote=None, repeat=25, min_repeat_ms=0, warmup=3,
+                                        threads=profile.threads).median_ms)
     mid = statistics.median(medians)
     dev = [100.0 * (m - mid) / mid for m in medians]
     return {"config_id": cfg.id, "times": times, "medians_ms": [round(m, 4) for m in medians],
@@ -288,23 +266,28 @@ def _read_cache(cache: Path | None, provenance: dict[str, Any]) -> dict[str, Tim
 
 def _measure_all(cfgs: Sequence[SubnetConfig], measure: Measure, *, cache: Path | None, provenance: dict[str, Any],
                  progress: bool, desc: str) -> list[Timing]:
-    """Measure each config; rows in `cache` (JSON lines) with the same provenance are reused (resume)."""
+    """Measure each config; rows in `cache` (JSON lines) with the same provenance are reused (resume).
+
+    A measure with a `many` method times all configs missing from the cache together."""
     from tqdm import tqdm
 
     done = _read_cache(cache, provenance)
-    out = []
-    for cfg in tqdm(cfgs, desc=desc, disable=not progress, file=sys.stderr, unit="sub-DiT",
-                    mininterval=0.5 if sys.stderr.isatty() else 30.0):
-        timing = done.get(cfg.id)
-        if timing is None:
-            timing = measure(cfg)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                with cache.open("a") as fh:
-                    fh.write(json.dumps({"config_id": cfg.id, "provenance": provenance,
-                                         "timing": timing.__dict__}) + "\n")
-        out.append(timing)
-    return out
+    todo = [c for c in dict.fromkeys(cfgs) if c.id not in done]
+    many = getattr(measure, "many", None)
+    if many is not None and todo:
+        if progress:
+            print(f"{desc}: timing {len(todo)} sub-DiTs together", file=sys.stderr)
+        fresh = list(zip(todo, many(todo)))
+    else:
+        fresh = ((c, measure(c)) for c in tqdm(todo, desc=desc, disable=not progress, file=sys.stderr,
+                                                unit="sub-DiT", mininterval=0.5 if sys.stderr.isatty() else 30.0))
+    for cfg, timing in fresh:
+        done[cfg.id] = timing
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with cache.open("a") as fh:
+                fh.write(json.dumps({"config_id": cfg.id, "provenance": provenance, "timing": timing.__dict__}) + "\n")
+    return [done[c.id] for c in cfgs]
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfile, *, n: int, seed: int,
@@ -332,10 +315,10 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfi
     if prepare is not None:
         done = _read_cache(cache_path, provenance)
         prepare([c for c in (*calibration, *held_out) if c.id not in done], progress=progress)
-    meas_cal = [t.median_ms for t in _measure_all(calibration, measure, cache=cache_path, provenance=provenance,
-                                                    progress=progress, desc="calibration")]
-    meas_timings = _measure_all(held_out, measure, cache=cache_path, provenance=provenance, progress=progress,
-                                desc="held-out")
+    timings = _measure_all([*calibration, *held_out], measure, cache=cache_path, provenance=provenance,
+                           progress=progress, desc="calibration + held-out")
+    meas_cal = [t.median_ms for t in timings[:len(calibration)]]
+    meas_timings = timings[len(calibration):]
     meas_held = [t.median_ms for t in meas_timings]
     budget = statistics.median(pred_held)
 

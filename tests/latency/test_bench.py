@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import pytest
@@ -106,24 +108,27 @@ def test_build_is_resumable_after_an_interrupt(space: SearchSpace, keys: dict[st
 
     prof = load_profile("host", profile_dir=PROFILES)
     chosen = [keys["stage_mod"], keys["final"]]
-    real = build.measure_kernel
+    monkeypatch.setattr(build, "CHUNK", 1)  # local builds measure chunk by chunk
+    real = build._measure_chunk
     calls: list[KernelKey] = []
 
-    def interrupted(key: KernelKey, **kw: object) -> Timing:
+    def interrupted(chunk: list[KernelKey], *args: object, **kw: object) -> dict[KernelKey, Timing]:
         if calls:
             raise KeyboardInterrupt
-        calls.append(key)
-        return real(key, **kw)  # type: ignore[arg-type]
+        calls.extend(chunk)
+        return real(chunk, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(build, "measure_kernel", interrupted)
+    monkeypatch.setattr(build, "_measure_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
                                    repeat=5, progress=False)
     first = load_table(prof, space.name, table_dir=tmp_path, profile_dir=PROFILES)
     assert set(first.entries) == {chosen[0]} and first.meta.source == "measured"
     assert first.meta.host_cpu and first.meta.threads == prof.threads and first.meta.tvm_version
+    assert first.entries[chosen[0]].n == 5 and "rounds interleaved" in first.meta.calibration
 
-    monkeypatch.setattr(build, "measure_kernel", lambda key, **kw: Timing(0.5, 0.4, 0.6, 0.1, 5, "measured"))
+    monkeypatch.setattr(build, "_measure_chunk",
+                        lambda chunk, *a, **kw: {k: Timing(0.5, 0.4, 0.6, 0.1, 5, "measured") for k in chunk})
     rep = build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
                                      repeat=5, progress=False)
     assert (rep.measured, rep.kept, rep.discarded) == (1, 1, 0)
@@ -131,6 +136,7 @@ def test_build_is_resumable_after_an_interrupt(space: SearchSpace, keys: dict[st
     assert again.entries[chosen[0]] == first.entries[chosen[0]] and len(again.entries) == 2
 
     monkeypatch.setattr(build, "code_hash", lambda files: "0" * 16)  # kernel code changed: start afresh
+    monkeypatch.setattr(build, "CHUNK", 64)
     rep = build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
                                      repeat=5, progress=False)
     assert rep.discarded == 2 and rep.measured == 2 and "code hash changed" in rep.note
@@ -179,3 +185,24 @@ def test_local_build_of_a_remote_only_device_is_refused(space: SearchSpace, tmp_
     pixel = load_profile("pixel8-cpu", profile_dir=PROFILES)
     with pytest.raises(ValueError, match="not this machine.*--tracker"):
         build_measured_table(pixel, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=[])
+
+
+def test_interleaved_timing_ignores_a_burst_in_one_round() -> None:
+    """A call slowed 3x in one of five rounds keeps its median; the burst shows in its CV only."""
+    from hwnas.latency.bench import time_interleaved
+
+    state = {"calls": 0}
+
+    def busy(ms: float) -> None:
+        end = time.thread_time() + ms / 1e3
+        while time.thread_time() < end:
+            pass
+
+    def bursty() -> None:
+        state["calls"] += 1
+        busy(6.0 if 9 <= state["calls"] <= 12 else 2.0)  # 1 calibration call, then 2 repeats per round
+
+    steady, burst = time_interleaved([(lambda: busy(1.0), []), (bursty, [])], repeat=10, min_repeat_ms=1, rounds=5)
+    assert steady.n == burst.n == 10
+    assert steady.median_ms == pytest.approx(1.0, rel=0.3) and burst.median_ms == pytest.approx(2.0, rel=0.3)
+    assert burst.p90_ms > 1.5 * burst.median_ms and burst.cv > steady.cv
