@@ -11,8 +11,9 @@ proxy's 32-40-channel layers (zero-padded MatMulNBits blocks) say nothing.
 2. Speed: for each distinct Linear shape of one Middle block (at the Middle stage's token count)
    and one Up block (outer token count), onnxruntime on one thread runs fp32 `MatMul` and 4-bit
    `MatMulNBits` (accuracy level 4: int8 activations, and 0: fp32 compute) on the same input;
-   the packed weights are hwnas's rtn codes. Medians of repeated runs, then summed over the
-   block's layers with their multiplicity.
+   the packed weights are hwnas's rtn codes. Medians of repeated runs in thread CPU time (one
+   intra-op thread runs on the caller's thread), then summed over the block's layers with their
+   multiplicity.
 
 The summary line: average bits and size ratio vs fp16 per method, and int4 / fp32 time per block.
 """
@@ -55,12 +56,13 @@ def _graph(node: Any, inits: list[Any], m: int, k: int, n: int) -> Any:
 
 
 def _median_s(sess: ort.InferenceSession, feed: dict[str, np.ndarray], *, min_total_s: float = 1.0) -> float:
+    """Median thread-CPU seconds of one run (one intra-op thread runs on the caller's thread)."""
     sess.run(None, feed)
     samples: list[float] = []
     while len(samples) < 3 or (sum(samples) < min_total_s and len(samples) < 20):
-        start = time.perf_counter()
+        start = time.thread_time()
         sess.run(None, feed)
-        samples.append(time.perf_counter() - start)
+        samples.append(time.thread_time() - start)
     return statistics.median(samples)
 
 
