@@ -34,12 +34,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.latency import load_profile, load_table
-from hwnas.latency.bench import (
-    _Positional,
-    compile_module,
-    set_local_threads,
-    subnet_inputs,
-)
+from hwnas.latency.bench import _Positional, compile_module, load_local, subnet_inputs
 from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import kernels
 from hwnas.latency.predict import predict_latency_ms
@@ -53,16 +48,8 @@ MIN_REPEAT_S = 0.001
 
 
 def _vm(module: Any, args: tuple[Any, ...], target: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """Compile `module` like the LUT does; return (callable main, its TVM inputs)."""
-    import tvm
-    from tvm import relax
-
-    ex = compile_module(module, args, target=target, threads=1)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    inputs = [tvm.runtime.tensor(a.detach().cpu().numpy(), tvm.cpu()) for a in args]
-    for _ in range(3):
-        vm["main"](*inputs)
-    return vm["main"], inputs
+    """Compile `module` like the LUT does; return (callable main, its TVM inputs), warmed up."""
+    return load_local(compile_module(module, args, target=target, threads=1), args, threads=1)
 
 
 def _median_ms(call: Any, *, flush: np.ndarray | None = None) -> float:
@@ -94,7 +81,6 @@ def main() -> None:
     parser.add_argument("--json", dest="json_out")
     opts = parser.parse_args()
 
-    set_local_threads(1)
     space = load_space(Path(opts.experiment))
     prof = load_profile("host")
     table = load_table(prof, space.name)

@@ -5,8 +5,9 @@ every kernel (`write_table`), so a killed build loses at most the kernel in flig
 keeps the entries whose provenance (target, threads, TVM version, code hash, CPU) still matches
 and measures only the rest. On this machine with one thread the kernels go in chunks of
 `CHUNK`: compiled first (`jobs` processes at a time), then timed together in interleaved rounds
-(`time_interleaved`), then written; a killed build loses at most the chunk in flight. A remote device that drops mid-build is reconnected `retries` times
-per kernel; after that the build stops with `DeviceDroppedError` and a rerun resumes it.
+(`time_interleaved`), then written; a killed build loses at most the chunk in flight. A remote
+device that drops mid-build is reconnected `retries` times per kernel; after that the build
+stops with `DeviceDroppedError` and a rerun resumes it.
 """
 
 from __future__ import annotations

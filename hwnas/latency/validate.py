@@ -268,11 +268,15 @@ def _measure_all(cfgs: Sequence[SubnetConfig], measure: Measure, *, cache: Path 
                  progress: bool, desc: str) -> list[Timing]:
     """Measure each config; rows in `cache` (JSON lines) with the same provenance are reused (resume).
 
-    A measure with a `many` method times all configs missing from the cache together."""
+    A measure with a `prepare` method is given every config missing from the cache first; one with
+    a `many` method times them all together."""
     from tqdm import tqdm
 
     done = _read_cache(cache, provenance)
     todo = [c for c in dict.fromkeys(cfgs) if c.id not in done]
+    prepare = getattr(measure, "prepare", None)
+    if prepare is not None and todo:  # compile everything first, so no compiler runs beside a timing
+        prepare(todo, progress=progress)
     many = getattr(measure, "many", None)
     if many is not None and todo:
         if progress:
@@ -311,10 +315,6 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfi
     provenance = {"device": table.device, "target": table.meta.target, "threads": profile.threads,
                   "tvm": tvm_version(), "code_hash": table.meta.code_hash, "cpu": host_cpu()[0]}
     cache_path = Path(cache) if cache is not None else None
-    prepare = getattr(measure, "prepare", None)
-    if prepare is not None:
-        done = _read_cache(cache_path, provenance)
-        prepare([c for c in (*calibration, *held_out) if c.id not in done], progress=progress)
     timings = _measure_all([*calibration, *held_out], measure, cache=cache_path, provenance=provenance,
                            progress=progress, desc="calibration + held-out")
     meas_cal = [t.median_ms for t in timings[:len(calibration)]]
