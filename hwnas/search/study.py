@@ -7,7 +7,8 @@ storage; workers on many machines run the same command against one PostgreSQL UR
 Crash recovery: every trial records the worker (`host:pid`) that runs it. A RUNNING trial whose
 worker is a dead process on this host (a SIGKILLed search) is marked FAIL and its parameters are
 enqueued again, so rerunning the command finishes exactly `n_trials` COMPLETE trials: none lost,
-none duplicated.
+none duplicated. So is a trial still untagged a few seconds after it started (killed between `ask`
+and tagging).
 """
 
 from __future__ import annotations
@@ -143,19 +144,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_stale_trials(study: optuna.Study, *, orphan_age_s: float = 60.0) -> list[int]:
+def recover_stale_trials(study: optuna.Study, *, tag_grace_s: float = 5.0) -> list[int]:
     """Fail and re-enqueue RUNNING trials left by dead workers of this host; returns their numbers.
 
-    A RUNNING trial without a worker tag (killed between `ask` and tagging) counts as stale once it
-    is `orphan_age_s` old. Trials of other hosts are left alone: that host recovers them.
+    A live worker tags its trial right after `ask`, so a RUNNING trial still untagged `tag_grace_s`
+    after it started was asked by a worker killed in between: it is stale, whichever host asked it
+    (waits out the grace period when a younger untagged trial exists). Tagged trials of other hosts
+    are left alone: that host recovers them.
     """
     host = socket.gethostname()
+
+    def running_and_ages() -> list[tuple[optuna.trial.FrozenTrial, float]]:
+        now = _dt.datetime.now()
+        return [(t, (now - t.datetime_start).total_seconds() if t.datetime_start else float("inf"))
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+    running = running_and_ages()
+    young_untagged = [age for t, age in running if "worker" not in t.user_attrs and age < tag_grace_s]
+    if young_untagged:
+        time.sleep(tag_grace_s - min(young_untagged))
+        running = running_and_ages()
     recovered = []
-    now = _dt.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t, age in running:
         tag = t.user_attrs.get("worker")
         if tag is None:
-            stale = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > orphan_age_s
+            stale = age >= tag_grace_s
         else:
             tag_host, _, pid = str(tag).rpartition(":")
             stale = tag_host == host and pid.isdigit() and not _pid_alive(int(pid))

@@ -68,3 +68,24 @@ def test_sigkill_then_rerun_resumes(tiny_env, tmp_path: Path) -> None:  # type: 
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     rows = (run_dir / "trials.csv").read_text().strip().splitlines()
     assert len(rows) == n_trials + 1
+
+
+def test_untagged_trial_of_a_worker_killed_right_after_ask_is_recovered() -> None:
+    """The kill can land between `ask` and tagging: the trial is recovered after the grace period."""
+    from hwnas.search import recover_stale_trials
+    from hwnas.search.study import worker_tag
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    orphan = study.ask()
+    orphan.suggest_int("x", 0, 9)
+    live = study.ask()
+    live.set_user_attr("worker", worker_tag())  # this process: alive, never recovered
+    start = time.perf_counter()
+    assert recover_stale_trials(study, tag_grace_s=0.5) == [orphan.number]
+    assert time.perf_counter() - start >= 0.4  # waited for a live worker to tag it
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING
+    retry = study.ask()
+    assert retry.user_attrs["retry_of"] == orphan.number
+    assert retry.suggest_int("x", 0, 9) == orphan.params["x"]  # the enqueued parameters
