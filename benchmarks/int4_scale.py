@@ -5,11 +5,13 @@ proxy's 32-40-channel layers (zero-padded MatMulNBits blocks) say nothing.
         [--preset small] [--json reports/int4-scale.json]
 
 1. Size: the static sub-DiT of `--preset` built with random weights (no trained model exists at
-   this scale, so there is no quality number here), every Linear quantized with hwnas's own
-   packers (`quantize_model`: rtn sym/asym at groups 32/64/128, k-means 16 levels), bytes counted
-   as stored (codes + fp16 scales + zero points or palettes; every other parameter at fp16).
-2. Speed: for each distinct Linear shape of one Middle block (at the Middle stage's token count)
-   and one Up block (outer token count), onnxruntime on one thread runs fp32 `MatMul` and 4-bit
+   this scale, so there is no quality number here), every weight layer (Linears and patch convs)
+   quantized with hwnas's own packers (`quantize_model`: rtn sym/asym at groups 32/64/128,
+   k-means 16 levels), bytes counted as stored (codes + fp16 scales + zero points or palettes;
+   every other parameter at fp16).
+2. Speed: for each distinct matmul shape of one Middle block (at the Middle stage's token count)
+   and one Up block (outer token count; its ASSA KV-compression convs run on tokens / p^2
+   patches), onnxruntime on one thread runs fp32 `MatMul` and 4-bit
    `MatMulNBits` (accuracy level 4: int8 activations, and 0: fp32 compute) on the same input;
    the packed weights are hwnas's rtn codes. Medians of repeated runs in thread CPU time (one
    intra-op thread runs on the caller's thread), then summed over the block's layers with their
@@ -34,7 +36,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.compress import QuantSpec, quantize_model
-from hwnas.compress.quant import quantize_weight
+from hwnas.compress.quant import matmul_weight, quantize_weight, weight_layers
 from hwnas.model.static import StaticDiT
 from hwnas.space import load_space
 
@@ -90,10 +92,16 @@ def time_linear(m: int, k: int, n: int, *, group: int, seed: int = 0) -> dict[st
     return out
 
 
-def block_linears(model: StaticDiT, prefix: str) -> Counter[tuple[int, int]]:
-    """(K, N) of every Linear in the first block under `prefix`, with multiplicity."""
-    return Counter((mod.in_features, mod.out_features) for name, mod in model.named_modules()
-                   if isinstance(mod, torch.nn.Linear) and name.startswith(prefix + "."))
+def block_matmuls(model: StaticDiT, prefix: str, tokens: int) -> Counter[tuple[int, int, int]]:
+    """(M, K, N) of every weight layer in the block `prefix` at `tokens` tokens, with multiplicity
+    (a patch conv with kernel p runs on tokens / p^2 patches)."""
+    shapes: Counter[tuple[int, int, int]] = Counter()
+    for name, mod in weight_layers(model).items():
+        if name.startswith(prefix + "."):
+            n, k = matmul_weight(mod).shape
+            rows = tokens // mod.kernel_size[0] ** 2 if isinstance(mod, torch.nn.Conv2d) else tokens
+            shapes[(rows, k, n)] += 1
+    return shapes
 
 
 def main() -> None:
@@ -125,10 +133,10 @@ def main() -> None:
     print(f"\n{'block':6s} {'M':>5s} {'K':>5s} {'N':>5s} {'x':>2s} {'fp32 ms':>8s} {'int4 l4':>8s} {'int4 l0':>8s} "
           f"{'l4 err':>7s}")
     for block, (prefix, tokens) in blocks.items():
-        for (k, n), count in sorted(block_linears(model, prefix).items()):
-            t = time_linear(tokens, k, n, group=args.group)
-            speed.append({"block": block, "m": tokens, "k": k, "n": n, "count": count, **t})
-            print(f"{block:6s} {tokens:5d} {k:5d} {n:5d} {count:2d} {1e3 * t['fp32_s']:8.2f} "
+        for (m, k, n), count in sorted(block_matmuls(model, prefix, tokens).items()):
+            t = time_linear(m, k, n, group=args.group)
+            speed.append({"block": block, "m": m, "k": k, "n": n, "count": count, **t})
+            print(f"{block:6s} {m:5d} {k:5d} {n:5d} {count:2d} {1e3 * t['fp32_s']:8.2f} "
                   f"{1e3 * t['int4_l4_s']:8.2f} {1e3 * t['int4_l0_s']:8.2f} {t['int4_l4_rel_err']:7.4f}", flush=True)
     per_block = {}
     for block in blocks:
@@ -138,12 +146,12 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps({
             "experiment": space.name, "preset": args.preset, "config_id": cfg.id, "params": params,
             "weights": "random (size and speed only; no trained model at this scale)", "timed_group": args.group,
-            "sizes": sizes, "linears": speed, "per_block_s": per_block,
+            "sizes": sizes, "matmuls": speed, "per_block_s": per_block,
             "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, 1 thread"}, indent=2) + "\n")
     best = min((r for r in sizes if r["method"] == "rtn"), key=lambda r: r["avg_bits"])
     km = next(r for r in sizes if r["method"] == "kmeans")
     print(f"summary: rtn g{best['group']} sym {best['avg_bits']:.3f} bits, {best['compression_vs_fp16']:.2f}x smaller "
-          f"than fp16; kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x; Linear time int4 (level 4) / "
+          f"than fp16; kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x; matmul time int4 (level 4) / "
           f"fp32: " + ", ".join(f"{b} block {v['int4_l4'] / v['fp32']:.2f}" for b, v in per_block.items())
           + "; level 0: " + ", ".join(f"{b} {v['int4_l0'] / v['fp32']:.2f}" for b, v in per_block.items()))
 

@@ -4,7 +4,9 @@ The static sub-DiT (with dequantized weights) is exported by `hwnas.model.export
 MatMul/Gemm whose weight is a quantized Linear is then replaced by a `MatMulNBits` node fed with
 the *same packed codes, scales and zero points* as `hwnas.compress.quant` (its rtn layout is
 MatMulNBits' layout), so the runtime executes exactly the weights PyTorch's quality was measured
-on. `accuracy_level=4` (int8 activations inside the kernel) is what makes it faster than fp32 on
+on. A quantized patch conv (kernel = stride p) becomes the same matmul over patches:
+`SpaceToDepth(p)` -> NHWC -> `MatMulNBits` -> NCHW for a Conv, NHWC -> `MatMulNBits` -> NCHW ->
+`DepthToSpace(p)` for a ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4` (int8 activations inside the kernel) is what makes it faster than fp32 on
 x86 CPUs (DESIGN.md section 11); it also makes the outputs differ slightly from the dequantized
 PyTorch model, which `check_parity` measures. k-means palettes have no onnxruntime kernel; that
 method is refused here (its codes would have to be re-quantized, which is not the model measured).
@@ -22,7 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from hwnas.compress.quant import QuantizedModel, linear_layers, pack, quantized_model
+from hwnas.compress.quant import QuantizedModel, pack, quantized_model, weight_layers
 from hwnas.model import StaticDiT, example_inputs, export_onnx
 from hwnas.model.export import INPUT_NAMES
 
@@ -42,13 +44,16 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     graph_model = onnx.load(str(fp32_path))
     fp32_path.unlink()
     by_value: dict[bytes, str] = {}
-    for name, m in linear_layers(deq).items():
-        w = m.weight.detach().numpy().astype(np.float32)
-        by_value[np.ascontiguousarray(w).tobytes()] = name
-        by_value[b"T" + np.ascontiguousarray(w.T).tobytes()] = name
+    for name, m in weight_layers(deq).items():
+        w = np.ascontiguousarray(m.weight.detach().numpy().astype(np.float32))
+        by_value[w.tobytes()] = name  # Linear as Gemm(transB=1); convs as stored
+        if w.ndim == 2:
+            by_value[b"T" + np.ascontiguousarray(w.T).tobytes()] = name  # Linear as MatMul
     graph = graph_model.graph
     inits = {i.name: i for i in graph.initializer}
-    new_nodes, replaced, added = [], 0, []
+    new_nodes: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
+    replaced = 0
     for node in graph.node:
         layer, bias = _match(node, inits, by_value)
         if layer is None:
@@ -63,12 +68,38 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
         if pw.zero_points is not None:
             tensors.append(numpy_helper.from_array(pack(pw.zero_points, pw.spec.bits).reshape(-1), tag + "_zp"))
         added += tensors
-        out = node.output[0] if bias is None else tag + "_mm"
-        new_nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], *[t.name for t in tensors]], [out], name=tag, domain="com.microsoft",
-            K=k, N=n, bits=pw.spec.bits, block_size=pw.block, accuracy_level=accuracy_level))
-        if bias is not None:
-            new_nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=tag + "_bias"))
+
+        def matmul(a: str, out: str) -> onnx.NodeProto:
+            return helper.make_node("MatMulNBits", [a, *[t.name for t in tensors]], [out], name=tag,
+                                    domain="com.microsoft", K=k, N=n, bits=pw.spec.bits, block_size=pw.block,
+                                    accuracy_level=accuracy_level)
+
+        if node.op_type in ("MatMul", "Gemm"):
+            new_nodes.append(matmul(node.input[0], node.output[0] if bias is None else tag + "_mm"))
+            if bias is not None:
+                new_nodes.append(helper.make_node("Add", [tag + "_mm", bias], [node.output[0]], name=tag + "_bias"))
+        elif node.op_type == "Conv":  # (B, C, H, W) -> (B, p*p*C, H/p, W/p) -> NHWC -> (..., O) -> NCHW
+            p = int(inits[node.input[1]].dims[2])  # kernel = stride
+            new_nodes += [
+                helper.make_node("SpaceToDepth", [node.input[0]], [tag + "_s2d"], blocksize=p),
+                helper.make_node("Transpose", [tag + "_s2d"], [tag + "_nhwc"], perm=[0, 2, 3, 1]),
+                matmul(tag + "_nhwc", tag + "_mm")]
+            if bias is not None:
+                new_nodes.append(helper.make_node("Add", [tag + "_mm", bias], [tag + "_mmb"]))
+            new_nodes.append(helper.make_node("Transpose", [tag + "_mmb" if bias else tag + "_mm"], [node.output[0]],
+                                              perm=[0, 3, 1, 2]))
+        else:  # ConvTranspose: NHWC (..., C) -> (..., p*p*O) -> NCHW -> DepthToSpace (B, O, pH, pW)
+            p = int(inits[node.input[1]].dims[2])  # kernel = stride
+            new_nodes += [
+                helper.make_node("Transpose", [node.input[0]], [tag + "_nhwc"], perm=[0, 2, 3, 1]),
+                matmul(tag + "_nhwc", tag + "_mm"),
+                helper.make_node("Transpose", [tag + "_mm"], [tag + "_nchw"], perm=[0, 3, 1, 2]),
+                helper.make_node("DepthToSpace", [tag + "_nchw"], [node.output[0] if bias is None else tag + "_d2s"],
+                                 blocksize=p, mode="DCR")]
+            if bias is not None:
+                b = numpy_helper.to_array(inits[bias]).reshape(-1, 1, 1)
+                added.append(numpy_helper.from_array(b, tag + "_bias_c11"))
+                new_nodes.append(helper.make_node("Add", [tag + "_d2s", tag + "_bias_c11"], [node.output[0]]))
         replaced += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
@@ -81,24 +112,34 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph_model, str(path))
-    return {"path": str(path), "matmulnbits": replaced, "linears": len(q.packed), "file_bytes": path.stat().st_size}
+    return {"path": str(path), "matmulnbits": replaced, "layers": len(q.packed), "file_bytes": path.stat().st_size}
 
 
 def _match(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
            by_value: dict[bytes, str]) -> tuple[str | None, str | None]:
-    """(Linear name, bias input or None) if `node` multiplies by a quantized Linear weight."""
-    if node.op_type == "MatMul" and node.input[1] in inits:
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if w.ndim == 2:
-            return by_value.get(b"T" + np.ascontiguousarray(w).tobytes()), None
-    if node.op_type == "Gemm" and node.input[1] in inits:
+    """(layer name, bias input or None) if `node` multiplies by a quantized layer's weight."""
+    if len(node.input) < 2 or node.input[1] not in inits:
+        return None, None
+    w = numpy_helper.to_array(inits[node.input[1]])
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return by_value.get(b"T" + np.ascontiguousarray(w).tobytes()), None
+    if node.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0:
-            w = numpy_helper.to_array(inits[node.input[1]])
             key = np.ascontiguousarray(w).tobytes() if attrs.get("transB", 0) else b"T" + np.ascontiguousarray(w).tobytes()
             name = by_value.get(key)
             if name is not None:
-                return name, node.input[2] if len(node.input) > 2 and node.input[2] else None
+                return name, bias
+    if node.op_type in ("Conv", "ConvTranspose") and w.ndim == 4:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        p = w.shape[2]
+        plain = (w.shape[2] == w.shape[3] and list(attrs.get("strides", [1, 1])) == [p, p]
+                 and not any(attrs.get("pads", [0])) and attrs.get("group", 1) == 1
+                 and all(d == 1 for d in attrs.get("dilations", [1, 1])) and not any(attrs.get("output_padding", [0])))
+        name = by_value.get(np.ascontiguousarray(w).tobytes())
+        if name is not None and plain:
+            return name, bias
     return None, None
 
 

@@ -1,6 +1,8 @@
 """Weight-only int4 quantization of a static sub-DiT: packed storage, dequantized quality.
 
-Two methods, both per `nn.Linear` weight `(N out, K in)`:
+Two methods, both per weight in its matmul form `(N out, K in)`: every `nn.Linear`, and every
+conv whose kernel equals its stride (patchify, 2x down/upsample, ASSA's KV compression: a matmul
+over non-overlapping patches; see `matmul_weight` for the K and N orders):
 
 - **rtn**: group-wise round-to-nearest along K (groups of `group` input channels), symmetric or
   asymmetric, in the exact layout of onnxruntime's `MatMulNBits` (com.microsoft): unsigned codes
@@ -12,10 +14,10 @@ Two methods, both per `nn.Linear` weight `(N out, K in)`:
   one 2^bits-entry fp16 palette per `group` output rows (per tensor when `group` is None), codes
   are palette indices; 1-D Lloyd k-means from quantile initialisation.
 
-Mixed precision (SnapGen++): each Linear's sensitivity is the MSE of the model output with that
+Mixed precision (SnapGen++): each layer's sensitivity is the MSE of the model output with that
 layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to 8 bits until the
-average bits rise by `mixed_extra_bits`. Everything that is not a Linear weight (convs, biases,
-norms, adaLN tables) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
+average bits rise by `mixed_extra_bits`. Everything else (biases, norms, adaLN tables, any other
+conv) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
 
 PyTorch quality uses the dequantized weights from the packed codes (`quantized_model`), which
 are the weights the int4 ONNX model (`hwnas.compress.onnx_int4`) runs.
@@ -174,19 +176,22 @@ def quantize_rtn(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
 
 def kmeans_1d(values: np.ndarray, levels: int, *, iters: int = 25) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on scalars from quantile initialisation: (centroids (levels,), labels).
-    Centroids are unique (empty clusters are re-seeded at the worst-fit value)."""
+    Centroids are unique (empty clusters are re-seeded at the worst-fit value). The values are
+    sorted once, so each iteration costs O(levels log n) (prefix sums), not O(n)."""
     x = values.astype(np.float64).ravel()
-    c = np.quantile(x, (np.arange(levels) + 0.5) / levels)
+    xs = np.sort(x)
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])
+    c = np.quantile(xs, (np.arange(levels) + 0.5) / levels)
     for _ in range(iters):
         c = np.unique(c)
         while len(c) < levels:  # re-seed at the value farthest from its centroid
-            far = np.abs(x[:, None] - c[None]).min(axis=1).argmax()
-            c = np.unique(np.append(c, x[far] if x[far] not in c else x[far] + 1e-6 * (1 + abs(x[far]))))
+            far = np.abs(xs[:, None] - c[None]).min(axis=1).argmax()
+            c = np.unique(np.append(c, xs[far] if xs[far] not in c else xs[far] + 1e-6 * (1 + abs(xs[far]))))
         c = np.sort(c)
-        bounds = (c[1:] + c[:-1]) / 2
-        labels = np.searchsorted(bounds, x)
-        sums = np.bincount(labels, weights=x, minlength=levels)
-        counts = np.bincount(labels, minlength=levels)
+        # cluster i holds bounds[i-1] < x <= bounds[i] (as np.searchsorted(bounds, x) labels it)
+        edges = np.concatenate([[0], np.searchsorted(xs, (c[1:] + c[:-1]) / 2, side="right"), [len(xs)]])
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
         new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
         if np.allclose(new, c):
             break
@@ -220,14 +225,45 @@ def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
     return quantize_rtn(w, spec) if spec.method == "rtn" else quantize_kmeans(w, spec)
 
 
-def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """The quantization targets: every `nn.Linear` of the model, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The quantization targets by module name: every `nn.Linear`, and every `nn.Conv2d` /
+    `nn.ConvTranspose2d` with a square kernel equal to its stride, no padding, one group."""
+    def patch_conv(m: nn.Module) -> bool:
+        return (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.kernel_size[0] == m.kernel_size[1]
+                and tuple(m.kernel_size) == tuple(m.stride) and tuple(m.padding) == (0, 0)
+                and tuple(m.dilation) == (1, 1) and m.groups == 1
+                and tuple(getattr(m, "output_padding", (0, 0))) == (0, 0))
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) or patch_conv(m)}
+
+
+def matmul_weight(m: nn.Module) -> torch.Tensor:
+    """The `(N, K)` matrix `m` multiplies by. Conv2d `(O, C, p, p)`: K in (p, p, C) order, the
+    channel order of ONNX `SpaceToDepth`; ConvTranspose2d `(C, O, p, p)`: N in (p, p, O) order,
+    the input order of `DepthToSpace` (DCR)."""
+    w = m.weight
+    if isinstance(m, nn.Conv2d):
+        return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+    if isinstance(m, nn.ConvTranspose2d):
+        return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])
+    return w
+
+
+@torch.no_grad()
+def set_matmul_weight(m: nn.Module, w2d: torch.Tensor) -> None:
+    """Inverse of `matmul_weight`: write the `(N, K)` matrix back into `m.weight`."""
+    w = m.weight
+    if isinstance(m, nn.Conv2d):
+        o, c, kh, kw = w.shape
+        w2d = w2d.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+    elif isinstance(m, nn.ConvTranspose2d):
+        c, o, kh, kw = w.shape
+        w2d = w2d.reshape(kh, kw, o, c).permute(3, 2, 0, 1)
+    w.copy_(w2d.to(w.dtype))
 
 
 @dataclass
 class QuantizedModel:
-    """Packed Linear weights of a model plus the size accounting."""
+    """Packed weights of a model's weight layers plus the size accounting."""
 
     packed: dict[str, PackedWeight]
     bytes: int
@@ -245,34 +281,35 @@ class QuantizedModel:
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | None = None) -> QuantizedModel:
-    """Quantize every Linear weight of `model` with `spec` (bits per layer from `bits` where given).
+    """Quantize every weight layer of `model` (`weight_layers`) with `spec` (bits per layer from
+    `bits` where given).
 
-    `avg_bits` is over the Linear weights (codes + scales/zero points/palettes); `avg_bits_all`
+    `avg_bits` is over the quantized weights (codes + scales/zero points/palettes); `avg_bits_all`
     over every parameter, the rest counted at 16 bits; `bytes` is the whole model so stored.
     """
-    layers = linear_layers(model)
+    layers = weight_layers(model)
     chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
-    packed = {name: quantize_weight(m.weight, QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))  # type: ignore[arg-type]
+    packed = {name: quantize_weight(matmul_weight(m), QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))  # type: ignore[arg-type]
               for name, m in layers.items()}
     weight_ids = {id(m.weight) for m in layers.values()}
     total = sum(p.numel() for p in model.parameters())
     other = sum(p.numel() for p in model.parameters() if id(p) not in weight_ids)
-    lin_params = total - other
-    lin_bytes = sum(p.nbytes for p in packed.values())
-    nbytes = lin_bytes + 2 * other
-    return QuantizedModel(packed=packed, bytes=nbytes, bytes_fp16=2 * total, avg_bits=8 * lin_bytes / lin_params,
+    quant_params = total - other
+    quant_bytes = sum(p.nbytes for p in packed.values())
+    nbytes = quant_bytes + 2 * other
+    return QuantizedModel(packed=packed, bytes=nbytes, bytes_fp16=2 * total, avg_bits=8 * quant_bytes / quant_params,
                           avg_bits_all=8 * nbytes / total, bits=chosen)
 
 
 @torch.no_grad()
 def quantized_model(model: nn.Module, q: QuantizedModel) -> nn.Module:
-    """A copy of `model` whose Linear weights are the dequantized packed weights and whose other
+    """A copy of `model` whose weight layers hold the dequantized packed weights and whose other
     parameters are rounded to fp16 (as stored), in fp32 for PyTorch."""
     out = copy.deepcopy(model)
     for p in out.parameters():
         p.copy_(p.half().float())
-    for name, m in linear_layers(out).items():
-        m.weight.copy_(q.packed[name].dequantize().to(m.weight.dtype))
+    for name, m in weight_layers(out).items():
+        set_matmul_weight(m, q.packed[name].dequantize())
     return out
 
 
@@ -281,12 +318,12 @@ OutputFn = Callable[[nn.Module], torch.Tensor]
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, spec: QuantSpec, output: OutputFn) -> dict[str, float]:
-    """Output MSE of `output(model)` with each Linear alone quantized to `spec` (SnapGen++)."""
+    """Output MSE of `output(model)` with each weight layer alone quantized to `spec` (SnapGen++)."""
     ref = output(model)
     out: dict[str, float] = {}
-    for name, m in linear_layers(model).items():
+    for name, m in weight_layers(model).items():
         saved = m.weight.detach().clone()
-        m.weight.copy_(quantize_weight(saved, spec).dequantize().to(saved.dtype))
+        set_matmul_weight(m, quantize_weight(matmul_weight(m), spec).dequantize())
         out[name] = float(torch.mean((output(model) - ref) ** 2))
         m.weight.copy_(saved)
     return out
@@ -295,14 +332,14 @@ def layer_sensitivity(model: nn.Module, spec: QuantSpec, output: OutputFn) -> di
 def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float], *,
                extra_bits: float = 0.3) -> dict[str, int]:
     """4 bits everywhere, then 8 bits for the layers with the highest sensitivity per added bit
-    while the average over Linear weights rises by at most `extra_bits` (SnapGen++: 4 -> 4.3)."""
-    layers = linear_layers(model)
+    while the average over the quantized weights rises by at most `extra_bits` (SnapGen++: 4 -> 4.3)."""
+    layers = weight_layers(model)
     params = {n: m.weight.numel() for n, m in layers.items()}
     total = sum(params.values())
     bits = {n: 4 for n in layers}
-    cost4 = {n: quantize_weight(m.weight, spec).nbytes for n, m in layers.items()}
+    cost4 = {n: quantize_weight(matmul_weight(m), spec).nbytes for n, m in layers.items()}
     spec8 = QuantSpec(spec.method, 8, spec.group, spec.symmetric)
-    cost8 = {n: quantize_weight(m.weight, spec8).nbytes for n, m in layers.items()}
+    cost8 = {n: quantize_weight(matmul_weight(m), spec8).nbytes for n, m in layers.items()}
     budget = extra_bits * total / 8  # bytes
     order = sorted(layers, key=lambda n: -sensitivity[n] / max(cost8[n] - cost4[n], 1))
     used = 0.0

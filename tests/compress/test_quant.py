@@ -110,3 +110,31 @@ def test_quantized_model_uses_the_packed_weights_and_finetune_moves_only_biases(
                                    steps=30, lr=1e-3)
     assert torch.equal(qm[2].weight, weight) and not torch.equal(qm[2].bias, bias)
     assert losses[-1] < losses[0]
+
+
+def test_patch_convs_are_matmuls_over_patches() -> None:
+    """Conv2d / ConvTranspose2d with kernel = stride are quantized in their matmul form; the K and
+    N orders are those of ONNX SpaceToDepth / DepthToSpace (DCR), and the form round-trips."""
+    from hwnas.compress.quant import matmul_weight, set_matmul_weight, weight_layers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 2, stride=2), nn.ConvTranspose2d(5, 4, 2, stride=2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.Linear(8, 8))
+    assert set(weight_layers(model)) == {"0", "1", "3"}  # the 3x3 padded conv is not a patch matmul
+    x = torch.randn(2, 3, 8, 8)
+    conv, up = model[0], model[1]
+    # Conv2d: patches in (kh, kw, C) order (SpaceToDepth), then x @ W^T.
+    patches = x.reshape(2, 3, 4, 2, 4, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 4, 4, 12)
+    want = conv(x).permute(0, 2, 3, 1)
+    assert torch.allclose(patches @ matmul_weight(conv).T + conv.bias, want, atol=1e-5)
+    # ConvTranspose2d: outputs in (kh, kw, O) order (DepthToSpace DCR).
+    y = conv(x)
+    mm = y.permute(0, 2, 3, 1) @ matmul_weight(up).T  # (B, H, W, 2*2*4)
+    d2s = mm.reshape(2, 4, 4, 2, 2, 4).permute(0, 5, 1, 3, 2, 4).reshape(2, 4, 8, 8) + up.bias.view(1, 4, 1, 1)
+    assert torch.allclose(d2s, up(y), atol=1e-5)
+    for m in (conv, up):
+        before = m.weight.detach().clone()
+        set_matmul_weight(m, matmul_weight(m).detach().clone())
+        assert torch.equal(m.weight, before)
+    q = quantize_model(model, QuantSpec("rtn", 4, 16, True))
+    assert set(q.packed) == {"0", "1", "3"} and q.packed["0"].shape == (5, 12) and q.packed["1"].shape == (16, 5)
