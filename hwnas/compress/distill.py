@@ -61,6 +61,7 @@ class DistillConfig:
     student_steps: int = 4
     lr: float = 5e-5
     critic_lr: float = 1e-4
+    beta1: float = 0.0
     critic_updates: int = 3
     cfg_scale: float = 4.0
     dmd_weight: float = 1.0
@@ -83,6 +84,8 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.dmd_weight == self.kd_weight == self.feat_weight == 0:
             raise ValueError("all loss terms are off (dmd_weight = kd_weight = feat_weight = 0)")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1!r}")
         if not 0.0 < self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
@@ -161,8 +164,8 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
     critic = copy.deepcopy(student.dit).to(device).train()
     settings = {"distill": asdict(dc), "teacher_cfg": teacher_cfg.to_dict(), "student_cfg": student.cfg.to_dict()}
     start, wall_before, history = 0, 0.0, []
-    opt_g = torch.optim.AdamW(gen.parameters(), lr=dc.lr, betas=(0.0, 0.99), weight_decay=0.0)
-    opt_c = torch.optim.AdamW(critic.parameters(), lr=dc.critic_lr, betas=(0.0, 0.99), weight_decay=0.0)
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=dc.lr, betas=(dc.beta1, 0.99), weight_decay=0.0)
+    opt_c = torch.optim.AdamW(critic.parameters(), lr=dc.critic_lr, betas=(dc.beta1, 0.99), weight_decay=0.0)
     if resume:
         state = load_train_state(out, name=STATE, what="distillation")
         if _comparable(state["settings"]) != _comparable(settings):

@@ -52,3 +52,9 @@ def test_each_term_switches(tiny_net: Supernet, tmp_path: Path, mode: str, prese
 def test_all_terms_off_is_refused() -> None:
     with pytest.raises(ValueError, match="all loss terms"):
         DistillConfig(dmd_weight=0, kd_weight=0, feat_weight=0)
+
+
+@pytest.mark.parametrize("beta1", [-0.1, 1.0])
+def test_beta1_outside_unit_interval_is_refused(beta1: float) -> None:
+    with pytest.raises(ValueError, match="beta1"):
+        DistillConfig(beta1=beta1)
