@@ -1,7 +1,10 @@
 """int4 benchmark: average bits, bytes vs fp16, onnxruntime int4 / fp32 step latency, output parity
-and compositional accuracy before/after, per method (rtn sym/asym groups, k-means, mixed 4/8).
+and quality before/after (compositional accuracy on --n held-out prompts; fd_ref on --fd-n
+images, lower is better; same prompts and noise before and after), per method (rtn sym/asym
+groups, k-means, mixed 4/8). Every weight layer is quantized: Linears and patch convs.
 
-    OMP_NUM_THREADS=1 python benchmarks/int4.py --config small --n 48 --steps 28 --out reports/int4.json
+    OMP_NUM_THREADS=1 python benchmarks/int4.py --run reports/RUN --pick best --n 346 --fd-n 200 \
+        --steps 28 --out reports/int4.json
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hwnas.compress import (
-    QuantSpec, check_parity, export_int4_onnx, from_supernet, quality_row, quantize_subdit, time_onnx,
+    QuantSpec, check_parity, export_int4_onnx, from_supernet, quality_row, quantize_subdit, resolve_pick, time_onnx,
 )
 from hwnas.model import export_onnx
 from hwnas.space import load_config
@@ -28,7 +31,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--config", default="small")
+    ap.add_argument("--run", help="a search run directory: quantize its --pick")
+    ap.add_argument("--pick", default="best")
     ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--fd-n", type=int, default=0, help="fd_ref images (0: skip)")
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--cfg-scale", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
@@ -37,11 +43,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     net = load_supernet(args.checkpoint)
-    cfg = net.space.preset(args.config) if args.config in ("tiny", "small", "full") else load_config(args.config)
+    if args.run:
+        cfg = resolve_pick(args.run, args.pick)
+    else:
+        cfg = net.space.preset(args.config) if args.config in ("tiny", "small", "full") else load_config(args.config)
     sub = from_supernet(net, cfg)
-    kw = dict(metric="compositional", n=args.n, steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint)
-    base = quality_row(sub, cfg, stage="fp32", **kw)
-    print(json.dumps(base), flush=True)
+    kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint)
+    metrics = [("compositional", args.n)] + ([("fd_ref", args.fd_n)] if args.fd_n else [])
+
+    def quality(model: object, stage: str) -> dict[str, float | None]:
+        rows = {m: quality_row(model, cfg, stage=stage, metric=m, n=n, **kw) for m, n in metrics}
+        return {m: r["value"] if r else None for m, r in rows.items()}
+
+    base = quality(sub, "fp32")
+    print(json.dumps({"stage": "fp32", **base, "n": args.n, "fd_n": args.fd_n, "steps": args.steps}), flush=True)
     tmp = Path(tempfile.mkdtemp())
     batches = [int(b) for b in args.batches.split(",")]
     fp32 = {b: export_onnx(sub.dit, tmp / f"fp32-b{b}.onnx", batch=b) for b in batches}
@@ -51,8 +66,10 @@ def main() -> None:
         spec = QuantSpec(method, 4, group, sym)  # type: ignore[arg-type]
         qsub, q = quantize_subdit(sub, spec, mixed=mixed)
         row = {"method": method, "group": group, "symmetric": sym, "mixed": mixed, **q.summary(),
-               "acc_fp32": base["value"], "acc_quant": quality_row(qsub, cfg, stage="int4", **kw)["value"],
-               "n": args.n, "steps": args.steps, "fp32_onnx_bytes": fp32[batches[0]].stat().st_size}
+               **{f"{'acc' if m == 'compositional' else m}_fp32": v for m, v in base.items()},
+               **{f"{'acc' if m == 'compositional' else m}_quant": v for m, v in quality(qsub, "int4").items()},
+               "n": args.n, "fd_n": args.fd_n, "steps": args.steps,
+               "fp32_onnx_bytes": fp32[batches[0]].stat().st_size}
         if method == "rtn":
             for b in batches:
                 info = export_int4_onnx(sub.dit, q, tmp / f"int4-b{b}.onnx", batch=b)
@@ -67,7 +84,26 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config_id": cfg.id, "describe": cfg.describe(),
-                                          "supernet_step": net.meta.get("step"), "rows": rows}, indent=2))
+                                          "supernet_step": net.meta.get("step"), "base": base, "rows": rows},
+                                         indent=2))
+    b0 = batches[0]
+    print(f"\n{cfg.describe()} ({cfg.id}), {args.steps} steps CFG {args.cfg_scale}: compositional n={args.n}, "
+          f"fd_ref n={args.fd_n or '-'}")
+    print(f"{'method':8s} {'group':>5s} {'sym':>5s} {'mixed':>5s} {'bits':>6s} {'x fp16':>6s} {'int4/fp32':>9s} "
+          f"{'acc':>11s} {'fd_ref':>13s}")
+    for r in rows:
+        ratio = r.get(f"int4_over_fp32_b{b0}")
+        fd = f"{r['fd_ref_fp32']:.0f}->{r['fd_ref_quant']:.0f}" if r.get("fd_ref_quant") is not None else "-"
+        print(f"{r['method']:8s} {r['group'] or '-':>5} {r['symmetric']!s:>5s} {r['mixed']!s:>5s} {r['avg_bits']:6.2f} "
+              f"{r['compression_vs_fp16']:6.2f} {f'{ratio:.2f}' if ratio else '-':>9s} "
+              f"{r['acc_fp32']:.3f}->{r['acc_quant']:.3f} {fd:>13s}")
+    rtn = [r for r in rows if r["method"] == "rtn" and not r["mixed"]]
+    small = min(rtn, key=lambda r: r["avg_bits"])
+    fast = min(rtn, key=lambda r: r[f"int4_over_fp32_b{b0}"])
+    print(f"summary: smallest rtn (g{small['group']}) {small['avg_bits']:.2f} bits, {small['compression_vs_fp16']:.2f}x "
+          f"smaller than fp16, accuracy {100 * (small['acc_quant'] - small['acc_fp32']):+.1f} points; "
+          f"ORT int4 / fp32 step time {small[f'int4_over_fp32_b{b0}']:.2f} (best g{fast['group']}: "
+          f"{fast[f'int4_over_fp32_b{b0}']:.2f})")
 
 
 if __name__ == "__main__":
