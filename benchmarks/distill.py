@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -52,9 +53,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="student updates per mode")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--n", type=int, default=50, help="held-out prompts per compositional evaluation")
-    ap.add_argument("--teacher-steps", type=int, default=28)
     ap.add_argument("--modes", default="dmd,kd,kdmd")
     ap.add_argument("--work", default="runs/bench-distill")
+    ap.add_argument("--seeds", default="0", help="evaluation seeds (noise and prompt order); rows give the mean")
+    ap.add_argument("--baselines", default="28:4,4:4,4:1,2:1,8:4",
+                    help="undistilled sub-DiT rows, steps:CFG each (28:4 is the teacher row of the summary)")
+    ap.add_argument("--student-steps", default="1,2,4", help="sampling steps at which students are scored")
     ap.add_argument("--out", default="reports/distill.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -64,17 +68,25 @@ def main() -> None:
     else:
         cfg = net.space.preset(args.config) if args.config in ("tiny", "small", "full") else load_config(args.config)
     rows: list[dict] = []
+    seeds = [int(x) for x in args.seeds.split(",")]
+    student_steps = [int(x) for x in args.student_steps.split(",")]
 
     def score(model, *, stage: str, steps: int, scale: float, **extra: object) -> None:  # type: ignore[no-untyped-def]
+        """One row per metric: the mean over --seeds (fd_ref at n=100 moves by ~+-60 between seeds)."""
         for metric, share in METRICS:
-            row = quality_row(model, cfg, stage=stage, metric=metric, n=max(2, round(args.n * share)), steps=steps,
-                              cfg_scale=scale, checkpoint=args.checkpoint)
-            if row is not None:
-                rows.append({**row, "dit_evals": steps * (2 if scale != 1.0 else 1), **extra})
+            per_seed = [quality_row(model, cfg, stage=stage, metric=metric, n=max(2, round(args.n * share)),
+                                    steps=steps, cfg_scale=scale, checkpoint=args.checkpoint, seed=seed)
+                        for seed in seeds]
+            if per_seed[0] is not None:
+                values = [r["value"] for r in per_seed]  # type: ignore[index]
+                rows.append({**per_seed[0], "value": statistics.fmean(values), "values": values, "seeds": seeds,
+                             "sd": statistics.stdev(values) if len(values) > 1 else None,
+                             "dit_evals": steps * (2 if scale != 1.0 else 1), **extra})
                 print(json.dumps(rows[-1]), flush=True)
 
     sub = from_supernet(net, cfg)
-    for steps, scale in ((args.teacher_steps, 4.0), (4, 4.0), (4, 1.0), (2, 1.0), (8, 4.0)):
+    baselines = [(int(a), float(b)) for a, b in (x.split(":") for x in args.baselines.split(","))]
+    for steps, scale in baselines:
         score(sub, stage=f"sub-DiT {steps} steps CFG {scale}", steps=steps, scale=scale, mode="none")
     if args.students:
         for model_json in sorted(Path(args.students).glob("*/model.json")):
@@ -82,7 +94,7 @@ def main() -> None:
             if student.cfg != cfg:
                 raise SystemExit(f"{model_json.parent}: a student of {student.cfg.id}, not of {cfg.id}")
             info = json.loads(model_json.read_text()).get("distill", {})
-            for steps in (1, 2, 4):
+            for steps in student_steps:
                 score(student, stage=f"{model_json.parent.name} student {steps} steps", steps=steps, scale=1.0,
                       mode=model_json.parent.name, distill_steps=info.get("step"), terms=info.get("terms"),
                       distill=info.get("distill"))
@@ -95,7 +107,7 @@ def main() -> None:
             summary = distill(net, student, out=Path(args.work) / f"{cfg.id}-{mode}", dc=dc, resume=False,
                               progress=False)
             wall = round(time.perf_counter() - t0, 1)
-            for steps in (1, 2, 4):
+            for steps in student_steps:
                 score(student, stage=f"{mode} student {steps} steps", steps=steps, scale=1.0, mode=mode,
                       distill_steps=args.steps, distill_wall_s=wall, terms=summary["terms"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +126,9 @@ def _summary(rows: list[dict]) -> None:
         students = sorted({r["mode"] for r in rows if r["mode"] != "none"})
         cells = [f"{m} {value(f'{m} student 4 steps', metric):.3g}" for m in students
                  if value(f"{m} student 4 steps", metric) is not None]
-        if teacher is not None and base is not None:
-            parts.append(f"{metric}: teacher 28 steps {teacher:.3g}, sub-DiT 4 steps {base:.3g}, " + ", ".join(cells))
+        head = ([f"teacher 28 steps {teacher:.3g}"] if teacher is not None else []) + (
+            [f"sub-DiT 4 steps {base:.3g}"] if base is not None else [])
+        parts.append(f"{metric}: " + ", ".join(head + cells))
     print("summary: " + "; ".join(parts))
 
 
