@@ -60,22 +60,17 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
             new_nodes.append(node)
             continue
         pw = q.packed[layer]
-        n, k = pw.shape
+        n, blocks = pw.scales.shape
         tag = f"{layer}_q{pw.spec.bits}_{replaced}"
-        blocks = pw.scales.shape[1]
         tensors = [numpy_helper.from_array(pw.codes.reshape(n, blocks, -1), tag + "_B"),
                    numpy_helper.from_array(pw.scales.astype(np.float32).reshape(-1), tag + "_scales")]
         if pw.zero_points is not None:
             tensors.append(numpy_helper.from_array(pack(pw.zero_points, pw.spec.bits).reshape(-1), tag + "_zp"))
         added += tensors
-
-        def matmul(a: str, out: str) -> onnx.NodeProto:
-            return helper.make_node("MatMulNBits", [a, *[t.name for t in tensors]], [out], name=tag,
-                                    domain="com.microsoft", K=k, N=n, bits=pw.spec.bits, block_size=pw.block,
-                                    accuracy_level=accuracy_level)
-
+        weights = [t.name for t in tensors]
         if node.op_type in ("MatMul", "Gemm"):
-            new_nodes.append(matmul(node.input[0], node.output[0] if bias is None else tag + "_mm"))
+            new_nodes.append(_matmulnbits(node.input[0], node.output[0] if bias is None else tag + "_mm",
+                                           weights, tag=tag, pw=pw, accuracy_level=accuracy_level))
             if bias is not None:
                 new_nodes.append(helper.make_node("Add", [tag + "_mm", bias], [node.output[0]], name=tag + "_bias"))
         elif node.op_type == "Conv":  # (B, C, H, W) -> (B, p*p*C, H/p, W/p) -> NHWC -> (..., O) -> NCHW
@@ -83,7 +78,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
             new_nodes += [
                 helper.make_node("SpaceToDepth", [node.input[0]], [tag + "_s2d"], blocksize=p),
                 helper.make_node("Transpose", [tag + "_s2d"], [tag + "_nhwc"], perm=[0, 2, 3, 1]),
-                matmul(tag + "_nhwc", tag + "_mm")]
+                _matmulnbits(tag + "_nhwc", tag + "_mm", weights, tag=tag, pw=pw, accuracy_level=accuracy_level)]
             if bias is not None:
                 new_nodes.append(helper.make_node("Add", [tag + "_mm", bias], [tag + "_mmb"]))
             new_nodes.append(helper.make_node("Transpose", [tag + "_mmb" if bias else tag + "_mm"], [node.output[0]],
@@ -92,7 +87,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
             p = int(inits[node.input[1]].dims[2])  # kernel = stride
             new_nodes += [
                 helper.make_node("Transpose", [node.input[0]], [tag + "_nhwc"], perm=[0, 2, 3, 1]),
-                matmul(tag + "_nhwc", tag + "_mm"),
+                _matmulnbits(tag + "_nhwc", tag + "_mm", weights, tag=tag, pw=pw, accuracy_level=accuracy_level),
                 helper.make_node("Transpose", [tag + "_mm"], [tag + "_nchw"], perm=[0, 3, 1, 2]),
                 helper.make_node("DepthToSpace", [tag + "_nchw"], [node.output[0] if bias is None else tag + "_d2s"],
                                  blocksize=p, mode="DCR")]
@@ -113,6 +108,13 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph_model, str(path))
     return {"path": str(path), "matmulnbits": replaced, "layers": len(q.packed), "file_bytes": path.stat().st_size}
+
+
+def _matmulnbits(a: str, out: str, weights: list[str], *, tag: str, pw: Any, accuracy_level: int) -> onnx.NodeProto:
+    """`out = a @ W^T` with W the packed weight `pw` (initializers `weights`: B, scales[, zero points])."""
+    n, k = pw.shape
+    return helper.make_node("MatMulNBits", [a, *weights], [out], name=tag, domain="com.microsoft", K=k, N=n,
+                            bits=pw.spec.bits, block_size=pw.block, accuracy_level=accuracy_level)
 
 
 def _match(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
