@@ -675,9 +675,11 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @click.option("--distill-steps", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--resume", is_flag=True, help="Resume the distillation in OUT/kdmd.")
+@click.option("--keep-distilled", is_flag=True,
+              help="Quantize and export the K-DMD student even where the undistilled sub-DiT scores better.")
 @click.option("--quiet", is_flag=True)
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
-                 distill_steps: int, n: int, resume: bool, quiet: bool) -> None:
+                 distill_steps: int, n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 / 4 / K-DMD 4 / int4, predicted vs measured latency."""
     from hwnas.compress import DistillConfig, compress_pick
 
@@ -686,11 +688,11 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     try:
         result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=DistillConfig(steps=distill_steps),
-                               n=n, resume=resume, progress=not quiet)
+                               n=n, resume=resume, progress=not quiet, keep_distilled=keep_distilled)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
-                           "latency": result["latency"]}, indent=2))
+                           "shipped": result["shipped"], "latency": result["latency"]}, indent=2))
 
 
 # Search and report ---------------------------------------------------------------------------------

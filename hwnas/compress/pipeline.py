@@ -5,12 +5,13 @@ Writes `RUN_DIR/compress/<config_id>/` with the sub-DiT (`subdit/`), the distill
 `results.json`, which `hwnas report` renders:
 
     {"config_id", "quality_rows": [{"stage", "metric", "value", "n", "steps", "source"}],
+     "shipped": {"model", "why"},
      "latency": {"device", "precision", "predicted_ms", "measured_ms", "how"}, ...}
 
 Quality rows: the sub-DiT at 28 steps with CFG (56 DiT evaluations per image), the same sub-DiT
-at 4 steps with CFG (before distillation, 8 evaluations), the K-DMD student at 4 steps without
-CFG (4 evaluations), and that student with its int4 weights (dequantized, as the int4 runtime
-runs them). Latency: the host LUT's prediction (`latency_tables/host/<experiment>.csv`) against
+at 4 steps without CFG (before distillation, 4 evaluations), the K-DMD student at 4 steps
+without CFG (4 evaluations), and the better of those two (the one shipped) with its int4 weights
+(dequantized, as the int4 runtime runs them). Latency: the host LUT's prediction (`latency_tables/host/<experiment>.csv`) against
 the TVM-compiled whole step (`hwnas.latency.bench.time_subnet_tvm`); where either is missing the
 field is null and `how` says why, and onnxruntime fp32/int4 timings are reported beside it.
 """
@@ -90,37 +91,51 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") 
 def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
                   dc: DistillConfig | None = None, spec: QuantSpec | None = None, mixed: bool = True,
                   n: int = 100, teacher_steps: int = 28, cfg_scale: float = 4.0, resume: bool = False,
-                  progress: bool = True, threads: int = 1) -> dict[str, Any]:
-    """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content."""
+                  progress: bool = True, threads: int = 1, keep_distilled: bool = False) -> dict[str, Any]:
+    """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content.
+
+    The undistilled sub-DiT and the K-DMD student are scored at the same steps and DiT evaluations
+    (CFG 1); the better of the two (compositional accuracy, then fd_ref) is the one quantized and
+    exported, unless `keep_distilled`. `results.json` says which was shipped and why."""
     out = Path(out)
     start = time.perf_counter()
     dc = dc or DistillConfig()
     spec = spec or QuantSpec("rtn", 4, 32, True)
     sub = from_supernet(net, cfg, source=f"extracted from {checkpoint or 'the shipped proxy supernet'}")
     save_subdit(sub, out / "subdit")
+    few = dc.student_steps
     rows: list[dict[str, Any] | None] = []
     for metric in ("compositional", "fd_ref"):
         rows.append(quality_row(sub, cfg, stage=f"teacher {teacher_steps} steps", metric=metric, n=n,
                                 steps=teacher_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
-        rows.append(quality_row(sub, cfg, stage=f"student {dc.student_steps} steps (before distillation)",
-                                metric=metric, n=n, steps=dc.student_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
+        rows.append(quality_row(sub, cfg, stage=f"student {few} steps (before distillation)", metric=metric, n=n,
+                                steps=few, cfg_scale=1.0, checkpoint=checkpoint))
     student = from_supernet(net, cfg)
     summary = distill(net, student, out=out / "kdmd", dc=dc, resume=resume, progress=progress)
-    quant_student, q = quantize_subdit(student, spec, mixed=mixed)
     for metric in ("compositional", "fd_ref"):
-        rows.append(quality_row(student, cfg, stage=f"K-DMD {dc.student_steps} steps", metric=metric, n=n,
-                                steps=dc.student_steps, cfg_scale=1.0, checkpoint=checkpoint))
-        rows.append(quality_row(quant_student, cfg, stage=f"K-DMD {dc.student_steps} steps + int4", metric=metric,
-                                n=n, steps=dc.student_steps, cfg_scale=1.0, checkpoint=checkpoint))
-    int4 = export_int4_onnx(student.dit, q, out / "int4.onnx")
-    parity = check_parity(out / "int4.onnx", quant_student.dit, threads=threads)
-    export_onnx(student.dit, out / "fp32.onnx")
-    ort_fp32 = time_onnx(out / "fp32.onnx", student.dit, threads=threads)
-    ort_int4 = time_onnx(out / "int4.onnx", student.dit, threads=threads)
+        rows.append(quality_row(student, cfg, stage=f"K-DMD {few} steps", metric=metric, n=n, steps=few,
+                                cfg_scale=1.0, checkpoint=checkpoint))
+    before = _scores(rows, f"student {few} steps (before distillation)")
+    after = _scores(rows, f"K-DMD {few} steps")
+    distilled_wins = keep_distilled or after >= before
+    shipped, name = (student, "K-DMD") if distilled_wins else (sub, "undistilled")
+    why = ("kept on request (keep_distilled)" if keep_distilled else
+           f"at {few} steps CFG 1 (compositional, then fd_ref): K-DMD {after[0]:.3f} / {-after[1]:.1f}, "
+           f"undistilled {before[0]:.3f} / {-before[1]:.1f}")
+    quant_model, q = quantize_subdit(shipped, spec, mixed=mixed)
+    for metric in ("compositional", "fd_ref"):
+        rows.append(quality_row(quant_model, cfg, stage=f"{name} {few} steps + int4", metric=metric, n=n, steps=few,
+                                cfg_scale=1.0, checkpoint=checkpoint))
+    int4 = export_int4_onnx(shipped.dit, q, out / "int4.onnx")
+    parity = check_parity(out / "int4.onnx", quant_model.dit, threads=threads)
+    export_onnx(shipped.dit, out / "fp32.onnx")
+    ort_fp32 = time_onnx(out / "fp32.onnx", shipped.dit, threads=threads)
+    ort_int4 = time_onnx(out / "int4.onnx", shipped.dit, threads=threads)
     result = {
         "config_id": cfg.id, "config": cfg.to_dict(), "describe": cfg.describe(),
         "quality_rows": [r for r in rows if r is not None],
-        "latency": measure_latency(student, experiment=net.space.name),
+        "shipped": {"model": name, "why": why},
+        "latency": measure_latency(shipped, experiment=net.space.name),
         "runtime": {"onnxruntime_fp32": ort_fp32, "onnxruntime_int4": ort_int4,
                     "int4_over_fp32": ort_int4["median_ms"] / ort_fp32["median_ms"], "parity": parity,
                     "int4_file_bytes": int4["file_bytes"], "fp32_file_bytes": (out / "fp32.onnx").stat().st_size},
@@ -130,3 +145,9 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     }
     write_json_atomic(out / "results.json", result)
     return result
+
+
+def _scores(rows: list[dict[str, Any] | None], stage: str) -> tuple[float, float]:
+    """(compositional, -fd_ref) of `stage`, for comparing two models; a missing fd_ref counts 0."""
+    values = {r["metric"]: r["value"] for r in rows if r is not None and r["stage"] == stage}
+    return (round(values["compositional"], 6), -round(values.get("fd_ref", 0.0), 3))

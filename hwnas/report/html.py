@@ -75,6 +75,10 @@ def _compress_section(data: RunData) -> str:
         rows = pd.DataFrame(res.get("quality_rows", []))
         if len(rows):
             parts.append(_table(rows, left=("stage", "metric", "source")))
+        shipped = res.get("shipped")
+        if isinstance(shipped, dict):
+            parts.append(f'<p class="small">Quantized and exported: the {_esc(shipped.get("model"))} model '
+                         f'({_esc(shipped.get("why"))}).</p>')
         lat = res.get("latency")
         if isinstance(lat, dict):
             parts.append(_table(pd.DataFrame([lat]), left=("device", "precision", "how")))

@@ -55,6 +55,7 @@ def test_cli_report_rebuilds_from_files(run_dir: Path, tmp_path: Path) -> None:
         "config_id": cid,
         "quality_rows": [{"stage": "int4-kmeans", "metric": "val_loss", "value": 1.25, "n": 64, "steps": 4,
                           "source": "proxy"}],
+        "shipped": {"model": "undistilled", "why": "synthetic choice"},
         "latency": {"device": "pixel8", "precision": "w4a16", "predicted_ms": 700.0, "measured_ms": 730.0,
                     "how": "synthetic test"}}))
     proc = subprocess.run([sys.executable, "-m", "hwnas.cli", "report", str(copy)], capture_output=True, text=True,
@@ -63,7 +64,7 @@ def test_cli_report_rebuilds_from_files(run_dir: Path, tmp_path: Path) -> None:
     for name in ("report.html", "pareto.png", "breakdown.png"):
         assert (copy / name).is_file()
     page = (copy / "report.html").read_text()
-    assert "int4-kmeans" in page and "synthetic test" in page
+    assert "int4-kmeans" in page and "synthetic test" in page and "synthetic choice" in page
     assert "estimated" in page and "val loss" in page
     assert not re.search(r"""(src|href)=["']https?://""", page)  # self-contained: no network
 
