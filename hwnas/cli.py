@@ -578,6 +578,8 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
               help="Critic (fake score) learning rate.")
 @click.option("--beta1", default=0.0, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="AdamW beta1 of student and critic (DMD2 uses 0; beta2 is 0.99).")
+@click.option("--cfg-scale", default=4.0, show_default=True, type=click.FloatRange(min=1),
+              help="Classifier-free guidance of the teacher (real score and KD targets).")
 @click.option("--mode", type=click.Choice(["kdmd", "dmd", "kd"]), default="kdmd", show_default=True,
               help="K-DMD (all terms), DMD-only or KD-only (output + feature).")
 @click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
@@ -585,8 +587,9 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
 @click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, steps: int,
-                student_steps: int, batch_size: int, critic_updates: int, lr: float, critic_lr: float, beta1: float, mode: str,
-                no_feature: bool, kd_teacher_steps: int, resume: bool, quiet: bool) -> None:
+                student_steps: int, batch_size: int, critic_updates: int, lr: float, critic_lr: float, beta1: float,
+                cfg_scale: float, mode: str, no_feature: bool, kd_teacher_steps: int, resume: bool,
+                quiet: bool) -> None:
     """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
     from dataclasses import replace
 
@@ -599,7 +602,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
     try:
         dc = terms(mode, DistillConfig(steps=steps, student_steps=student_steps, batch_size=batch_size,  # type: ignore[arg-type]
                                        critic_updates=critic_updates, kd_teacher_steps=kd_teacher_steps,
-                                       lr=lr, critic_lr=critic_lr, beta1=beta1))
+                                       lr=lr, critic_lr=critic_lr, beta1=beta1, cfg_scale=cfg_scale))
         if no_feature:
             dc = replace(dc, feat_weight=0.0)
         summary = distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)

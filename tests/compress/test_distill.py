@@ -58,3 +58,21 @@ def test_all_terms_off_is_refused() -> None:
 def test_beta1_outside_unit_interval_is_refused(beta1: float) -> None:
     with pytest.raises(ValueError, match="beta1"):
         DistillConfig(beta1=beta1)
+
+
+def test_cli_passes_the_teacher_guidance_and_refuses_a_bad_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "hwnas.cli", "distill", "--checkpoint", str(tiny_checkpoint), "--config", "smallest",
+            "--steps", "1", "--batch-size", "2", "--critic-updates", "1", "--kd-teacher-steps", "1", "--quiet"]
+    ok = subprocess.run([*base, "--out", str(tmp_path / "a"), "--cfg-scale", "2", "--beta1", "0.9"],
+                        capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    settings = json.loads((tmp_path / "a" / "model.json").read_text())["distill"]["distill"]
+    assert settings["cfg_scale"] == 2.0 and settings["beta1"] == 0.9
+    bad = subprocess.run([*base, "--out", str(tmp_path / "b"), "--cfg-scale", "0.5"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and "cfg-scale" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b").exists()
