@@ -7,8 +7,14 @@ each width choice (then each depth choice) with everything else at its largest, 
 validation flow-matching loss of that sub-DiT is measured on the supernet's fixed validation set
 (64 held-out images on an 8-point t grid, `hwnas.train.validation`). The mean predictor scores
 ~1.1 on shapes-32; a sub-DiT whose loss stays far above the largest's leaves visible per-pixel noise
-in its samples. The summary line gives, per stage, the loss at the smallest width over the
-largest sub-DiT's loss.
+in its samples.
+
+Each width is printed with its channel count next to the values one patch token carries
+(patch^2 x channels): an outer stage narrower than that cannot pass per-pixel detail (the noise
+the velocity must reproduce) through its linear patch embedding. shapes-32 has 48 values per
+token (4x4 RGB) against 24/32/40 channels at widths 0.375/0.5/0.625 of 64; snapgenpp-1024 has 64
+(2x2x16) against >= 768. The summary line gives, per stage, the loss at the smallest width over
+the largest sub-DiT's loss.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ def main() -> None:
     space, val = net.space, make_val_set(net)
     largest = space.largest()
     base = val_loss(net, largest, val)
-    print(f"{space.name}, supernet step {net.meta.get('step')}: largest {largest.describe()} val loss {base:.3f}")
+    patch_values = space.patch_size ** 2 * space.latent_channels
+    print(f"{space.name}, supernet step {net.meta.get('step')}: largest {largest.describe()} val loss {base:.3f}; "
+          f"a patch token carries {patch_values} values; channels per width: "
+          + ", ".join(f"{w:g}: {space.dim(w)}" for w in space.stages["down"].width))
     rows = []
     for knob in ("width", "depth"):
         groups = [(s,) for s in STAGES] + ([tuple(STAGES)] if knob == "width" else [])
@@ -59,7 +68,8 @@ def main() -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "experiment": space.name, "checkpoint": str(args.checkpoint or "shipped proxy"),
-            "supernet_step": net.meta.get("step"), "largest_val_loss": base, "rows": rows}, indent=2) + "\n")
+            "supernet_step": net.meta.get("step"), "largest_val_loss": base, "patch_values": patch_values,
+            "channels": {str(w): space.dim(w) for w in space.stages["down"].width}, "rows": rows}, indent=2) + "\n")
     widths = [r for r in rows if r["knob"] == "width" and len(r["stages"]) == 1]
     print("summary: val loss at the smallest width / largest sub-DiT: " + ", ".join(
         f"{r['stages'][0]} {min(r['val_loss'].items())[1] / base:.1f}x" for r in widths))
