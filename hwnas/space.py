@@ -263,6 +263,11 @@ class SearchSpace:
     def tokens_middle(self) -> int:
         return (self.grid_side // 2) ** 2
 
+    @property
+    def patch_values(self) -> int:
+        """Values one Down/Up token is embedded from: patch_size^2 x latent_channels."""
+        return self.patch_size**2 * self.latent_channels
+
     def heads(self, width: float) -> int:
         return round(width * self.heads_max)
 

@@ -86,7 +86,23 @@ def _load_quality(settings: SearchSettings, space: SearchSpace) -> tuple[Quality
     val = make_val_set(net, n=settings.val_images, seed=0)
     step = net.meta.get("step", "?")
     source = f"proxy supernet {net.space.name} ({path}, training step {step}): {val.description}"
-    return QualityModel(net=net, val=val), source, net.space.name
+    caveat = proxy_caveat(net.space)
+    return QualityModel(net=net, val=val), source + (f"; {caveat}" if caveat else ""), net.space.name
+
+
+def proxy_caveat(proxy: SearchSpace) -> str:
+    """Why the proxy's quality misjudges some sub-DiTs, or "". An outer (Down/Up) width with fewer
+    channels than a patch token has values cannot pass per-pixel detail (the noise the velocity must
+    reproduce) through the linear patch embedding and final layer; deployment DiTs (latent patches
+    of tens of values, hundreds of channels) have no such bottleneck (benchmarks/width_quality.py)."""
+    narrow = sorted({w for stage in ("down", "up") for w in proxy.stages[stage].width
+                     if proxy.dim(w) < proxy.patch_values})
+    if not narrow:
+        return ""
+    channels = "/".join(str(proxy.dim(w)) for w in narrow)
+    return (f"caveat: a {proxy.name} patch token carries {proxy.patch_values} values but outer widths "
+            f"{'/'.join(f'{w:g}' for w in narrow)} have only {channels} channels, so this proxy rates sub-DiTs "
+            f"with narrow Down/Up stages far worse than a deployment-scale model would (benchmarks/width_quality.py)")
 
 
 def resolve_run_dir(settings: SearchSettings, *, reports_dir: Path, out: Path | None) -> Path:

@@ -114,3 +114,12 @@ def test_pareto_and_hypervolume() -> None:
     assert hypervolume_2d(pts, (4.0, 5.0)) == pytest.approx(4 + 3 + 1)
     assert hypervolume_2d(pts + [(2.5, 3.0), (9.0, 0.1)], (4.0, 5.0)) == pytest.approx(8)
     assert hypervolume_2d([], (1.0, 1.0)) == 0.0
+
+
+def test_proxy_caveat_names_the_patch_bottleneck() -> None:
+    from hwnas.search.run import proxy_caveat
+
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    caveat = proxy_caveat(load_space(experiments / "shapes-32.toml"))
+    assert "48 values" in caveat and "0.375/0.5/0.625" in caveat and "24/32/40 channels" in caveat
+    assert proxy_caveat(load_space(experiments / "snapgenpp-1024.toml")) == ""
