@@ -45,7 +45,7 @@ def main() -> None:
     space, val = net.space, make_val_set(net)
     largest = space.largest()
     base = val_loss(net, largest, val)
-    patch_values = space.patch_size ** 2 * space.latent_channels
+    patch_values = space.patch_values
     print(f"{space.name}, supernet step {net.meta.get('step')}: largest {largest.describe()} val loss {base:.3f}; "
           f"a patch token carries {patch_values} values; channels per width: "
           + ", ".join(f"{w:g}: {space.dim(w)}" for w in space.stages["down"].width))

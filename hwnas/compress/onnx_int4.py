@@ -24,7 +24,13 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from hwnas.compress.quant import QuantizedModel, pack, quantized_model, weight_layers
+from hwnas.compress.quant import (
+    PackedWeight,
+    QuantizedModel,
+    pack,
+    quantized_model,
+    weight_layers,
+)
 from hwnas.model import StaticDiT, example_inputs, export_onnx
 from hwnas.model.export import INPUT_NAMES
 
@@ -110,7 +116,8 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     return {"path": str(path), "matmulnbits": replaced, "layers": len(q.packed), "file_bytes": path.stat().st_size}
 
 
-def _matmulnbits(a: str, out: str, weights: list[str], *, tag: str, pw: Any, accuracy_level: int) -> onnx.NodeProto:
+def _matmulnbits(a: str, out: str, weights: list[str], *, tag: str, pw: PackedWeight,
+                 accuracy_level: int) -> onnx.NodeProto:
     """`out = a @ W^T` with W the packed weight `pw` (initializers `weights`: B, scales[, zero points])."""
     n, k = pw.shape
     return helper.make_node("MatMulNBits", [a, *weights], [out], name=tag, domain="com.microsoft", K=k, N=n,

@@ -11,9 +11,10 @@ Writes `RUN_DIR/compress/<config_id>/` with the sub-DiT (`subdit/`), the distill
 Quality rows: the sub-DiT at 28 steps with CFG (56 DiT evaluations per image), the same sub-DiT
 at 4 steps without CFG (before distillation, 4 evaluations), the K-DMD student at 4 steps
 without CFG (4 evaluations), and the better of those two (the one shipped) with its int4 weights
-(dequantized, as the int4 runtime runs them). Latency: the host LUT's prediction (`latency_tables/host/<experiment>.csv`) against
-the TVM-compiled whole step (`hwnas.latency.bench.time_subnet_tvm`); where either is missing the
-field is null and `how` says why, and onnxruntime fp32/int4 timings are reported beside it.
+(dequantized, as the int4 runtime runs them). Latency: the host LUT's prediction
+(`latency_tables/host/<experiment>.csv`) against the TVM-compiled whole step
+(`hwnas.latency.bench.time_subnet_tvm`); where either is missing the field is null and `how` says
+why, and onnxruntime fp32/int4 timings are reported beside it.
 """
 
 from __future__ import annotations
