@@ -16,15 +16,16 @@ from hwnas.train.supernet import Supernet
 def generate(net: Supernet, prompts: list[str], cfg: SubnetConfig, *, steps: int = 28,
              cfg_scale: float = 4.0, solver: Solver = "euler", seed: int = 0, shift: float = 1.0,
              batch_size: int = 64) -> torch.Tensor:
-    """Images (B, C, H, W) in [-1, 1] for `prompts`, one per prompt; deterministic given `seed`.
+    """Images (B, 3, H, W) in [-1, 1] for `prompts`, one per prompt; deterministic given `seed`.
 
     The noise of prompt i depends only on (seed, i), so a batch size change does not change it.
+    In a latent experiment the ODE runs in the latent and the autoencoder decodes the result.
     """
     net.space.validate(cfg)
     space = net.space
     shape = (space.latent_channels, space.latent_size, space.latent_size)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(prompts), *shape), generator=g)
+    noise = torch.randn((len(prompts), *shape), generator=g).to(net.device)
     null = net.encode([""])
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -33,7 +34,7 @@ def generate(net: Supernet, prompts: list[str], cfg: SubnetConfig, *, steps: int
         null_b = (null[0].expand(len(chunk), -1, -1), null[1].expand(len(chunk), -1))
         fn = lambda x, t: net.velocity(x, t, cfg, emb=emb, mask=mask, null=null_b, cfg_scale=cfg_scale)  # noqa: E731
         out.append(solve(fn, noise[start:start + len(chunk)], steps=steps, solver=solver, shift=shift))
-    return torch.cat(out).clamp(-1.0, 1.0)
+    return net.to_image(torch.cat(out)).cpu()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""The trained proxy supernet as one object: elastic DiT + text encoder + tokenizer + space.
+"""The trained proxy supernet as one object: elastic DiT + text encoder + tokenizer + space, and
+for a latent experiment the autoencoder whose latent the DiT works in.
 
 `load_supernet()` without a path loads the proxy checkpoint that ships with hwnas
-(`checkpoints/shapes-32/`).
+(`checkpoints/shapes-latent/`).
 """
 
 from __future__ import annotations
@@ -14,21 +15,45 @@ import torch
 
 from hwnas.data import Tokenizer
 from hwnas.model import BuiltinTextEncoder, ElasticDiT
-from hwnas.paths import REPO_ROOT
+from hwnas.model.vae import Autoencoder, experiment_vae_path, load_autoencoder
+from hwnas.paths import REPO_ROOT, repo_path
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import load_weights, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-32"
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-latent"
 
 
 @dataclass
 class Supernet:
+    """`vae` is None for a pixel-space experiment (`latent_downsample` 1): images are the latents."""
+
     space: SearchSpace
     dit: ElasticDiT
     text: BuiltinTextEncoder
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
+    vae: Autoencoder | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def to(self, device: str | torch.device) -> Supernet:
+        """Move the DiT, the text encoder and the autoencoder to `device` (in place)."""
+        self.dit.to(device)
+        self.text.to(device)
+        if self.vae is not None:
+            self.vae.model.to(device)
+        return self
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in [-1, 1] -> what the DiT denoises `(B, C, h, w)`."""
+        return images if self.vae is None else self.vae.encode(images)
+
+    def to_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's output space `(B, C, h, w)` -> images `(B, 3, H, W)` in [-1, 1]."""
+        return latents.clamp(-1.0, 1.0) if self.vae is None else self.vae.decode(latents)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> text embeddings (B, L, Ct) and mask (B, L), on the text encoder's device."""
@@ -52,24 +77,49 @@ class Supernet:
                                cfg_scale=cfg_scale)
 
 
-def build_supernet(space: SearchSpace, tokenizer: Tokenizer, *, text_layers: int) -> Supernet:
+def build_supernet(space: SearchSpace, tokenizer: Tokenizer, *, text_layers: int,
+                   vae: Autoencoder | None = None) -> Supernet:
     dit = ElasticDiT(space)
     text = BuiltinTextEncoder(tokenizer.vocab_size, dim=space.text_dim, layers=text_layers,
                               max_len=space.text_len)
-    return Supernet(space=space, dit=dit, text=text, tokenizer=tokenizer)
+    return Supernet(space=space, dit=dit, text=text, tokenizer=tokenizer, vae=vae)
 
 
-def load_supernet(path: str | Path | None = None) -> Supernet:
-    """Load a checkpoint directory written by `hwnas train` (default: the shipped proxy)."""
+def space_vae(space: SearchSpace, experiment_toml: str, *, override: str | Path | None = None,
+              source: str = "experiment") -> Autoencoder | None:
+    """The autoencoder of a latent experiment (None in pixel space), checked against its latent
+    shape: `override` if given, else the experiment's `[vae] path` (relative to the repository)."""
+    if space.latent_downsample == 1 and override is None:
+        return None
+    folder = override if override is not None else experiment_vae_path(experiment_toml)
+    if folder is None:
+        raise ValueError(f"{source}: a latent experiment (latent_downsample {space.latent_downsample}) "
+                         "needs [vae] path = \"<diffusers VAE folder>\"")
+    return load_autoencoder(repo_path(folder), channels=space.latent_channels,
+                            downsample=space.latent_downsample)
+
+
+def load_supernet(path: str | Path | None = None, *, vae: str | Path | None = None) -> Supernet:
+    """Load a checkpoint directory written by `hwnas train` (default: the shipped proxy).
+
+    A latent checkpoint loads the autoencoder it was trained with (`vae` overrides where to find
+    it); an autoencoder whose content hash differs from the one recorded at training is refused.
+    """
     directory = Path(path) if path is not None else DEFAULT_CHECKPOINT
     tensors, meta = load_weights(directory)
     try:
         space = parse_space(meta["experiment_toml"], source=f"{directory} (stored experiment)")
         tokenizer = Tokenizer.from_dict(meta["tokenizer"])
-        net = build_supernet(space, tokenizer, text_layers=int(meta["train"]["text_layers"]))
+        autoencoder = space_vae(space, meta["experiment_toml"], override=vae, source=str(directory))
+        trained_with = (meta.get("vae") or {}).get("sha256")
+        if autoencoder is not None and trained_with != autoencoder.sha256:
+            raise ValueError(f"{directory}: trained with VAE sha256 {str(trained_with)[:12]}, but "
+                             f"{autoencoder.path} has sha256 {autoencoder.sha256[:12]}")
+        net = build_supernet(space, tokenizer, text_layers=int(meta["train"]["text_layers"]),
+                             vae=autoencoder)
         net.dit.load_state_dict(unprefixed("dit", tensors))
         net.text.load_state_dict(unprefixed("text", tensors))
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError) as exc:
         raise ValueError(f"{directory}: checkpoint does not match this hwnas version ({exc})") from None
     net.meta = meta
     return net.eval()

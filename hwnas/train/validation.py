@@ -19,7 +19,7 @@ from hwnas.train.supernet import Supernet
 
 @dataclass(frozen=True)
 class ValSet:
-    x0: torch.Tensor  # (N, C, H, W) in [-1, 1]
+    x0: torch.Tensor  # (N, C, h, w): images in [-1, 1], or their latents in a latent experiment
     noise: torch.Tensor  # (N, C, H, W)
     t: torch.Tensor  # (N,)
     emb: torch.Tensor  # (N, L, Ct) text embeddings
@@ -31,7 +31,7 @@ def make_val_set(net: Supernet, *, n: int = 64, grid: int = 8, seed: int = 0) ->
     """`n` validation images of the supernet's dataset on a `grid`-point t grid (t = (k + 0.5) / grid)."""
     space = net.space
     data = make_dataset(space.dataset, split="val", resolution=space.resolution, size=n, seed=seed)
-    x0 = torch.stack([data[i][0] for i in range(n)])
+    x0 = net.to_latent(torch.stack([data[i][0] for i in range(n)]))  # (N, C, h, w)
     captions = [data[i][1] for i in range(n)]
     g = torch.Generator().manual_seed(seed + 12345)
     noise = torch.randn(x0.shape, generator=g)
@@ -47,10 +47,10 @@ def val_loss(net: Supernet, cfg: SubnetConfig, val: ValSet, *, batch_size: int =
     """Mean flow-matching loss of sub-DiT `cfg` over `val` (deterministic)."""
     net.space.validate(cfg)
     total = 0.0
-    n = len(val.t)
+    n, device = len(val.t), net.device
     for s in range(0, n, batch_size):
-        sl = slice(s, s + batch_size)
-        xt = interpolate(val.x0[sl], val.noise[sl], val.t[sl])
-        v = net.dit(xt, val.t[sl], val.emb[sl], val.mask[sl], cfg)
-        total += flow_matching_loss(v, val.x0[sl], val.noise[sl]).item() * len(val.t[sl])
+        x0, noise, t = (a[s:s + batch_size].to(device) for a in (val.x0, val.noise, val.t))
+        v = net.dit(interpolate(x0, noise, t), t, val.emb[s:s + batch_size].to(device),
+                    val.mask[s:s + batch_size].to(device), cfg)
+        total += flow_matching_loss(v, x0, noise).item() * len(t)
     return total / n
