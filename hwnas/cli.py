@@ -17,7 +17,7 @@ from hwnas import __version__
 from hwnas.paths import repo_path
 from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig, load_config, load_space
 
-DEFAULT_EXPERIMENT = "experiments/shapes-32.toml"
+DEFAULT_EXPERIMENT = "experiments/shapes-latent.toml"
 _repo_path = repo_path
 
 
@@ -73,11 +73,11 @@ def _config_by_name(space: SearchSpace, value: str) -> SubnetConfig:
     return cfg
 
 
-def _load_supernet(checkpoint: str | None):  # -> hwnas.train.Supernet
+def _load_supernet(checkpoint: str | None, vae: str | None = None):  # -> hwnas.train.Supernet
     from hwnas.train import load_supernet
 
     try:
-        return load_supernet(checkpoint)
+        return load_supernet(checkpoint, vae=vae)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -139,9 +139,19 @@ def space_sample(experiment: str, n: int, seed: int, out: str | None) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out where it stopped (a larger --steps extends it).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's choice).")
+@click.option("--standalone", "standalone", default=None,
+              help="Train this one sub-DiT from scratch instead of the supernet "
+                   "(tiny|small|full|largest|smallest or a SubnetConfig JSON file).")
+@click.option("--vae", "vae", type=click.Path(file_okay=False),
+              help="diffusers VAE folder (overrides the experiment's [vae] path).")
+@click.option("--max-wall-s", "max_wall_s", type=click.FloatRange(min=1.0),
+              help="Stop (with a checkpoint) after this many seconds of training in total; --resume continues.")
+@click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False),
+              help="Keep the encoded training set here, shared by runs of the same data and VAE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(experiment: str, steps: int | None, batch_size: int | None, out: str, resume: bool,
-          threads: int | None, quiet: bool) -> None:
+          threads: int | None, standalone: str | None, vae: str | None, max_wall_s: float | None,
+          cache_dir: str | None, quiet: bool) -> None:
     """Train the elastic supernet (flow matching; the largest + sampled sub-DiTs every step).
 
     Runs under torchrun too: `torchrun --nproc-per-node 2 -m hwnas.cli train ...`.
@@ -153,15 +163,71 @@ def train(experiment: str, steps: int | None, batch_size: int | None, out: str, 
     if threads:
         torch.set_num_threads(threads)
     path = _repo_path(experiment)
-    _load_space(experiment)
+    sp = _load_space(experiment)
+    alone = _config_by_name(sp, standalone) if standalone is not None else None
     if not resume and (Path(out) / "train_state.pt").exists():
         raise click.UsageError(f"{out} already holds a run; pass --resume or choose another --out")
     try:
         summary = run_training(path, out=out, steps=steps, resume=resume, progress=not quiet,
-                               overrides={"batch_size": batch_size})
+                               overrides={"batch_size": batch_size}, standalone=alone, vae=vae,
+                               max_wall_s=max_wall_s, cache_dir=cache_dir)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(summary))
+
+
+@main.group()
+def vae() -> None:
+    """The latent autoencoder of a latent experiment: train one here, or check a diffusers folder."""
+
+
+@vae.command("train")
+@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True,
+              help="Its dataset, resolution, latent channels and downsampling set the autoencoder's shape.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="New VAE folder.")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "batch_size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's choice).")
+def vae_train(experiment: str, out: str, steps: int, batch_size: int, threads: int | None) -> None:
+    """Train a small diffusers AutoencoderKL on the experiment's data; print its reconstruction quality."""
+    import math
+
+    import torch
+
+    from hwnas.model.vae import train_autoencoder
+
+    sp = _load_space(experiment)
+    if sp.latent_downsample == 1:
+        raise click.UsageError(f"{experiment}: a pixel-space experiment (latent_downsample 1) has no VAE")
+    levels = int(math.log2(sp.latent_downsample)) + 1
+    if 2 ** (levels - 1) != sp.latent_downsample:
+        raise click.UsageError(f"{experiment}: latent_downsample must be a power of 2, got {sp.latent_downsample}")
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise click.UsageError(f"{out} is not empty; choose a new --out")
+    if threads:
+        torch.set_num_threads(threads)
+    block_out = tuple(min(32 * 2**i, 128) for i in range(levels))
+    summary = train_autoencoder(dataset=sp.dataset, resolution=sp.resolution, out=out,
+                                channels=sp.latent_channels, block_out=block_out, steps=steps,
+                                batch_size=batch_size)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "log"}))
+
+
+@vae.command("eval")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True)
+@click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1))
+def vae_eval(folder: str, experiment: str, n: int) -> None:
+    """PSNR and the compositional checker's accuracy on reconstructions of validation images."""
+    from hwnas.model.vae import evaluate_autoencoder, load_autoencoder
+
+    sp = _load_space(experiment)
+    try:
+        ae = load_autoencoder(folder, channels=sp.latent_channels, downsample=sp.latent_downsample)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps({"vae": ae.describe(), **evaluate_autoencoder(ae, dataset=sp.dataset,
+                                                                          resolution=sp.resolution, n=n)}))
 
 
 @main.command()
@@ -199,13 +265,18 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=2))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", "device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_scale: float, n: int,
-             seed: int, as_json: bool) -> None:
+             seed: int, device: str, as_json: bool) -> None:
     """Quality of one sub-DiT: compositional accuracy, fd_ref or validation loss."""
     from hwnas.metrics.evaluate import evaluate
 
     net = _load_supernet(checkpoint)
+    try:
+        net.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise click.UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
     cfg = _config_by_name(net.space, config)
     try:
         result = evaluate(net, cfg, metric=metric, n=n, steps=steps, cfg_scale=cfg_scale, seed=seed,  # type: ignore[arg-type]

@@ -18,7 +18,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +29,41 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.data import Tokenizer, make_dataset
+from hwnas.model.vae import Autoencoder
 from hwnas.space import SearchSpace, SubnetConfig, load_space
 from hwnas.train.checkpoint import (
     load_train_state,
     save_train_state,
     save_weights,
+    write_atomic,
     write_csv_atomic,
     write_json_atomic,
 )
 from hwnas.train.config import TrainConfig, load_train_config, tomllib
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
 from hwnas.train.progress import loss_progress
-from hwnas.train.supernet import Supernet, build_supernet
+from hwnas.train.supernet import Supernet, build_supernet, space_vae
 from hwnas.train.validation import make_val_set, val_loss
 
 
 class _ElasticObjective(nn.Module):
-    """Loss of one elastic step; a module so DDP can wrap it."""
+    """Loss of one elastic step; a module so DDP can wrap it.
 
-    def __init__(self, net: Supernet, tc: TrainConfig) -> None:
+    With `standalone` set, only that sub-DiT is trained (flow matching alone): the same code and
+    recipe as the supernet, for training a sub-DiT from scratch on its own."""
+
+    def __init__(self, net: Supernet, tc: TrainConfig, *, standalone: SubnetConfig | None = None) -> None:
         super().__init__()
         self.dit, self.text = net.dit, net.text
-        self.space, self.tc = net.space, tc
+        self.space, self.tc, self.standalone = net.space, tc, standalone
 
     def forward(self, x0: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                 subnets: list[SubnetConfig]) -> tuple[torch.Tensor, dict[str, float]]:
         emb, mask = self.text.encode(ids)  # (B, L, Ct), (B, L)
         xt = interpolate(x0, noise, t)  # (B, C, H, W)
+        if self.standalone is not None:
+            loss = flow_matching_loss(self.dit(xt, t, emb, mask, self.standalone), x0, noise)
+            return loss, {"loss_full": loss.item(), "loss_sub": 0.0, "distill": 0.0}
         v_full = self.dit(xt, t, emb, mask, self.space.largest())
         loss_full = flow_matching_loss(v_full, x0, noise)
         total = loss_full
@@ -94,13 +104,30 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def training_set(space: SearchSpace, tc: TrainConfig) -> tuple[torch.Tensor, list[str]]:
-    """`dataset_size` training images (N, C, H, W) in [-1, 1] and their captions, rendered once."""
+def training_set(space: SearchSpace, tc: TrainConfig, *, vae: Autoencoder | None = None,
+                 cache_dir: Path | None = None) -> tuple[torch.Tensor, list[str]]:
+    """`dataset_size` training samples (N, C, h, w) and their captions, made once: images in
+    [-1, 1], or in a latent experiment their latents under `vae`.
+
+    With `cache_dir`, the result is kept there under a name that covers the dataset, resolution,
+    size, seed and the VAE's hash, so parallel or resumed runs encode the data once.
+    """
+    key = f"{space.dataset}-{space.resolution}px-{tc.dataset_size}-seed{tc.seed}"
+    if vae is not None:
+        key += f"-vae{vae.sha256[:12]}"
+    cached = cache_dir / f"{key}.pt" if cache_dir is not None else None
+    if cached is not None and cached.exists():
+        state = torch.load(cached, weights_only=True)
+        return state["x"], list(state["captions"])
     data = make_dataset(space.dataset, split="train", resolution=space.resolution,
                         size=tc.dataset_size, seed=tc.seed)
-    images = torch.stack([data[i][0] for i in range(len(data))])
+    x = torch.stack([data[i][0] for i in range(len(data))])  # (N, 3, H, W)
     captions = [data[i][1] for i in range(len(data))]
-    return images, captions
+    if vae is not None:
+        x = vae.encode(x)  # (N, C, h, w)
+    if cached is not None:
+        write_atomic(cached, lambda tmp: torch.save({"x": x, "captions": captions}, tmp))
+    return x, captions
 
 
 def _dist_info() -> tuple[int, int]:
@@ -110,8 +137,15 @@ def _dist_info() -> tuple[int, int]:
 
 
 def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, resume: bool = False,
-          progress: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+          progress: bool = True, overrides: dict[str, Any] | None = None,
+          standalone: SubnetConfig | None = None, vae: str | Path | None = None,
+          max_wall_s: float | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Train the elastic supernet of `experiment`; write checkpoints to `out`; return the summary.
+
+    `standalone` trains that one sub-DiT from scratch instead (same recipe, flow matching only).
+    `vae` overrides the experiment's `[vae] path`. `max_wall_s` stops the run (with a checkpoint)
+    once it has trained that long in total; `--resume` continues it. `cache_dir` keeps the encoded
+    training set (see `training_set`).
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group (gloo on CPU, NCCL on CUDA) and
     splits each global batch across ranks; rank 0 writes the checkpoints.
@@ -119,6 +153,9 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     experiment, out = Path(experiment), Path(out)
     space = load_space(experiment)
     tc = load_train_config(experiment).with_overrides(steps=steps, **(overrides or {}))
+    if standalone is not None:
+        space.validate(standalone)
+    autoencoder = space_vae(space, experiment.read_text(), override=vae, source=str(experiment))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _dist_info()
@@ -128,14 +165,18 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
                           else "cpu")
     torch.manual_seed(tc.seed)
 
-    images, captions = training_set(space, tc)
+    if autoencoder is not None:
+        autoencoder.model.to(device)
+    images, captions = training_set(space, tc, vae=autoencoder,
+                                    cache_dir=Path(cache_dir) if cache_dir is not None else None)
+    images = images.to(device)  # (N, C, h, w): the whole training set lives on the device
     tokenizer = Tokenizer.from_texts(captions + [""])
     ids_all = tokenizer.encode(captions, max_len=space.text_len)  # (N, L)
     null_ids = tokenizer.encode([""], max_len=space.text_len)[0]  # (L,)
-    net = build_supernet(space, tokenizer, text_layers=tc.text_layers)
+    net = build_supernet(space, tokenizer, text_layers=tc.text_layers, vae=autoencoder)
     net.dit.to(device)
     net.text.to(device)
-    objective: nn.Module = _ElasticObjective(net, tc)
+    objective: nn.Module = _ElasticObjective(net, tc, standalone=standalone)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
     params = [p for p in list(net.dit.parameters()) + list(net.text.parameters())]
@@ -146,7 +187,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     if resume:
         state = load_train_state(out)
         saved_steps = int(state["train"]["steps"])
-        if not _same_run(state, experiment.read_text(), tc):
+        if not _same_run(state, experiment.read_text(), tc) or state.get("standalone") != (
+                standalone.to_dict() if standalone is not None else None):
             raise ValueError(f"{out}: the run there used other settings; resume with the same "
                              "command (only --steps may grow, to extend it)")
         if tc.steps < saved_steps:
@@ -167,6 +209,7 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
 
     per_rank = tc.batch_size // world
     t0 = time.perf_counter()
+    run = _RunInfo(experiment=experiment, tc=tc, schedule=schedule, standalone=standalone)
     bar = loss_progress(progress and rank == 0, label="train", total=tc.steps, start=start)
     for step in range(start, tc.steps):
         g = _step_generator(tc.seed, step, 0)
@@ -177,8 +220,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         ids = torch.where(drop[:, None], null_ids[None, :], ids_all[idx])
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
-        loss, logs = objective(images[idx].to(device), ids.to(device), noise.to(device), t.to(device),
-                               step_subnets(space, tc, step))
+        loss, logs = objective(images[idx.to(device)], ids.to(device), noise.to(device), t.to(device),
+                               [] if standalone is not None else step_subnets(space, tc, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip).item()
@@ -192,13 +235,15 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         history.append({"step": done, "loss": loss.item(), **logs, "grad_norm": grad_norm,
                         "lr": lr_at(step, tc), "wall_s": round(elapsed, 2)})
         bar(done, loss.item())
-        if rank == 0 and (done % tc.val_every == 0 or done == tc.steps):
-            _log_validation(out, net, done)
-        if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            _checkpoint(out, net, ema, params, opt, experiment, tc, done, elapsed, history,
-                        schedule)
+        deadline = max_wall_s is not None and elapsed >= max_wall_s
+        if rank == 0 and (done % tc.val_every == 0 or done == tc.steps or deadline):
+            _log_validation(out, net, ema, params, done, standalone)
+        if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps or deadline):
+            _checkpoint(out, net, ema, params, opt, run, done, elapsed, history)
+        if deadline:
+            break
     bar(None)
-    summary = _summary(out, tc, tc.steps, wall_before + time.perf_counter() - t0)
+    summary = _summary(out, tc, done, wall_before + time.perf_counter() - t0)
     if world > 1:
         summary["ranks_identical"] = _ranks_identical(params)
         dist.barrier()
@@ -226,43 +271,70 @@ def _ranks_identical(params: list[nn.Parameter]) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[nn.Parameter],
-                opt: torch.optim.Optimizer, experiment: Path, tc: TrainConfig, step: int,
-                wall_s: float, history: list[dict[str, float]], schedule: list[int]) -> None:
-    """Write the log, the EMA weights + metadata, then the resume state (in that order).
+@dataclass(frozen=True)
+class _RunInfo:
+    """What a checkpoint records about the run besides weights: its experiment file, settings,
+    schedule and, for a stand-alone run, the one sub-DiT it trains.
 
     `schedule` lists the step targets the run was given: [1000] for one run, [1000, 3000] for a
     run extended with `--resume --steps 3000` (its cosine learning rate restarted at step 1000).
     """
+
+    experiment: Path
+    tc: TrainConfig
+    schedule: list[int]
+    standalone: SubnetConfig | None
+
+
+@contextmanager
+def _ema_weights(ema: list[torch.Tensor], params: list[nn.Parameter]) -> Iterator[None]:
+    """Swap the EMA weights into the model for the duration of the block."""
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.data, e.data = e.data, p.data
+        try:
+            yield
+        finally:
+            for e, p in zip(ema, params):
+                p.data, e.data = e.data, p.data
+
+
+def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[nn.Parameter],
+                opt: torch.optim.Optimizer, run: _RunInfo, step: int, wall_s: float,
+                history: list[dict[str, float]]) -> None:
+    """Write the log, the EMA weights + metadata, then the resume state (in that order)."""
     _write_log(out, history)
     raw = {"dit": {k: v.detach().cpu().clone() for k, v in net.dit.state_dict().items()},
            "text": {k: v.detach().cpu().clone() for k, v in net.text.state_dict().items()}}
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.data, e.data = e.data, p.data  # swap in the EMA weights to save them
+    with _ema_weights(ema, params):
         weights = net.state_dict()
-        for e, p in zip(ema, params):
-            p.data, e.data = e.data, p.data
     recent = history[-min(len(history), 50):]
+    experiment_toml = run.experiment.read_text()
+    standalone = run.standalone.to_dict() if run.standalone is not None else None
+    command = "; ".join(f"hwnas train --experiment {run.experiment} --steps {n} --out {out}"
+                        + (f" --standalone {run.standalone.id}" if run.standalone is not None else "")
+                        + (" --resume" if i else "") for i, n in enumerate(run.schedule))
     meta = {
         "format": "hwnas-supernet-1",
         "experiment": net.space.name,
-        "experiment_file": experiment.name,
-        "experiment_toml": experiment.read_text(),
+        "experiment_file": run.experiment.name,
+        "experiment_toml": experiment_toml,
         "step": step,
-        "train": asdict(tc),
+        "train": asdict(run.tc),
         "tokenizer": net.tokenizer.to_dict(),
         "wall_s": round(wall_s, 1),
         "weights": "EMA",
         "loss_recent": sum(r["loss"] for r in recent) / len(recent),
-        "schedule": schedule,
-        "command": "; ".join(f"hwnas train --experiment {experiment} --steps {n} --out {out}"
-                             + (" --resume" if i else "") for i, n in enumerate(schedule)),
+        "schedule": run.schedule,
+        "standalone": standalone,
+        "vae": ({"path": net.vae.path.name, "sha256": net.vae.sha256} if net.vae is not None else None),
+        "device": str(net.device),
+        "command": command,
     }
     save_weights(out, weights, meta)
-    save_train_state(out, {"step": step, "wall_s": wall_s, "train": asdict(tc),
-                           "experiment_toml": experiment.read_text(), "schedule": schedule,
-                           "dit": raw["dit"],
+    save_train_state(out, {"step": step, "wall_s": wall_s, "train": asdict(run.tc),
+                           "experiment_toml": experiment_toml, "schedule": run.schedule,
+                           "standalone": standalone, "dit": raw["dit"],
                            "text": raw["text"], "optimizer": opt.state_dict(),
                            "ema": [e.detach().cpu().clone() for e in ema]})
 
@@ -271,13 +343,19 @@ _LOG = "train_log.csv"
 _VAL_LOG = "val_log.csv"
 
 
-def _log_validation(out: Path, net: Supernet, step: int) -> None:
-    """Append the validation flow-matching loss of the largest and smallest sub-DiT (raw weights)."""
+def _log_validation(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[nn.Parameter],
+                    step: int, standalone: SubnetConfig | None) -> None:
+    """Append the validation flow-matching loss (EMA weights) to val_log.csv: of the largest and
+    smallest sub-DiT, or of the one sub-DiT of a stand-alone run."""
     was_training = net.dit.training
     net.eval()
-    val = make_val_set(net, n=64, seed=0)
-    row = {"step": step, "largest": val_loss(net, net.space.largest(), val),
-           "smallest": val_loss(net, net.space.smallest(), val)}
+    with _ema_weights(ema, params):
+        val = make_val_set(net, n=64, seed=0)
+        if standalone is not None:
+            row = {"step": step, "subnet": val_loss(net, standalone, val)}
+        else:
+            row = {"step": step, "largest": val_loss(net, net.space.largest(), val),
+                   "smallest": val_loss(net, net.space.smallest(), val)}
     net.dit.train(was_training)
     net.text.train(was_training)
     path = out / _VAL_LOG
