@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Train the latent proxy on one CUDA GPU in one go: the elastic supernet (one process; with several
+# GPUs run it under `torchrun --nproc-per-node N -m hwnas.cli train ...` instead) and the
+# stand-alone sub-DiTs of benchmarks/rank_fidelity.py side by side, then score the presets.
+#
+#   benchmarks/gpu_proxy.sh OUT_DIR [WALL_S]
+#
+# Every run stops with a checkpoint after WALL_S seconds of training (default 420) if it has not
+# reached its steps; each is resumable (`hwnas train ... --resume`, `rank_fidelity.py train`).
+# Steps, batch size and parallelism come from SUPERNET_STEPS, STANDALONE_STEPS, BATCH_SIZE,
+# PARALLEL. The GPU is shared by all runs at once: the small kernels of these models leave
+# it mostly idle when one run has it alone.
+set -euo pipefail
+out=${1:?usage: gpu_proxy.sh OUT_DIR [WALL_S]}
+wall=${2:-420}
+exp=${EXPERIMENT:-experiments/shapes-latent.toml}
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+mkdir -p "$out"
+started=$(date +%s)
+
+# the encoded training set, made once and shared by every run
+$py - "$exp" "$out/cache" <<'PY'
+import sys, time
+from pathlib import Path
+import torch
+from hwnas.space import load_space
+from hwnas.train.config import load_train_config
+from hwnas.train.loop import training_set
+from hwnas.train.supernet import space_vae
+t0 = time.perf_counter()
+space, tc = load_space(sys.argv[1]), load_train_config(sys.argv[1])
+vae = space_vae(space, Path(sys.argv[1]).read_text())
+vae.model.to("cuda" if torch.cuda.is_available() else "cpu")
+x, _ = training_set(space, tc, vae=vae, cache_dir=Path(sys.argv[2]))
+print(f"training set {tuple(x.shape)} encoded in {time.perf_counter() - t0:.1f} s", flush=True)
+PY
+
+$py -m hwnas.cli train --experiment "$exp" --out "$out/supernet" \
+    --steps "${SUPERNET_STEPS:-3000}" --batch-size "${BATCH_SIZE:-128}" --max-wall-s "$wall" \
+    --cache-dir "$out/cache" --threads 1 --quiet > "$out/supernet.log" 2>&1 &
+supernet=$!
+$py benchmarks/rank_fidelity.py train --experiment "$exp" --runs "$out/standalone" \
+    --parallel "${PARALLEL:-14}" --steps "${STANDALONE_STEPS:-1500}" --batch-size "${BATCH_SIZE:-128}" \
+    --max-wall-s "$wall" --cache-dir "$out/cache" | tee "$out/standalone.log" || true
+wait $supernet || echo "supernet run failed: see $out/supernet.log"
+tail -n 3 "$out/supernet.log"
+echo "training done after $(( $(date +%s) - started )) s"
+
+for c in smallest tiny small full largest; do
+  $py -m hwnas.cli eval --checkpoint "$out/supernet" --config $c --metric compositional --n "${EVAL_N:-100}" \
+      --steps "${EVAL_STEPS:-28}" --device "$device" --json > "$out/eval-$c.json" 2> "$out/eval-$c.err" &
+done
+wait
+for c in smallest tiny small full largest; do
+  $py -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], round(r['value'],3), r['per_category'])" \
+      "$out/eval-$c.json" $c || { echo "eval $c failed:"; tail -n 3 "$out/eval-$c.err"; }
+done
+echo "all done after $(( $(date +%s) - started )) s"
