@@ -7,10 +7,15 @@ Every number carries a `source` string that starts with how it is known:
   (say the command); `derived:` computed from such figures (say how); `assumed:` a guess (say why);
 - `TODO:` not known yet (scaffolded by `hwnas devices add`). A TODO figure loads, but anything
   that needs it (an estimated LUT, a pipeline part in a prediction) refuses to use it.
+
+The machine hwnas runs on changes CPU from one run to the next (an AMD Zen 4 with AVX-512, an
+Intel Rocket Lake), and code compiled for one dies with "Illegal instruction" on the other. So a
+local profile says `mcpu = "native"`, and loading it puts LLVM's name for the running CPU there.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tomllib
@@ -23,6 +28,8 @@ from hwnas.latency.kernels import PRECISIONS, Precision
 DeviceKind = Literal["cpu", "gpu", "npu"]
 SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
 DEFAULT_PROFILE_DIR = Path("device_profiles")
+NATIVE_CPU = "native"
+"""`tvm.target.mcpu` of a local profile: the CPU hwnas runs on, replaced at load time by `host_llvm_cpu()`."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class DeviceProfile:
     = 2 FLOPs); weight-only precisions (w8a16, w4a16) compute at 16-bit, so their peak is the fp16
     one unless the profile says otherwise. `bandwidth_gbps` is DRAM bandwidth in GB/s (1e9 B/s).
     `local` marks the machine hwnas itself runs on: its tables record the CPU model.
+    `native_cpu` marks a profile whose file says `mcpu = "native"`: `target["mcpu"]` then holds the
+    running CPU's LLVM name (see `host_llvm_cpu`), or stays "native" where TVM is not installed.
     """
 
     name: str
@@ -75,6 +84,12 @@ class DeviceProfile:
     text_encoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
     vae_decoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
     path: Path | None = field(default=None, compare=False)
+    native_cpu: bool = False
+
+    @property
+    def declared_target(self) -> dict[str, Any]:
+        """The target as the profile file states it (`mcpu = "native"` kept), independent of the CPU."""
+        return {**self.target, "mcpu": NATIVE_CPU} if self.native_cpu else self.target
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -182,6 +197,15 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
     if not isinstance(target.get("kind"), str):
         raise ValueError(f"field tvm.target.kind must be a string such as 'llvm', got {target.get('kind')!r}")
     rpc_key = _get(tvm, "rpc_key", str, "tvm.", 'a string ("" to run locally)')
+    local = _get(dev, "local", bool, "device.", "true or false")
+    native_cpu = target.get("mcpu") == NATIVE_CPU
+    if native_cpu:
+        if not local or target["kind"] != "llvm":
+            raise ValueError(f'field tvm.target.mcpu = "{NATIVE_CPU}" means the CPU hwnas runs on: it needs '
+                             f'kind = "llvm" and device.local = true, got kind {target["kind"]!r}, local {local}')
+        detected = host_llvm_cpu()
+        if detected is not None:
+            target = {**target, "mcpu": detected}
 
     peaks: dict[Precision, Figure] = {}
     for prec, table in _section(raw, "peak").items():
@@ -198,7 +222,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         name=name,
         description=_get(dev, "description", str, "device.", "a string"),
         kind=kind,  # type: ignore[arg-type]
-        local=_get(dev, "local", bool, "device.", "true or false"),
+        local=local,
         threads=threads,
         default_precision=precision,  # type: ignore[arg-type]
         target=target,
@@ -208,6 +232,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         text_encoder=_pipeline_part(raw, "text_encoder"),
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
         path=path,
+        native_cpu=native_cpu,
     )
 
 
@@ -239,6 +264,20 @@ def host_cpu() -> tuple[str, int]:
     if family:
         label += f" (family {family}, model {model})"
     return label, os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def host_llvm_cpu() -> str | None:
+    """LLVM's name for the CPU this process runs on (e.g. "znver4", "rocketlake"); None without TVM.
+
+    Asked through TVM's LLVM (`tvm.target.codegen.llvm_get_system_cpu`), so it names a CPU that
+    TVM's code generator knows. Importing TVM takes seconds; the answer is cached.
+    """
+    try:
+        from tvm.target import codegen
+    except ImportError:
+        return None
+    return str(codegen.llvm_get_system_cpu())
 
 
 # Scaffolding -------------------------------------------------------------------------------
