@@ -708,7 +708,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 
 @main.command()
 @click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
-@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms or 1.8 (seconds).")
+@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8).")
 @click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True,
               help="Experiment whose LUT gives latency (the supernet gives quality on the same choices).")
 @click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
