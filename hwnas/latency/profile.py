@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from hwnas._keys import check_keys
 from hwnas.latency.kernels import PRECISIONS, Precision
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
@@ -165,6 +166,7 @@ def _figure(table: dict[str, Any], key: str, where: str, *, unit: str) -> Figure
 def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
     where = f"pipeline.{key}."
     part = _section(_section(raw, "pipeline"), key, "pipeline.")
+    check_keys(part, _KEYS[f"pipeline.{key}"], where=f"pipeline.{key}")
     src = _source(part, where)
     value = _get(part, "latency_ms", (int, float), where, "a number of milliseconds >= 0")
     if not math.isfinite(value) or value < 0:
@@ -177,7 +179,24 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
     return PipelinePart(Figure(float(value), src), resolution)
 
 
+_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"device", "tvm", "peak", "memory", "pipeline"}),
+    "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
+    "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
+    "peak.*": frozenset({"gflops", "source"}),
+    "memory": frozenset({"bandwidth_gbps", "source"}),
+    "pipeline": frozenset({"text_encoder", "vae_decoder"}),
+    "pipeline.text_encoder": frozenset({"latency_ms", "source"}),
+    "pipeline.vae_decoder": frozenset({"latency_ms", "resolution", "source"}),
+}
+"""Keys each profile table may have; an unknown one is an error naming the nearest (`check_keys`)."""
+
+
 def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
+    for where in ("", "device", "tvm", "memory", "pipeline"):
+        table = raw.get(where) if where else raw
+        if isinstance(table, dict):
+            check_keys(table, _KEYS[where], where=where)
     dev = _section(raw, "device")
     name = _get(dev, "name", str, "device.", "a string")
     if name != path.stem:
@@ -213,6 +232,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
             raise ValueError(f"table [peak.{prec}] names an unknown precision; expected one of {PRECISIONS}")
         if not isinstance(table, dict):
             raise ValueError(f"[peak.{prec}] must be a table with gflops and source, got {table!r}")
+        check_keys(table, _KEYS["peak.*"], where=f"peak.{prec}")
         peaks[prec] = _figure(table, "gflops", f"peak.{prec}.", unit="GFLOP/s")  # type: ignore[index]
     if precision not in peaks:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "

@@ -88,6 +88,15 @@ BAD = [
     ("resolution = 1024", "resolution = 0", "pipeline.vae_decoder.resolution"),
     ("resolution = 1024", "", "pipeline.vae_decoder.resolution"),
     ("[device]", "[device", "not valid TOML"),
+    ("[memory]", "[memroy]", "unknown table [memroy]; did you mean [memory]?"),
+    ("threads = 1 ", "thread = 1 ", "unknown key 'thread' in [device]; did you mean 'threads'?"),
+    ("rpc_key =", "rpc_kye =", "unknown key 'rpc_kye' in [tvm]; did you mean 'rpc_key'?"),
+    ("gflops = 188.0", "gflops = 188.0\ngflop = 1.0", "unknown key 'gflop' in [peak.fp32]; did you mean 'gflops'?"),
+    ("bandwidth_gbps = 27.0", "bandwidth_gbps = 27.0\nlatency_ns = 90", "unknown key 'latency_ns' in [memory]"),
+    ("[pipeline.text_encoder]", "[pipeline.text_encoders]", "unknown table [pipeline.text_encoders]; did you mean "
+                                                             "[pipeline.text_encoder]?"),
+    ("resolution = 1024", "resolution = 1024\nresolutoin = 512", "unknown key 'resolutoin' in "
+                                                                  "[pipeline.vae_decoder]; did you mean 'resolution'?"),
 ]
 
 
