@@ -31,3 +31,14 @@ def check_keys(table: Mapping[str, Any], known: Collection[str], *, where: str =
         hint = (f"did you mean {show(near[0])}?" if near
                 else f"expected one of {', '.join(show(k) for k in sorted(known))}")
         raise ValueError(f"unknown {what}; {hint}")
+
+
+def check_name(name: object, *, what: str) -> str:
+    """`name` if it is a plain file-name stem (letters, digits, '-', '_'), else ValueError quoting it.
+
+    Device and experiment names become paths (`latency_tables/<device>/<experiment>.csv`), so a
+    separator or `..` would let a config file write outside its folder.
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"{what} must use letters, digits, '-' and '_' only (it names files), got {name!r}")
+    return name

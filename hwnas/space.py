@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from hwnas._keys import check_keys
+from hwnas._keys import check_keys, check_name
 
 Stage = Literal["down", "middle", "up"]
 AttnKind = Literal["assa", "bna", "global", "full"]
@@ -482,6 +482,7 @@ def _space_from_dict(raw: dict[str, Any]) -> SearchSpace:
     for key in ("name", "dataset"):
         if not isinstance(exp.get(key), str):
             raise ValueError(f"[experiment] needs a string {key!r}")
+    check_name(exp["name"], what="[experiment] name")
     return SearchSpace(
         name=exp["name"], dataset=exp["dataset"], stages=stages,
         assumptions=str(exp.get("assumptions", "")), **{k: model[k] for k in _MODEL_KEYS},

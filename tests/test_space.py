@@ -238,3 +238,11 @@ def test_train_table_unknown_key_names_nearest(tmp_path: Path, edit, message: st
     with pytest.raises(ValueError, match=message) as info:
         load_train_config(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "tab\tname", "a\\b"])
+def test_experiment_name_must_be_a_plain_name(tmp_path: Path, name: str) -> None:
+    """The name becomes latency_tables/<device>/<name>.csv: no separators, no '..'."""
+    text = (ROOT / "experiments/shapes-32.toml").read_text().replace('name = "shapes-32"', f"name = {name!r}")
+    with pytest.raises(ValueError, match=r"\[experiment\] name must use letters, digits"):
+        load_space(_write(tmp_path, text))

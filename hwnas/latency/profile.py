@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from hwnas._keys import check_keys
+from hwnas._keys import check_keys, check_name
 from hwnas.latency.kernels import PRECISIONS, Precision
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
@@ -198,7 +198,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         if isinstance(table, dict):
             check_keys(table, _KEYS[where], where=where)
     dev = _section(raw, "device")
-    name = _get(dev, "name", str, "device.", "a string")
+    name = check_name(_get(dev, "name", str, "device.", "a string"), what="field device.name")
     if name != path.stem:
         raise ValueError(f"field device.name must equal the file name {path.stem!r}, got {name!r}")
     kind = _get(dev, "kind", str, "device.", f"one of {get_args(DeviceKind)}")
@@ -306,8 +306,7 @@ def host_llvm_cpu() -> str | None:
 def scaffold_profile(name: str, *, target: dict[str, Any], description: str = "",
                      kind: DeviceKind = "cpu") -> str:
     """TOML text of a new profile with every field; numbers are 0 with TODO sources."""
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ValueError(f"a device name uses letters, digits, '-' and '_' only, got {name!r}")
+    check_name(name, what="a device name")
     if kind not in get_args(DeviceKind):
         raise ValueError(f"kind must be one of {get_args(DeviceKind)}, got {kind!r}")
     target_toml = ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in target.items())

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hwnas
+from hwnas._keys import check_name
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
     DEFAULT_PROFILE_DIR, NATIVE_CPU, DeviceProfile, PipelinePart, host_cpu, load_profile,
@@ -222,7 +223,9 @@ def tvm_version() -> str | None:
 
 
 def table_paths(device: str, experiment: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> tuple[Path, Path]:
-    """(CSV path, sidecar path) of a table."""
+    """(CSV path, sidecar path) of a table; `device` and `experiment` must be plain names (`check_name`)."""
+    check_name(device, what="device name")
+    check_name(experiment, what="experiment name")
     base = Path(table_dir) / device
     return base / f"{experiment}.csv", base / f"{experiment}.meta.json"
 

@@ -292,3 +292,24 @@ def test_shipped_tables_are_fresh(space) -> None:  # type: ignore[no-untyped-def
         prof = load_profile(device, profile_dir=ROOT / "device_profiles")
         assert set(table.meta.precisions) == set(prof.precisions)
         assert len(table.entries) < 3000 and table.meta.calibration
+
+
+@pytest.mark.parametrize(("device", "experiment"), [("host", "../../x"), ("../host", "shapes-32"), ("a/b", "x"),
+                                                     ("host", ""), ("host", "a/../b")])
+def test_table_paths_refuse_path_like_names(device: str, experiment: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must use letters, digits"):
+        table_paths(device, experiment, table_dir=tmp_path)
+
+
+def test_lut_build_with_path_like_experiment_name_writes_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text((ROOT / EXPERIMENT).read_text().replace('name = "snapgenpp-1024"', 'name = "../../escaped"'))
+    tables = tmp_path / "a" / "b" / "tables"
+    res = CliRunner().invoke(main, ["lut", "build", "--device", "pixel8-cpu", "--experiment", str(exp), "--estimate",
+                                    "--tables", str(tables), "--profiles", str(ROOT / "device_profiles")])
+    assert res.exit_code == 2 and "[experiment] name must use letters" in res.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["exp.toml"]
