@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hwnas
+from hwnas._files import new_file_mode
 from hwnas._keys import check_name
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
@@ -248,6 +249,7 @@ def _atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,19 +24,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hwnas._files import new_file_mode
+
 WEIGHTS = "supernet.safetensors"
 META = "supernet.json"
 TRAIN_STATE = "train_state.pt"
 
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place (mode as `open`
+    would create it, honoring the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
