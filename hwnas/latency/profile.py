@@ -18,10 +18,15 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from hwnas._keys import check_keys, check_name
 from hwnas.latency.kernels import PRECISIONS, Precision
