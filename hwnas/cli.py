@@ -8,6 +8,7 @@ exit code 2 (`click.UsageError`), never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -212,6 +213,9 @@ def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_s
                           checkpoint=checkpoint)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not math.isfinite(result["value"]):
+        raise click.UsageError(f"{metric} of {cfg.describe()} is {result['value']} (not a number): the checkpoint "
+                               f"or the sampling diverged; no result reported")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
