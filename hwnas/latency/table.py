@@ -20,6 +20,7 @@ numbers at hand, but they are labelled "measured on <that CPU>, running on <this
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +28,6 @@ import math
 import os
 import tempfile
 import warnings
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
