@@ -8,6 +8,7 @@ exit code 2 (`click.UsageError`), never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -283,6 +284,9 @@ def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_s
                           checkpoint=checkpoint)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not math.isfinite(result["value"]):
+        raise click.UsageError(f"{metric} of {cfg.describe()} is {result['value']} (not a number): the checkpoint "
+                               f"or the sampling diverged; no result reported")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -329,14 +333,18 @@ def devices(ctx: click.Context, profiles: str, tables: str) -> None:
     from hwnas.latency import list_profiles, load_profile, table_kinds
 
     names = list_profiles(_repo_path(profiles))
-    kinds = {n: table_kinds(n, table_dir=_repo_path(tables)) for n in names}
-    experiments = sorted({e for k in kinds.values() for e in k})
+    kinds: dict[str, dict[str, str]] = {}
+    heads: dict[str, str] = {}
     for name in names:
         try:
             p = load_profile(name, profile_dir=_repo_path(profiles))
-            head = f"{name:18s} {p.kind:4s} {p.default_precision:6s} {p.description}"
+            heads[name] = f"{name:18s} {p.kind:4s} {p.default_precision:6s} {p.description}"
         except ValueError as exc:
-            head = f"{name:18s} invalid profile: {exc}"
+            p, heads[name] = None, f"{name:18s} invalid profile: {exc}"
+        kinds[name] = table_kinds(name, table_dir=_repo_path(tables), profile=p)
+    experiments = sorted({e for k in kinds.values() for e in k})
+    for name in names:
+        head = heads[name]
         luts = ", ".join(f"{e}: {kinds[name].get(e, 'none')}" for e in experiments) or "no latency tables"
         click.echo(f"{head}\n{'':18s} LUT {luts}")
 
@@ -353,7 +361,8 @@ def devices_show(name: str, profiles: str, tables: str) -> None:
     click.echo(f"{p.name}: {p.description}  ({p.path})")
     click.echo(f"kind {p.kind}, {p.threads} threads, default precision {p.default_precision}, "
                f"local {str(p.local).lower()}")
-    click.echo(f"TVM target  {json.dumps(p.target)}")
+    click.echo(f"TVM target  {json.dumps(p.target)}"
+               + ('  (mcpu "native": the CPU this runs on, as LLVM names it)' if p.native_cpu else ""))
     click.echo(f"RPC key     {p.rpc_key or '(local)'}")
     for prec, fig in p.peak_gflops.items():
         click.echo(f"peak {prec:6s} {fig.value:>9,.1f} GFLOP/s  {fig.source}")
@@ -361,7 +370,7 @@ def devices_show(name: str, profiles: str, tables: str) -> None:
     click.echo(f"text encoder {p.text_encoder.latency_ms.value:>8,.1f} ms  {p.text_encoder.latency_ms.source}")
     click.echo(f"VAE decoder {p.vae_decoder.latency_ms.value:>9,.1f} ms  at {p.vae_decoder.resolution} px: "
                f"{p.vae_decoder.latency_ms.source}")
-    luts = table_kinds(p.name, table_dir=_repo_path(tables))
+    luts = table_kinds(p.name, table_dir=_repo_path(tables), profile=p)
     click.echo("LUTs        " + (", ".join(f"{e}: {k}" for e, k in luts.items()) or "none"))
 
 
@@ -403,7 +412,7 @@ def _prediction_json(pred) -> dict[str, object]:  # pred: hwnas.latency.LatencyP
             "denoiser_step_ms_by_kind": {k: round(v, 3) for k, v in pred.step_ms_by_kind.items()},
             "text_encoder_ms": round(pred.text_encoder_ms, 3), "vae_decoder_ms": round(pred.vae_decoder_ms, 3),
         },
-        "source": pred.source, "provenance": pred.provenance, "corrected": pred.corrected,
+        "source": pred.source_label, "provenance": pred.provenance, "corrected": pred.corrected,
         "device": pred.device, "precision": pred.precision, "experiment": pred.experiment,
         "config_id": pred.config_id,
     }
@@ -440,7 +449,7 @@ def predict(device: str, experiment: str, preset: str | None, config: str | None
         return
     click.echo(f"device       {pred.device}  ({prof.description})")
     click.echo(f"sub-DiT      {cfg.describe()}  id {pred.config_id}, {pred.precision}, {pred.steps} steps")
-    click.echo(f"latency      {pred.total_ms:,.1f} ms  ({pred.source})")
+    click.echo(f"latency      {pred.total_ms:,.1f} ms  ({pred.source_label})")
     click.echo(f"  denoiser   {pred.steps} x {pred.step_ms:,.1f} ms = {pred.denoiser_ms:,.1f} ms"
                + ("  (corrected)" if pred.corrected else ""))
     click.echo(f"  text enc   {pred.text_encoder_ms:,.1f} ms")
@@ -774,7 +783,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 
 @main.command()
 @click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
-@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms or 1.8 (seconds).")
+@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8).")
 @click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True,
               help="Experiment whose LUT gives latency (the supernet gives quality on the same choices).")
 @click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")

@@ -25,6 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from hwnas._keys import check_keys, check_name
+
 Stage = Literal["down", "middle", "up"]
 AttnKind = Literal["assa", "bna", "global", "full"]
 STAGES: tuple[Stage, ...] = ("down", "middle", "up")
@@ -415,13 +417,18 @@ _MODEL_KEYS = {
     "kv_heads", "time_dim", "text_len", "text_dim", "bna_blocks", "kv_compress",
 }
 _STAGE_KEYS = {"width", "depth", "ffn_ratio", "attn", "radius", "preset_ffn_ratio"}
+_EXPERIMENT_KEYS = {"name", "dataset", "assumptions"}
+EXPERIMENT_TABLES: tuple[str, ...] = ("experiment", "model", "space", "train", "vae")
+"""Top-level tables of an experiment TOML: `[experiment]`, `[model]` and `[space.*]` are read here,
+`[train]` by `hwnas.train.config`, `[vae]` (a latent autoencoder) by the latent data stage."""
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read `[experiment]`, `[model]` and `[space.down|middle|up]` of an experiment TOML.
 
-    Other top-level tables (`[train]`, `[data]`, ...) belong to other stages and are ignored
-    here. Any error names the file and the field.
+    The other tables of `EXPERIMENT_TABLES` belong to other stages and are read there; any other
+    top-level table, and any unknown key of the tables read here, is an error naming it and the
+    nearest known name. Any error names the file and the field.
     """
     path = Path(path)
     try:
@@ -445,21 +452,20 @@ def parse_space(text: str, *, source: str = "<experiment>") -> SearchSpace:
 
 
 def _space_from_dict(raw: dict[str, Any]) -> SearchSpace:
+    check_keys(raw, EXPERIMENT_TABLES)
     exp = _table(raw, "experiment")
+    check_keys(exp, _EXPERIMENT_KEYS, where="experiment")
     model = _table(raw, "model")
-    unknown = set(model) - _MODEL_KEYS
-    if unknown:
-        raise ValueError(f"[model] has unknown keys {sorted(unknown)}")
+    check_keys(model, _MODEL_KEYS, where="model")
     missing = _MODEL_KEYS - set(model)
     if missing:
         raise ValueError(f"[model] is missing {sorted(missing)}")
     space = _table(raw, "space")
+    check_keys(space, STAGES, where="space")
     stages: dict[Stage, StageChoices] = {}
     for name in STAGES:
         part = _table(space, name, prefix="space.")
-        unknown = set(part) - _STAGE_KEYS
-        if unknown:
-            raise ValueError(f"[space.{name}] has unknown keys {sorted(unknown)}")
+        check_keys(part, _STAGE_KEYS, where=f"space.{name}")
         try:
             stages[name] = StageChoices(
                 width=tuple(float(w) for w in part["width"]),
@@ -476,6 +482,7 @@ def _space_from_dict(raw: dict[str, Any]) -> SearchSpace:
     for key in ("name", "dataset"):
         if not isinstance(exp.get(key), str):
             raise ValueError(f"[experiment] needs a string {key!r}")
+    check_name(exp["name"], what="[experiment] name")
     return SearchSpace(
         name=exp["name"], dataset=exp["dataset"], stages=stages,
         assumptions=str(exp.get("assumptions", "")), **{k: model[k] for k in _MODEL_KEYS},

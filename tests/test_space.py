@@ -181,8 +181,17 @@ def _write(tmp_path: Path, text: str) -> Path:
     [
         (lambda t: t.replace("hidden_size = 64", "hidden_size = 60"), "hidden_size 60 is not a multiple"),
         (lambda t: t.replace("head_dim = 8\n", ""), r"\[model\] is missing \['head_dim'\]"),
-        (lambda t: t.replace("[model]", "[model]\nwidth_mult = 2"), "unknown keys"),
-        (lambda t: t.replace("[space.up]", "[space.side]"), r"missing table \[space.up\]"),
+        (lambda t: t.replace("[model]", "[model]\nwidth_mult = 2"), "unknown key 'width_mult' in \\[model\\]"),
+        (lambda t: t.replace("hidden_size =", "hiden_size ="), "unknown key 'hiden_size' in \\[model\\]; did you "
+                                                                "mean 'hidden_size'\\?"),
+        (lambda t: t.replace("[space.up]", "[space.left]"), r"unknown table \[space.left\]; expected one of "
+                                                          r"\[space.down\], \[space.middle\], \[space.up\]"),
+        (lambda t: t.replace("[space.up]", "[space.upp]"), r"unknown table \[space.upp\]; did you mean \[space.up\]"),
+        (lambda t: t.replace("[train]", "[trian]"), r"unknown table \[trian\]; did you mean \[train\]\?"),
+        (lambda t: t + "\n[data]\nroot = 'x'\n", r"unknown table \[data\]"),
+        (lambda t: t.replace('dataset = "shapes"', 'datset = "shapes"'), "unknown key 'datset' in "
+                                                                       r"\[experiment\]; did you mean 'dataset'"),
+        (lambda t: t.replace("[space.down]", "[space.down]\nkernel = [3]"), r"unknown key 'kernel' in \[space.down\]"),
         (lambda t: t.replace("preset_ffn_ratio = 3", "preset_ffn_ratio = 5"), "preset_ffn_ratio 5"),
         (lambda t: t.replace("width = [0.375", "width = [0.3", 1), "not a whole number of heads"),
         (lambda t: t + "\n[[", "not valid TOML"),
@@ -208,3 +217,32 @@ def test_load_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     assert load_config(path) == cfg
+
+
+def test_vae_table_is_an_experiment_table(tmp_path: Path) -> None:
+    """[vae] (a latent autoencoder) belongs to another stage: load_space accepts it unread."""
+    text = (ROOT / "experiments/shapes-32.toml").read_text() + "\n[vae]\nfolder = 'checkpoints/vae'\n"
+    assert load_space(_write(tmp_path, text)) == load_space(ROOT / "experiments/shapes-32.toml")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t.replace("batch_size =", "batchsize ="), r"unknown key 'batchsize' in \[train\]; did you mean "
+                                                          r"'batch_size'\?"),
+    (lambda t: t.replace("[train]", "[train]\nbogus_knob = 1"), r"unknown key 'bogus_knob' in \[train\]; expected "
+                                                                 r"one of 'batch_size', "),
+])
+def test_train_table_unknown_key_names_nearest(tmp_path: Path, edit, message: str) -> None:
+    from hwnas.train.config import load_train_config
+
+    path = _write(tmp_path, edit((ROOT / "experiments/shapes-32.toml").read_text()))
+    with pytest.raises(ValueError, match=message) as info:
+        load_train_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "tab\tname", "a\\b"])
+def test_experiment_name_must_be_a_plain_name(tmp_path: Path, name: str) -> None:
+    """The name becomes latency_tables/<device>/<name>.csv: no separators, no '..'."""
+    text = (ROOT / "experiments/shapes-32.toml").read_text().replace('name = "shapes-32"', f"name = {name!r}")
+    with pytest.raises(ValueError, match=r"\[experiment\] name must use letters, digits"):
+        load_space(_write(tmp_path, text))

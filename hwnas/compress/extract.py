@@ -21,7 +21,7 @@ import torch
 from hwnas.data import Tokenizer
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
-from hwnas.train.checkpoint import prefixed, unprefixed, write_atomic, write_json_atomic
+from hwnas.train.checkpoint import check_finite, prefixed, unprefixed, write_atomic, write_json_atomic
 from hwnas.train.flow import guided_velocity
 from hwnas.train.supernet import Supernet
 
@@ -101,6 +101,7 @@ def load_subdit(path: str | Path) -> SubDiT:
         tensors = load_file(str(directory / WEIGHTS))
     except (json.JSONDecodeError, SafetensorError, OSError) as exc:
         raise ValueError(f"{directory}: corrupt sub-DiT ({exc})") from None
+    check_finite(tensors, directory / WEIGHTS)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{directory / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
     try:

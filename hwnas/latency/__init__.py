@@ -25,20 +25,21 @@ from hwnas.latency.kernels import (
 )
 from hwnas.latency.predict import LatencyPrediction, MissingKernelError, predict_latency_ms
 from hwnas.latency.profile import (
-    DeviceKind, DeviceProfile, Figure, PipelinePart, host_cpu, list_profiles, load_profile, scaffold_profile,
+    NATIVE_CPU, DeviceKind, DeviceProfile, Figure, PipelinePart, host_cpu, host_llvm_cpu, list_profiles, load_profile,
+    scaffold_profile,
 )
 from hwnas.latency.table import (
     CorruptTableError, Correction, HostMismatchWarning, LatencyTable, StaleTableError, TableMeta, Timing,
-    check_fresh, code_hash, load_table, table_kinds, write_table,
+    check_fresh, code_hash, cpu_note, label_source, load_table, table_kinds, write_table,
 )
 
 __all__ = [
     "Anchor", "CorruptTableError", "Correction", "DeviceKind", "DeviceProfile", "EstimatorParams", "Figure",
     "HostMismatchWarning", "KEY_COLUMNS", "KernelKey", "LatencyPrediction", "LatencyTable", "MissingKernelError",
-    "PRECISIONS", "PipelinePart", "Precision", "SNAPGENPP_ANCHOR", "StaleTableError", "TableMeta", "Timing",
-    "build_estimated_table", "calibrate_scale", "check_fresh", "code_hash", "default_params",
+    "NATIVE_CPU", "PRECISIONS", "PipelinePart", "Precision", "SNAPGENPP_ANCHOR", "StaleTableError", "TableMeta",
+    "Timing", "build_estimated_table", "calibrate_scale", "check_fresh", "code_hash", "cpu_note", "default_params",
     "efficiency_from_table", "enumerate_kernels", "estimate_kernel_ms", "estimator_params", "host_cpu",
-    "kernel_activation_bytes", "kernel_bytes", "kernel_counts", "kernel_flops", "kernel_weight_bytes", "kernels",
-    "key_from_row", "key_to_row", "list_profiles", "load_profile", "load_table", "predict_latency_ms",
-    "scaffold_profile", "table_kinds", "write_table",
+    "host_llvm_cpu", "kernel_activation_bytes", "kernel_bytes", "kernel_counts", "kernel_flops",
+    "kernel_weight_bytes", "kernels", "key_from_row", "key_to_row", "label_source", "list_profiles", "load_profile",
+    "load_table", "predict_latency_ms", "scaffold_profile", "table_kinds", "write_table",
 ]

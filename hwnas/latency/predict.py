@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
-from hwnas.latency.table import LatencyTable, TableSource
+from hwnas.latency.table import LatencyTable, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
 
 
@@ -31,7 +31,11 @@ class MissingKernelError(KeyError):
 
 @dataclass(frozen=True)
 class LatencyPrediction:
-    """Predicted latency of one image, in ms. `step_ms_by_kind` splits one denoiser step by kernel kind."""
+    """Predicted latency of one image, in ms. `step_ms_by_kind` splits one denoiser step by kernel kind.
+
+    `source` is the kind of entries summed; `source_label` says the same for people, and says
+    "measured on X, running on Y" where the measured entries were timed on another CPU.
+    """
 
     device: str
     experiment: str
@@ -47,6 +51,7 @@ class LatencyPrediction:
     source: TableSource
     provenance: str
     corrected: bool = False
+    source_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +96,13 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
         device=table.device, experiment=space.name, config_id=_config_id(cfg), precision=precision, steps=steps,
         total_ms=steps * step_ms + text_ms + vae_ms, step_ms=step_ms, denoiser_ms=steps * step_ms,
         text_encoder_ms=text_ms, vae_decoder_ms=vae_ms, step_ms_by_kind=by_kind, source=source,
-        provenance=provenance, corrected=correct,
+        provenance=provenance, corrected=correct, source_label=label_source(source, table.cpu_note),
     )
+
+
+def _target_text(target: dict[str, Any]) -> str:
+    """"llvm znver4" / "llvm": the target kind and the CPU it was built for, where it names one."""
+    return " ".join(str(target[k]) for k in ("kind", "mcpu") if k in target)
 
 
 @lru_cache(maxsize=65536)
@@ -103,12 +113,14 @@ def _config_id(cfg: SubnetConfig) -> str:
 def _provenance(table: LatencyTable, source: str, *, text_ms: float) -> str:
     meta = table.meta
     if source == "measured":
-        what = (f"measured: TVM {meta.tvm_version} kernels on {meta.device} (target kind "
-                f"{meta.target.get('kind')!r}, {meta.threads} threads, {meta.date})")
+        what = (f"{table.cpu_note or 'measured'}: TVM {meta.tvm_version} kernels on {meta.device} (target "
+                f"{_target_text(meta.target)}, {meta.threads} threads, {meta.date})")
     elif source == "estimated":
         what = f"estimated: roofline transfer from the {meta.device} profile's peaks; {meta.calibration}"
     else:
         what = f"mixed: measured and estimated kernels of {meta.device} ({meta.calibration})"
+        if table.cpu_note:
+            what += f"; the measured ones {table.cpu_note}"
     parts = (f"VAE decoder: {table.vae_decoder.latency_ms.source}; text encoder "
              f"{text_ms:g} ms: {table.text_encoder.latency_ms.source}")
     return f"denoiser {what}. {parts}"

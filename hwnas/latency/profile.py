@@ -7,22 +7,35 @@ Every number carries a `source` string that starts with how it is known:
   (say the command); `derived:` computed from such figures (say how); `assumed:` a guess (say why);
 - `TODO:` not known yet (scaffolded by `hwnas devices add`). A TODO figure loads, but anything
   that needs it (an estimated LUT, a pipeline part in a prediction) refuses to use it.
+
+The machine hwnas runs on changes CPU from one run to the next (an AMD Zen 4 with AVX-512, an
+Intel Rocket Lake), and code compiled for one dies with "Illegal instruction" on the other. So a
+local profile says `mcpu = "native"`, and loading it puts LLVM's name for the running CPU there.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from hwnas._keys import check_keys, check_name
 from hwnas.latency.kernels import PRECISIONS, Precision
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
 SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
 DEFAULT_PROFILE_DIR = Path("device_profiles")
+NATIVE_CPU = "native"
+"""`tvm.target.mcpu` of a local profile: the CPU hwnas runs on, replaced at load time by `host_llvm_cpu()`."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,8 @@ class DeviceProfile:
     = 2 FLOPs); weight-only precisions (w8a16, w4a16) compute at 16-bit, so their peak is the fp16
     one unless the profile says otherwise. `bandwidth_gbps` is DRAM bandwidth in GB/s (1e9 B/s).
     `local` marks the machine hwnas itself runs on: its tables record the CPU model.
+    `native_cpu` marks a profile whose file says `mcpu = "native"`: `target["mcpu"]` then holds the
+    running CPU's LLVM name (see `host_llvm_cpu`), or stays "native" where TVM is not installed.
     """
 
     name: str
@@ -75,6 +90,12 @@ class DeviceProfile:
     text_encoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
     vae_decoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
     path: Path | None = field(default=None, compare=False)
+    native_cpu: bool = False
+
+    @property
+    def declared_target(self) -> dict[str, Any]:
+        """The target as the profile file states it (`mcpu = "native"` kept), independent of the CPU."""
+        return {**self.target, "mcpu": NATIVE_CPU} if self.native_cpu else self.target
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -150,6 +171,7 @@ def _figure(table: dict[str, Any], key: str, where: str, *, unit: str) -> Figure
 def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
     where = f"pipeline.{key}."
     part = _section(_section(raw, "pipeline"), key, "pipeline.")
+    check_keys(part, _KEYS[f"pipeline.{key}"], where=f"pipeline.{key}")
     src = _source(part, where)
     value = _get(part, "latency_ms", (int, float), where, "a number of milliseconds >= 0")
     if not math.isfinite(value) or value < 0:
@@ -162,9 +184,26 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
     return PipelinePart(Figure(float(value), src), resolution)
 
 
+_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"device", "tvm", "peak", "memory", "pipeline"}),
+    "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
+    "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
+    "peak.*": frozenset({"gflops", "source"}),
+    "memory": frozenset({"bandwidth_gbps", "source"}),
+    "pipeline": frozenset({"text_encoder", "vae_decoder"}),
+    "pipeline.text_encoder": frozenset({"latency_ms", "source"}),
+    "pipeline.vae_decoder": frozenset({"latency_ms", "resolution", "source"}),
+}
+"""Keys each profile table may have; an unknown one is an error naming the nearest (`check_keys`)."""
+
+
 def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
+    for where in ("", "device", "tvm", "memory", "pipeline"):
+        table = raw.get(where) if where else raw
+        if isinstance(table, dict):
+            check_keys(table, _KEYS[where], where=where)
     dev = _section(raw, "device")
-    name = _get(dev, "name", str, "device.", "a string")
+    name = check_name(_get(dev, "name", str, "device.", "a string"), what="field device.name")
     if name != path.stem:
         raise ValueError(f"field device.name must equal the file name {path.stem!r}, got {name!r}")
     kind = _get(dev, "kind", str, "device.", f"one of {get_args(DeviceKind)}")
@@ -182,6 +221,15 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
     if not isinstance(target.get("kind"), str):
         raise ValueError(f"field tvm.target.kind must be a string such as 'llvm', got {target.get('kind')!r}")
     rpc_key = _get(tvm, "rpc_key", str, "tvm.", 'a string ("" to run locally)')
+    local = _get(dev, "local", bool, "device.", "true or false")
+    native_cpu = target.get("mcpu") == NATIVE_CPU
+    if native_cpu:
+        if not local or target["kind"] != "llvm":
+            raise ValueError(f'field tvm.target.mcpu = "{NATIVE_CPU}" means the CPU hwnas runs on: it needs '
+                             f'kind = "llvm" and device.local = true, got kind {target["kind"]!r}, local {local}')
+        detected = host_llvm_cpu()
+        if detected is not None:
+            target = {**target, "mcpu": detected}
 
     peaks: dict[Precision, Figure] = {}
     for prec, table in _section(raw, "peak").items():
@@ -189,6 +237,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
             raise ValueError(f"table [peak.{prec}] names an unknown precision; expected one of {PRECISIONS}")
         if not isinstance(table, dict):
             raise ValueError(f"[peak.{prec}] must be a table with gflops and source, got {table!r}")
+        check_keys(table, _KEYS["peak.*"], where=f"peak.{prec}")
         peaks[prec] = _figure(table, "gflops", f"peak.{prec}.", unit="GFLOP/s")  # type: ignore[index]
     if precision not in peaks:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
@@ -198,7 +247,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         name=name,
         description=_get(dev, "description", str, "device.", "a string"),
         kind=kind,  # type: ignore[arg-type]
-        local=_get(dev, "local", bool, "device.", "true or false"),
+        local=local,
         threads=threads,
         default_precision=precision,  # type: ignore[arg-type]
         target=target,
@@ -208,6 +257,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         text_encoder=_pipeline_part(raw, "text_encoder"),
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
         path=path,
+        native_cpu=native_cpu,
     )
 
 
@@ -241,14 +291,27 @@ def host_cpu() -> tuple[str, int]:
     return label, os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=1)
+def host_llvm_cpu() -> str | None:
+    """LLVM's name for the CPU this process runs on (e.g. "znver4", "rocketlake"); None without TVM.
+
+    Asked through TVM's LLVM (`tvm.target.codegen.llvm_get_system_cpu`), so it names a CPU that
+    TVM's code generator knows. Importing TVM takes seconds; the answer is cached.
+    """
+    try:
+        from tvm.target import codegen
+    except ImportError:
+        return None
+    return str(codegen.llvm_get_system_cpu())
+
+
 # Scaffolding -------------------------------------------------------------------------------
 
 
 def scaffold_profile(name: str, *, target: dict[str, Any], description: str = "",
                      kind: DeviceKind = "cpu") -> str:
     """TOML text of a new profile with every field; numbers are 0 with TODO sources."""
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ValueError(f"a device name uses letters, digits, '-' and '_' only, got {name!r}")
+    check_name(name, what="a device name")
     if kind not in get_args(DeviceKind):
         raise ValueError(f"kind must be one of {get_args(DeviceKind)}, got {kind!r}")
     target_toml = ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in target.items())

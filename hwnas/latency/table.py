@@ -11,11 +11,16 @@ sources, the calibration, an optional fitted correction, and the CSV's SHA-256.
 
 Both files are written atomically (temp file + `os.replace`). `load_table` refuses stale tables
 with a `StaleTableError` that names the changed field and the command that rebuilds the table.
+
+A table of the local machine built on another CPU is not stale: its timings are still the best
+numbers at hand, but they are labelled "measured on <that CPU>, running on <this one>"
+(`LatencyTable.cpu_note`) wherever they would otherwise say "measured".
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,8 +34,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hwnas
+from hwnas._files import new_file_mode
+from hwnas._keys import check_name
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
-from hwnas.latency.profile import DEFAULT_PROFILE_DIR, DeviceProfile, PipelinePart, host_cpu, load_profile
+from hwnas.latency.profile import (
+    DEFAULT_PROFILE_DIR, NATIVE_CPU, DeviceProfile, PipelinePart, host_cpu, load_profile,
+)
 
 Source = Literal["measured", "estimated"]
 TableSource = Literal["measured", "estimated", "mixed"]
@@ -55,7 +64,7 @@ class CorruptTableError(ValueError):
 
 
 class HostMismatchWarning(UserWarning):
-    """A table of the local machine was built on a different CPU model."""
+    """A table of the local machine was built on a different CPU (model, or LLVM cpu name)."""
 
 
 @dataclass(frozen=True)
@@ -142,12 +151,17 @@ class TableMeta:
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """A loaded LUT: entries by key, provenance, and the device's non-searched pipeline parts."""
+    """A loaded LUT: entries by key, provenance, and the device's non-searched pipeline parts.
+
+    `cpu_note` is "measured on <CPU>, running on <CPU>" when a local device's table was built on
+    another CPU than this one (see `cpu_note`), else "".
+    """
 
     meta: TableMeta
     entries: dict[KernelKey, Timing] = field(hash=False)
     text_encoder: PipelinePart = field(hash=False)
     vae_decoder: PipelinePart = field(hash=False)
+    cpu_note: str = ""
     _median_ms: dict[KernelKey, tuple[float, Source]] = field(init=False, repr=False, compare=False, hash=False)
     _memo: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
 
@@ -165,6 +179,19 @@ class LatencyTable:
         kinds = {t.source for t in self.entries.values()}
         return kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[return-value]
 
+    @property
+    def source_label(self) -> str:
+        """`source`, with where the measured entries were timed when that was another CPU."""
+        return label_source(self.source, self.cpu_note)
+
+
+def label_source(source: str, cpu_note: str) -> str:
+    """"measured", "estimated" or "mixed", or where measured entries came from another CPU: "measured on
+    X, running on Y" / "mixed: estimated and measured on X, running on Y". Estimates are never relabelled."""
+    if not cpu_note or source == "estimated":
+        return source
+    return cpu_note if source == "measured" else f"{source}: estimated and {cpu_note}"
+
 
 # Code hash, paths ---------------------------------------------------------------------------
 
@@ -178,8 +205,11 @@ def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
 
 
 def profile_hash(profile: DeviceProfile) -> str:
-    """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads)."""
-    data = {"target": profile.target, "threads": profile.threads, "kind": profile.kind,
+    """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads).
+
+    The target is the declared one: an mcpu of "native" stays "native", whichever CPU runs.
+    """
+    data = {"target": profile.declared_target, "threads": profile.threads, "kind": profile.kind,
             "bandwidth": asdict(profile.bandwidth_gbps),
             "peaks": {p: asdict(f) for p, f in sorted(profile.peak_gflops.items())}}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -194,7 +224,9 @@ def tvm_version() -> str | None:
 
 
 def table_paths(device: str, experiment: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> tuple[Path, Path]:
-    """(CSV path, sidecar path) of a table."""
+    """(CSV path, sidecar path) of a table; `device` and `experiment` must be plain names (`check_name`)."""
+    check_name(device, what="device name")
+    check_name(experiment, what="experiment name")
     base = Path(table_dir) / device
     return base / f"{experiment}.csv", base / f"{experiment}.meta.json"
 
@@ -217,6 +249,7 @@ def _atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -301,15 +334,16 @@ def check_fresh(meta: TableMeta, profile: DeviceProfile, *, current_code_hash: s
     """Raise StaleTableError naming the first changed field and the rebuild command.
 
     Checked: target, threads, TVM version (measured tables, where TVM is installed), code hash,
-    profile numbers (estimated tables). A local device's table built on another CPU model gives
-    a `HostMismatchWarning` (the numbers may still be useful as a rough guide).
+    profile numbers (estimated tables). Where the profile's mcpu is "native" the target's mcpu is
+    not compared: a local device's timings taken on another CPU give a `HostMismatchWarning` and
+    are labelled (`cpu_note`), not refused; they remain a guide to this machine.
     """
     def stale(what: str, old: Any, new: Any) -> StaleTableError:
         return StaleTableError(
             f"latency table {meta.device}/{meta.experiment} is stale: {what} changed "
             f"(table: {old!r}, now: {new!r}); rebuild with: {rebuild_command(meta)}")
 
-    if meta.target != profile.target:
+    if _without_native_cpu(meta.target, profile) != _without_native_cpu(profile.target, profile):
         raise stale("target", meta.target, profile.target)
     if meta.threads != profile.threads:
         raise stale("threads", meta.threads, profile.threads)
@@ -320,10 +354,40 @@ def check_fresh(meta: TableMeta, profile: DeviceProfile, *, current_code_hash: s
     if meta.source == "estimated" and meta.profile_hash != profile_hash(profile):
         raise stale(f"device profile numbers ({profile.path or profile.name})", meta.profile_hash,
                     profile_hash(profile))
-    if profile.local and current_host is not None and meta.host_cpu is not None and meta.host_cpu != current_host[0]:
+    note = cpu_note(meta, profile, current_host=current_host[0] if current_host is not None else None)
+    if note:
         warnings.warn(HostMismatchWarning(
-            f"latency table {meta.device}/{meta.experiment} was built on CPU {meta.host_cpu!r}, this machine is "
-            f"{current_host[0]!r}; rebuild with: {rebuild_command(meta)}"), stacklevel=3)
+            f"latency table {meta.device}/{meta.experiment} was {note}; rebuild with: {rebuild_command(meta)}"),
+            stacklevel=3)
+
+
+def _without_native_cpu(target: dict[str, Any], profile: DeviceProfile) -> dict[str, Any]:
+    """`target` less its mcpu where `profile` follows the running CPU (mcpu = "native")."""
+    return {k: v for k, v in target.items() if k != "mcpu"} if profile.native_cpu else target
+
+
+def cpu_note(meta: TableMeta, profile: DeviceProfile, *, current_host: str | None) -> str:
+    """"measured on <CPU>, running on <CPU>" when a local device's timings were taken on another CPU, else "".
+
+    A CPU is its model string (`host_cpu`) and, where both sides know it, LLVM's name for it (the
+    table's target mcpu against the profile's, resolved from "native"). Tables of remote devices
+    record no CPU, and estimated tables time nothing: both get "".
+    """
+    if not profile.local or meta.source == "estimated" or meta.host_cpu is None or current_host is None:
+        return ""
+    built, running = meta.target.get("mcpu"), profile.target.get("mcpu")
+    names_known = NATIVE_CPU not in (built, running) and None not in (built, running)
+    if meta.host_cpu == current_host and not (names_known and built != running):
+        return ""
+    return f"measured on {_cpu_text(built, meta.host_cpu)}, running on {_cpu_text(running, current_host)}"
+
+
+def _cpu_text(mcpu: Any, model: str) -> str:
+    """"znver4 (AMD EPYC, family 25, model 17)" from an LLVM cpu name and a `host_cpu` model string."""
+    if not isinstance(mcpu, str) or mcpu == NATIVE_CPU:
+        return model
+    name, sep, rest = model.partition(" (")
+    return f"{mcpu} ({name}, {rest[:-1]})" if sep and rest.endswith(")") else f"{mcpu} ({model})"
 
 
 def load_table(device: str | DeviceProfile, experiment: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR,
@@ -343,17 +407,29 @@ def load_table(device: str | DeviceProfile, experiment: str, *, table_dir: str |
     if table.meta.device != profile.name or table.meta.experiment != experiment:
         raise CorruptTableError(f"{meta_path}: describes {table.meta.device}/{table.meta.experiment}, "
                                 f"expected {profile.name}/{experiment}")
+    current_host = host_cpu() if profile.local else None
     check_fresh(table.meta, profile, current_code_hash=code_hash(table.meta.code_files),
-                current_tvm_version=tvm_version(), current_host=host_cpu() if profile.local else None)
-    return table
+                current_tvm_version=tvm_version(), current_host=current_host)
+    note = cpu_note(table.meta, profile, current_host=current_host[0] if current_host is not None else None)
+    return dataclasses.replace(table, cpu_note=note) if note else table
 
 
-def table_kinds(device: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR) -> dict[str, TableSource]:
-    """{experiment name: measured/estimated/mixed} of the tables a device has (sidecars only)."""
-    out: dict[str, TableSource] = {}
+def table_kinds(device: str, *, table_dir: str | Path = DEFAULT_TABLE_DIR,
+                profile: DeviceProfile | None = None) -> dict[str, str]:
+    """{experiment name: measured/estimated/mixed} of the tables a device has (sidecars only).
+
+    Given the device's `profile`, a local table built on another CPU reads "measured on X, running
+    on Y" (`label_source`); an unreadable sidecar reads "corrupt".
+    """
+    out: dict[str, str] = {}
+    current = host_cpu()[0] if profile is not None and profile.local else None
     for meta_path in sorted((Path(table_dir) / device).glob("*.meta.json")):
+        name = meta_path.name.removesuffix(".meta.json")
         try:
-            out[meta_path.name.removesuffix(".meta.json")] = json.loads(meta_path.read_text())["source"]
+            meta = TableMeta.from_dict(json.loads(meta_path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
-            out[meta_path.name.removesuffix(".meta.json")] = "corrupt"  # type: ignore[assignment]
+            out[name] = "corrupt"
+            continue
+        note = cpu_note(meta, profile, current_host=current) if profile is not None else ""
+        out[name] = label_source(meta.source, note)
     return out

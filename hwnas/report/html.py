@@ -18,7 +18,7 @@ line-height:1.45;padding:0 16px}
 h1{font-size:1.5em;margin-bottom:0.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:0.86em;margin:0.6em 0}th,td{border:1px solid #ddd;padding:3px 7px;
 text-align:right;vertical-align:middle}th{background:#f4f4f4}td.l,th.l{text-align:left}
-.estimated{color:#a15c00;font-style:italic}.measured{color:#0a6b2b;font-weight:600}
+.estimated{color:#a15c00;font-style:italic}.measured{color:#0a6b2b;font-weight:600}.other-cpu{color:#a15c00}
 .box{background:#f7f9fc;border:1px solid #cfd8e6;border-radius:6px;padding:10px 14px}
 .small{font-size:0.82em;color:#555}img{max-width:100%}code{background:#f2f2f2;padding:0 3px}
 """
@@ -34,7 +34,9 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _source(source: str) -> str:
-    return f'<span class="{_esc(source)}">{_esc(source)}</span>'
+    """A latency source styled by kind; "measured on <another CPU>, running on <this one>" is not styled as measured."""
+    kind = source if source in ("measured", "estimated", "mixed") else "other-cpu"
+    return f'<span class="{kind}">{_esc(source)}</span>'
 
 
 def _table(df: pd.DataFrame, *, left: tuple[str, ...] = (), raw: tuple[str, ...] = ()) -> str:

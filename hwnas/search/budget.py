@@ -14,19 +14,31 @@ from dataclasses import dataclass, replace
 from hwnas.latency import LatencyTable, Precision, predict_latency_ms
 from hwnas.space import PRESET_WIDTHS, SearchSpace, StageConfig, SubnetConfig
 
+BARE_SECONDS_MAX = 60.0
+"""Largest bare number (no unit) read as seconds. As milliseconds it would be a budget no text-to-image
+pipeline meets (one VAE decode alone takes longer), so the reading is unambiguous. Above it both readings
+are plausible (a phone in ms, a Raspberry Pi in s), and a bare number is refused."""
+
 _BUDGET_RE = re.compile(r"^\s*(?P<value>[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|s)?\s*$")
 
 
 def parse_budget_ms(text: str) -> float:
-    """A latency budget in milliseconds from `1.8s`, `1800ms` or a bare number of seconds (`1.8`).
+    """A latency budget in milliseconds from `1.8s`, `1800ms`, or a bare number of seconds up to
+    `BARE_SECONDS_MAX` (`1.8`).
 
-    Raises ValueError quoting `text` for anything else, and for zero, negative or non-finite budgets.
+    Raises ValueError quoting `text` for anything else: a bare number above `BARE_SECONDS_MAX`
+    (seconds or milliseconds?), zero, negative or non-finite budgets.
     """
     match = _BUDGET_RE.match(str(text))
     if match is None:
         raise ValueError(f"cannot parse latency budget {text!r}: use seconds or milliseconds, e.g. 1.8s, "
                          f"1800ms or 1.8 (seconds)")
     value = float(match["value"])
+    if match["unit"] is None and math.isfinite(value) and value > BARE_SECONDS_MAX:
+        bare = match["value"].lstrip("+")
+        as_ms = f"{bare}ms" if format_ms(value) == f"{value:g}ms" else f"{bare}ms (= {format_ms(value)})"
+        raise ValueError(f"latency budget {bare}: seconds or milliseconds? write {as_ms} or {bare}s "
+                         f"(a bare number is read as seconds up to {BARE_SECONDS_MAX:g} only)")
     budget_ms = value if match["unit"] == "ms" else value * 1000.0
     if not math.isfinite(budget_ms) or budget_ms <= 0:
         raise ValueError(f"latency budget must be positive, got {text!r}")

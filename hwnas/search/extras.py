@@ -32,7 +32,8 @@ def evaluate_presets(space: SearchSpace, *, latency: LatencyModel, quality: Qual
         pred = latency(cfg)
         q, _ = quality(cfg)
         rows.append({"name": name, "config_id": cfg.id, "describe": cfg.describe(), "quality": q,
-                     "latency_ms": pred.total_ms, "latency_source": pred.source, "feasible": pred.total_ms <= budget_ms,
+                     "latency_ms": pred.total_ms, "latency_source": pred.source_label,
+                     "feasible": pred.total_ms <= budget_ms,
                      "step_ms": pred.step_ms, **{c: getattr(pred, c) for c in BREAKDOWN_COLUMNS},
                      "config_json": cfg.to_json()})
     return pd.DataFrame(rows)

@@ -142,7 +142,7 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     trial.set_constraint("latency_over_budget_ms", pred.total_ms - budget_ms)
     attrs: dict[str, Any] = {
         "config_id": cfg.id, "config_json": cfg.to_json(), "describe": cfg.describe(),
-        "latency_ms": pred.total_ms, "latency_source": pred.source, "step_ms": pred.step_ms,
+        "latency_ms": pred.total_ms, "latency_source": pred.source_label, "step_ms": pred.step_ms,
         "denoiser_ms": pred.denoiser_ms, "text_encoder_ms": pred.text_encoder_ms,
         "vae_decoder_ms": pred.vae_decoder_ms, "step_ms_by_kind": pred.step_ms_by_kind,
         "latency_cpu_s": latency.cpu_s - cpu0, "feasible": feasible,

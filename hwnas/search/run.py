@@ -151,7 +151,8 @@ def _settings_record(ctx: _Context, *, run_dir: Path, storage: str, study_name: 
     return {
         **s.to_dict(), "identity": s.identity(), "run_dir": str(run_dir), "storage": storage, "study": study_name,
         "experiment_name": ctx.space.name, "proxy_experiment": proxy_experiment,
-        "latency_table": f"{s.table_dir}/{s.device}/{ctx.space.name}.csv", "latency_table_source": ctx.table.meta.source,
+        "latency_table": f"{s.table_dir}/{s.device}/{ctx.space.name}.csv",
+        "latency_table_source": ctx.table.source_label,
         "latency_provenance": pred.provenance, "quality_source": quality_source,
         "quality_metric": "val_loss", "fastest_ms": ctx.feasibility.fastest_ms,
         "fastest_config_id": ctx.feasibility.fastest.id, "optuna_version": optuna.__version__,

@@ -24,19 +24,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hwnas._files import new_file_mode
+
 WEIGHTS = "supernet.safetensors"
 META = "supernet.json"
 TRAIN_STATE = "train_state.pt"
 
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place (mode as `open`
+    would create it, honoring the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -54,8 +57,19 @@ def save_weights(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[s
     write_json_atomic(directory / META, meta)
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """ValueError naming `path` and the first tensor (by name) holding a NaN or infinity."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{path}: tensor {name!r} has {bad} non-finite value(s) of {t.numel()} "
+                             f"(NaN or infinity; a diverged or damaged run): refusing to load it")
+
+
 def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read `supernet.safetensors` and `supernet.json`; a clear ValueError if either is bad."""
+    """Read `supernet.safetensors` and `supernet.json`; a clear ValueError if either is bad or a
+    weight is not finite (`check_finite`)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -67,6 +81,7 @@ def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{weights}: corrupt checkpoint ({exc})") from None
+    check_finite(tensors, weights)
     try:
         info = json.loads(meta.read_text())
     except json.JSONDecodeError as exc:

@@ -12,6 +12,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from hwnas._keys import check_keys
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -69,10 +71,12 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raw = tomllib.loads(path.read_text()).get("train", {})
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path}: cannot read [train]: {exc}") from None
-    known = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = set(raw) - set(known)
-    if unknown:
-        raise ValueError(f"{path}: [train] has unknown keys {sorted(unknown)}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: [train] must be a table, got {raw!r}")
+    try:
+        check_keys(raw, {f.name for f in fields(TrainConfig)}, where="train")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     try:
         return TrainConfig(**raw)
     except (TypeError, ValueError) as exc:

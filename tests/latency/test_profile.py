@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
 from hwnas.latency import list_profiles, load_profile, scaffold_profile
-from hwnas.latency.profile import SOURCE_KINDS
+from hwnas.latency import profile as profile_mod
+from hwnas.latency.profile import NATIVE_CPU, SOURCE_KINDS
+from hwnas.latency.table import profile_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "device_profiles"
@@ -25,6 +28,28 @@ def test_shipped_profiles_load_with_sources() -> None:
     host = load_profile("host", profile_dir=PROFILES)
     assert host.local and host.peak_gflops["fp32"].source.startswith("measured")
     assert host.bandwidth_gbps.source.startswith("measured")
+
+
+def test_host_profile_follows_the_running_cpu() -> None:
+    """The host target is the CPU this runs on, as TVM's LLVM names it; the file never pins one."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install -e '.[tvm]')")
+    from tvm.target import codegen
+
+    host = load_profile("host", profile_dir=PROFILES)
+    assert host.native_cpu and host.target["mcpu"] == codegen.llvm_get_system_cpu() != NATIVE_CPU
+    assert host.declared_target == {**host.target, "mcpu": NATIVE_CPU}
+    assert 'mcpu = "native"' in (PROFILES / "host.toml").read_text()
+    for fig in (host.peak_gflops["fp32"], host.bandwidth_gbps):  # the peaks say which CPU they came from
+        assert "AMD EPYC VM (family 25, model 17; Zen 4" in fig.source
+
+
+@pytest.mark.parametrize("detected", ["znver4", "rocketlake", None])  # None: TVM not installed
+def test_native_cpu_is_resolved_at_load_time(monkeypatch: pytest.MonkeyPatch, detected: str | None) -> None:
+    monkeypatch.setattr(profile_mod, "host_llvm_cpu", lambda: detected)
+    host = load_profile("host", profile_dir=PROFILES)
+    assert host.target["mcpu"] == (detected or NATIVE_CPU) and host.declared_target["mcpu"] == NATIVE_CPU
+    assert profile_hash(host) == profile_hash(dataclasses.replace(host, target=host.declared_target))
+    assert load_profile("pixel8-cpu", profile_dir=PROFILES).target["mcpu"] == "cortex-x3"  # pinned: kept
 
 
 def test_load_by_path_and_profile_is_hashable() -> None:
@@ -53,7 +78,9 @@ BAD = [
     ("gflops = 188.0", "gflops = -1.0", "peak.fp32.gflops"),
     ("gflops = 188.0", 'gflops = "fast"', "peak.fp32.gflops"),
     ("gflops = 188.0", "gflops = 0.0", "peak.fp32.gflops"),
-    ('source = "measured: benchmarks/host_peaks.py, torch.mm', 'source = "vibes: torch.mm', "peak.fp32.source"),
+    ('source = "measured: on a 2-core AMD EPYC VM', 'source = "vibes: on a 2-core AMD EPYC VM', "peak.fp32.source"),
+    ("local = true", "local = false", "tvm.target.mcpu"),  # "native" is the machine hwnas runs on
+    ('target = { kind = "llvm", mcpu = "native"', 'target = { kind = "c", mcpu = "native"', "tvm.target.mcpu"),
     ("bandwidth_gbps = 27.0", "bandwidth_gbps = nan", "memory.bandwidth_gbps"),
     ("[memory]", "[memoryx]", "[memory]"),
     ("[pipeline.text_encoder]", "[pipeline.text_encoderx]", "pipeline.text_encoder"),
@@ -61,6 +88,15 @@ BAD = [
     ("resolution = 1024", "resolution = 0", "pipeline.vae_decoder.resolution"),
     ("resolution = 1024", "", "pipeline.vae_decoder.resolution"),
     ("[device]", "[device", "not valid TOML"),
+    ("[memory]", "[memroy]", "unknown table [memroy]; did you mean [memory]?"),
+    ("threads = 1 ", "thread = 1 ", "unknown key 'thread' in [device]; did you mean 'threads'?"),
+    ("rpc_key =", "rpc_kye =", "unknown key 'rpc_kye' in [tvm]; did you mean 'rpc_key'?"),
+    ("gflops = 188.0", "gflops = 188.0\ngflop = 1.0", "unknown key 'gflop' in [peak.fp32]; did you mean 'gflops'?"),
+    ("bandwidth_gbps = 27.0", "bandwidth_gbps = 27.0\nlatency_ns = 90", "unknown key 'latency_ns' in [memory]"),
+    ("[pipeline.text_encoder]", "[pipeline.text_encoders]", "unknown table [pipeline.text_encoders]; did you mean "
+                                                             "[pipeline.text_encoder]?"),
+    ("resolution = 1024", "resolution = 1024\nresolutoin = 512", "unknown key 'resolutoin' in "
+                                                                  "[pipeline.vae_decoder]; did you mean 'resolution'?"),
 ]
 
 

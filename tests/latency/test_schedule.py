@@ -104,3 +104,40 @@ def test_unmatched_functions_are_left_unscheduled() -> None:
     names = {gv.name_hint for gv, _ in mod.functions_items()}
     assert names == {gv.name_hint for gv, _ in scheduled.functions_items()}
 
+
+
+HASWELL_FLAGS = {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "popcnt", "sse4_2"}
+"""/proc/cpuinfo flags of the instructions LLVM's `haswell` may emit (`abm` is LZCNT)."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("target", [
+    pytest.param({"kind": "llvm"}, id="generic"),
+    pytest.param({"kind": "llvm", "mcpu": "haswell"}, id="haswell-avx2"),
+    pytest.param(None, id="host-profile"),
+])
+def test_portable_targets_build_and_match_torch(space: SearchSpace, keys: dict[str, KernelKey],
+                                                target: dict[str, Any] | None) -> None:
+    """Code built for a generic target, for AVX2 only, or for the detected CPU runs here and computes
+    what torch does. Run only where this CPU can execute it: nothing runs code for another CPU."""
+    _tvm()
+    from hwnas.latency.bench import export_relax
+    from hwnas.latency.schedule import compile_relax_scheduled
+
+    if target is None:
+        target = load_profile("host", profile_dir=PROFILES).target
+    elif target.get("mcpu") == "haswell" and not HASWELL_FLAGS <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(HASWELL_FLAGS - _cpu_flags())}: cannot run haswell code")
+    module, args = kernel_module(keys["final"], space)
+    with torch.no_grad():
+        ref = module(*args).numpy()
+    out = _run(compile_relax_scheduled(export_relax(module, args), target=target), args)
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(out, ref, atol=1e-4 * scale, rtol=1e-4)

@@ -119,3 +119,15 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
                         f"--screenshot={shot}", (run_dir / "report.html").as_uri()], capture_output=True,
                        timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(("source", "css"), [
+    ("measured", "measured"), ("estimated", "estimated"), ("mixed", "mixed"),
+    ("measured on znver4 (AMD EPYC, family 25, model 17), running on rocketlake (Intel Xeon, family 6, model 167)",
+     "other-cpu"),
+])
+def test_latency_source_is_styled_by_kind(source: str, css: str) -> None:
+    """Timings from another CPU keep their label and are not styled as measured on this one."""
+    from hwnas.report.html import _source
+
+    assert _source(source) == f'<span class="{css}">{source}</span>'

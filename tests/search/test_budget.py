@@ -26,6 +26,27 @@ def test_parse_budget_valid(text: str, expected_ms: float) -> None:
     assert parse_budget_ms(text) == pytest.approx(expected_ms)
 
 
+@pytest.mark.parametrize(("text", "expected_ms"), [
+    ("60", 60_000.0), ("59.9", 59_900.0), ("0.05", 50.0), ("60s", 60_000.0), ("1800s", 1_800_000.0),
+    ("1800ms", 1800.0), ("60.5ms", 60.5),
+])
+def test_bare_numbers_up_to_60_are_seconds(text: str, expected_ms: float) -> None:
+    assert parse_budget_ms(text) == pytest.approx(expected_ms)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1800", "latency budget 1800: seconds or milliseconds? write 1800ms (= 1.8s) or 1800s"),
+    ("+1800", "latency budget 1800: seconds or milliseconds? write 1800ms (= 1.8s) or 1800s"),
+    ("60.5", "latency budget 60.5: seconds or milliseconds? write 60.5ms or 60.5s"),
+    ("950", "latency budget 950: seconds or milliseconds? write 950ms or 950s"),
+    ("1e3", "latency budget 1e3: seconds or milliseconds? write 1e3ms (= 1s) or 1e3s"),
+])
+def test_ambiguous_bare_numbers_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_budget_ms(text)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("text", [
     "", "fast", "1.8 sec", "1.8min", "s", "ms", "1,8s", "1.8.1s", "0", "0s", "0ms", "-1.8s", "-5", "1e999", "nan",
     "inf", "1.8 s s",
@@ -70,6 +91,7 @@ def test_cli_infeasible_budget_exits_2_quickly() -> None:
     (("--device", "pixel9", "--budget", "1.8s"), "known devices: "),
     (("--device", "pixel8", "--budget", "0"), "must be positive"),
     (("--device", "pixel8", "--budget", "fast"), "cannot parse latency budget 'fast'"),
+    (("--device", "pixel8", "--budget", "1800"), "latency budget 1800: seconds or milliseconds? write 1800ms"),
     (("--device", "pixel8", "--budget", "1.8s", "--resolution", "512"), "offers resolution 1024 only"),
 ])
 def test_cli_usage_errors(args: tuple[str, ...], needle: str) -> None:

@@ -1,0 +1,52 @@
+"""Files written through a temporary file get the mode `open()` would give them (umask honoured)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwnas._files import new_file_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_file_mode_matches_open(umask: int, tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    assert new_file_mode() == _mode(tmp_path / "plain") == 0o666 & ~umask
+    assert os.umask(umask) == umask  # left as it was
+
+
+def test_table_files_are_not_private(umask: int, tmp_path: Path) -> None:
+    from hwnas.latency import build_estimated_table, default_params, kernels, load_profile, write_table
+    from hwnas.space import load_space
+
+    space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
+    prof = load_profile("pixel8-cpu", profile_dir=ROOT / "device_profiles")
+    keys = list(dict.fromkeys(kernels(space.preset("tiny"), space, precision=prof.default_precision)))
+    table = build_estimated_table(prof, space, default_params(prof), experiment_path="x.toml", keys=keys)
+    for path in write_table(table, table_dir=tmp_path):
+        assert _mode(path) == 0o666 & ~umask, path
+
+
+def test_checkpoint_files_are_not_private(umask: int, tmp_path: Path) -> None:
+    from hwnas.train.checkpoint import write_json_atomic
+
+    write_json_atomic(tmp_path / "meta.json", {"a": 1})
+    assert _mode(tmp_path / "meta.json") == 0o666 & ~umask
