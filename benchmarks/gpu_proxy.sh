@@ -20,6 +20,13 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$out"
 started=$(date +%s)
 
+# the autoencoder, unless the experiment's VAE folder exists already
+vae_dir=$($py -c "import sys; from pathlib import Path; from hwnas.model.vae import experiment_vae_path; print(experiment_vae_path(Path(sys.argv[1]).read_text()))" "$exp")
+if [ ! -f "$vae_dir/config.json" ]; then
+  $py -m hwnas.cli vae train --experiment "$exp" --out "$vae_dir" --steps "${VAE_STEPS:-3000}" \
+      --batch-size 64 --device "$device" --threads 4 | tee "$out/vae_train.json"
+fi
+
 # the encoded training set, made once and shared by every run
 $py - "$exp" "$out/cache" <<'PY'
 import sys, time

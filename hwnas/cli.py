@@ -189,7 +189,8 @@ def vae() -> None:
 @click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", "batch_size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's choice).")
-def vae_train(experiment: str, out: str, steps: int, batch_size: int, threads: int | None) -> None:
+@click.option("--device", "device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+def vae_train(experiment: str, out: str, steps: int, batch_size: int, threads: int | None, device: str) -> None:
     """Train a small diffusers AutoencoderKL on the experiment's data; print its reconstruction quality."""
     import math
 
@@ -210,7 +211,7 @@ def vae_train(experiment: str, out: str, steps: int, batch_size: int, threads: i
     block_out = tuple(min(32 * 2**i, 128) for i in range(levels))
     summary = train_autoencoder(dataset=sp.dataset, resolution=sp.resolution, out=out,
                                 channels=sp.latent_channels, block_out=block_out, steps=steps,
-                                batch_size=batch_size)
+                                batch_size=batch_size, device=device)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "log"}))
 
 

@@ -156,7 +156,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channels: int = 4,
                       block_out: tuple[int, ...] = (32, 64), steps: int = 1500, batch_size: int = 32,
                       lr: float = 2e-3, kl_weight: float = 1e-4, dataset_size: int = 20000,
-                      seed: int = 0, log_every: int = 100) -> dict[str, Any]:
+                      seed: int = 0, log_every: int = 100, device: str = "cpu") -> dict[str, Any]:
     """Train a small AutoencoderKL on `dataset` (MSE + `kl_weight` x KL, AdamW, cosine lr), set its
     latent normalisation from the training latents, write it to `out` with `save_pretrained`, and
     return its reconstruction quality on the validation split (`evaluate_autoencoder`)."""
@@ -165,8 +165,8 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
     out = Path(out)
     torch.manual_seed(seed)
     data = make_dataset(dataset, split="train", resolution=resolution, size=dataset_size, seed=seed)
-    images = torch.stack([data[i][0] for i in range(len(data))])  # (N, 3, H, W)
-    model = build_autoencoder(channels=channels, block_out=block_out, resolution=resolution)
+    images = torch.stack([data[i][0] for i in range(len(data))]).to(device)  # (N, 3, H, W)
+    model = build_autoencoder(channels=channels, block_out=block_out, resolution=resolution).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     start, log = time.perf_counter(), []
@@ -174,7 +174,7 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        x = images[torch.randint(len(images), (batch_size,), generator=g)]
+        x = images[torch.randint(len(images), (batch_size,), generator=g).to(device)]
         post = model.encode(x).latent_dist
         recon = model.decode(post.sample(generator=None)).sample
         mse = torch.mean((recon - x) ** 2)
@@ -192,13 +192,15 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
         z = torch.cat([model.encode(sample[s:s + 256]).latent_dist.mean for s in range(0, len(sample), 256)])
     model.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.cpu().save_pretrained(out, safe_serialization=True)
     vae = load_autoencoder(out)
+    vae.model.to(device)
     quality = evaluate_autoencoder(vae, dataset=dataset, resolution=resolution)
     summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
                "block_out_channels": list(block_out), "latent_channels": channels,
                "downsample": vae.downsample, "dataset": dataset, "resolution": resolution,
-               "dataset_size": dataset_size, "seed": seed, "cpu_threads": torch.get_num_threads(),
+               "dataset_size": dataset_size, "seed": seed, "device": str(torch.device(device)),
+               "cpu_threads": torch.get_num_threads(),
                "train_wall_s": round(time.perf_counter() - start, 1), "log": log, **quality}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
