@@ -405,9 +405,15 @@ def devices_add(name: str, target: str, description: str, kind: str, profiles: s
     click.echo(f"wrote {path}: fill in the TODO figures and sources, then `hwnas devices show {name}`")
 
 
-def _prediction_json(pred) -> dict[str, object]:  # pred: hwnas.latency.LatencyPrediction
+def _prediction_json(pred, confidence: float) -> dict[str, object]:  # pred: hwnas.latency.LatencyPrediction
+    iv, err = pred.interval(confidence), pred.error
     return {
         "latency_ms": round(pred.total_ms, 3), "step_ms": round(pred.step_ms, 3), "steps": pred.steps,
+        "guidance": pred.guidance, "passes_per_step": pred.passes, "confidence": confidence,
+        "step_ms_lo": round(iv.step_ms_lo, 3), "step_ms_hi": round(iv.step_ms_hi, 3),
+        "latency_ms_lo": round(iv.latency_ms_lo, 3), "latency_ms_hi": round(iv.latency_ms_hi, 3),
+        "interval": {"kind": err.kind, "n": err.n, "log_bias": err.log_bias, "log_sd": err.log_sd, "dof": err.dof,
+                     "source": err.source},
         "breakdown": {
             "denoiser_ms": round(pred.denoiser_ms, 3),
             "denoiser_step_ms_by_kind": {k: round(v, 3) for k, v in pred.step_ms_by_kind.items()},
@@ -428,12 +434,17 @@ def _prediction_json(pred) -> dict[str, object]:  # pred: hwnas.latency.LatencyP
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
               help="Default: the device's default precision.")
 @click.option("--correct", is_flag=True, help="Apply the table's fitted linear correction.")
+@click.option("--guidance", type=click.Choice(["distilled", "cfg", "none"]), default="distilled", show_default=True,
+              help="cfg: two denoiser passes per step; distilled (guidance-distilled, e.g. K-DMD) or none: one.")
+@click.option("--confidence", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Central interval reported around the prediction.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @_profile_option
 @_table_option
 def predict(device: str, experiment: str, preset: str | None, config: str | None, steps: int,
-            precision: str | None, correct: bool, as_json: bool, profiles: str, tables: str) -> None:
-    """End-to-end latency of one image of a sub-DiT on a device, from the device's LUT."""
+            precision: str | None, correct: bool, guidance: str, confidence: float, as_json: bool, profiles: str,
+            tables: str) -> None:
+    """End-to-end latency of one image of a sub-DiT on a device, from the device's LUT, with an interval."""
     from hwnas.latency import MissingKernelError, load_table, predict_latency_ms
 
     prof = _load_profile(device, profiles)
@@ -442,22 +453,25 @@ def predict(device: str, experiment: str, preset: str | None, config: str | None
     try:
         table = load_table(prof, sp.name, table_dir=_repo_path(tables))
         pred = predict_latency_ms(cfg, table, steps=steps, precision=precision or prof.default_precision,  # type: ignore[arg-type]
-                                  space=sp, correct=correct)
+                                  space=sp, correct=correct, guidance=guidance)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_prediction_json(pred), indent=2))
+        click.echo(json.dumps(_prediction_json(pred, confidence), indent=2))
         return
+    iv = pred.interval(confidence)
     click.echo(f"device       {pred.device}  ({prof.description})")
     click.echo(f"sub-DiT      {cfg.describe()}  id {pred.config_id}, {pred.precision}, {pred.steps} steps")
-    click.echo(f"latency      {pred.total_ms:,.1f} ms  ({pred.source_label})")
-    click.echo(f"  denoiser   {pred.steps} x {pred.step_ms:,.1f} ms = {pred.denoiser_ms:,.1f} ms"
-               + ("  (corrected)" if pred.corrected else ""))
+    click.echo(f"latency      {pred.total_ms:,.1f} ms  ({pred.source_label}); {confidence:.0%} interval "
+               f"{iv.latency_ms_lo:,.1f}..{iv.latency_ms_hi:,.1f} ms")
+    click.echo(f"  denoiser   {pred.steps} x {pred.passes} x {pred.step_ms:,.1f} ms = {pred.denoiser_ms:,.1f} ms"
+               f"  (guidance {pred.guidance})" + ("  (corrected)" if pred.corrected else ""))
     click.echo(f"  text enc   {pred.text_encoder_ms:,.1f} ms")
     click.echo(f"  VAE dec    {pred.vae_decoder_ms:,.1f} ms")
     for kind, ms in pred.step_ms_by_kind.items():
         click.echo(f"    {kind:12s} {ms:>10,.2f} ms/step")
     click.echo(f"source       {pred.provenance}")
+    click.echo(f"interval     {pred.error.describe(confidence)}")
 
 
 @main.group()
@@ -473,20 +487,17 @@ def lut() -> None:
 @click.option("--key", "rpc_key", help="RPC key of the device at the tracker (default: the profile's).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
               help="Repeat for several; default: every precision the profile has a peak for.")
-@click.option("--efficiency-from", "efficiency_from",
-              help="CPU estimates: take per-kernel-kind efficiencies from this device's measured table.")
-@click.option("--anchor-experiment", "anchor_experiment", default=LATENCY_EXPERIMENT, show_default=True,
-              help="Experiment the paper's iPhone point is solved on.")
+@click.option("--prior-from", "prior_from",
+              help="Estimates: take this device's calibrated per-kind parameters as the priors (an assumption: alike hardware).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Local builds: compile this many kernels at once (timing runs alone, after each chunk).")
 @_profile_option
 @_table_option
 def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
-              precisions: tuple[str, ...], efficiency_from: str | None, anchor_experiment: str, jobs: int,
-              profiles: str, tables: str) -> None:
+              precisions: tuple[str, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency import (
-        SNAPGENPP_ANCHOR, build_estimated_table, efficiency_from_table, estimator_params, load_table, write_table,
+        borrow_params, build_estimated_table, load_table, params_from_meta, prior_params, write_table,
     )
 
     prof = _load_profile(device, profiles)
@@ -518,21 +529,13 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
         raise click.UsageError(f"device {prof.name!r} has no peak for precision {bad[0]!r} "
                                f"(it has {list(prof.precisions)})")
     try:
-        anchor_profile = _load_profile(SNAPGENPP_ANCHOR.device, profiles)
-        host_eff, host_src = None, ""
-        if efficiency_from:
-            ref_prof = _load_profile(efficiency_from, profiles)
-            ref = load_table(ref_prof, sp.name, table_dir=_repo_path(tables))
-            if ref.meta.source == "estimated":
-                raise click.UsageError(f"the {efficiency_from}/{sp.name} table is estimated; --efficiency-from "
-                                       "needs measured entries")
-            ref_params = estimator_params(ref_prof, anchor_profile=anchor_profile,
-                                          anchor_space=_load_space(anchor_experiment))
-            host_eff = efficiency_from_table(ref, ref_prof, launch_overhead_ms=ref_params.launch_overhead_ms)
-            host_src = (f"{efficiency_from}/{sp.name} table measured {ref.meta.date} (target "
-                        f"{json.dumps(ref.meta.target)}), measured time vs {efficiency_from} roofline per kind")
-        params = estimator_params(prof, anchor_profile=anchor_profile, anchor_space=_load_space(anchor_experiment),
-                                  host_efficiency=host_eff, host_efficiency_source=host_src)
+        params = prior_params(prof)
+        if prior_from:
+            donor = load_table(_load_profile(prior_from, profiles), sp.name, table_dir=_repo_path(tables))
+            if donor.meta.source != "estimated":
+                raise click.UsageError(f"the {prior_from}/{sp.name} table is {donor.meta.source}; --prior-from needs "
+                                       "an estimated (ideally calibrated) table")
+            params = borrow_params(prof, params_from_meta(donor.meta), donor_name=prior_from)
         table = build_estimated_table(prof, sp, params, experiment_path=experiment,
                                       precisions=tuple(precisions) or None)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as exc:
@@ -541,6 +544,37 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
     click.echo(f"wrote {csv_path} ({len(table.entries)} kernels, {', '.join(table.meta.precisions)}; estimated)")
     click.echo(f"      {meta_path}")
     click.echo(f"calibration: {table.meta.calibration}")
+
+
+@lut.command("calibrate")
+@click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
+@click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True)
+@click.option("--measurements", required=True, type=click.Path(dir_okay=False),
+              help="CSV: config, ms, per (step|image), optional steps, precision, runtime, note.")
+@_profile_option
+@_table_option
+def lut_calibrate(device: str, experiment: str, measurements: str, profiles: str, tables: str) -> None:
+    """Fit a device's per-op-kind cost parameters to measured sub-DiTs; rewrite its estimated table."""
+    from hwnas.latency import calibrated_table, write_table
+
+    prof = _load_profile(device, profiles)
+    sp = _load_space(experiment)
+    try:
+        table, fit = calibrated_table(prof, sp, measurements, experiment_path=experiment)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    csv_path, _ = write_table(table, table_dir=_repo_path(tables))
+    for r in fit.rows:
+        click.echo(f"line {r['line']:>3}  {r['describe']:<44s} measured {r['measured_step_ms']:>10,.2f}  prior "
+                   f"{r['prior_step_ms']:>10,.2f}  fitted {r['fitted_step_ms']:>10,.2f} ms/step  "
+                   f"({r['residual_pct']:+.1f}%; left out {r['loo_residual_pct']:+.1f}%)")
+    k = len(fit.rows)
+    click.echo(f"leave-one-out error: MAPE {fit.loo_mape_pct:.1f}%, max {fit.loo_max_pct:.1f}% over {k} measurement"
+               f"{'s' if k != 1 else ''}" + (" (with one row: the uncalibrated prior's error)" if k == 1 else ""))
+    if fit.note:
+        click.echo(f"note: {fit.note}")
+    click.echo(f"interval: {table.error_model.describe(0.9)}")
+    click.echo(f"wrote {csv_path} ({len(table.entries)} kernels): {table.meta.calibration}")
 
 
 @lut.command("validate")
@@ -558,12 +592,16 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
               help="Compile this many sub-DiTs at once; timing always runs alone, after compiling.")
 @click.option("--write-correction", "write_correction", is_flag=True,
               help="Store the fitted correction in the table's sidecar (used by `predict --correct`).")
+@click.option("--write-interval", "write_interval", is_flag=True,
+              help="Store the held-out error in the table's sidecar: predictions then carry intervals from it.")
+@click.option("--from-report", "from_report", type=click.Path(exists=True, dir_okay=False),
+              help="Reuse this earlier `--json` report instead of timing again (with --write-interval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report.")
 @_profile_option
 @_table_option
 def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed: int, noise_repeats: int,
-                 cache: str | None, jobs: int, write_correction: bool, as_json: bool, profiles: str,
-                 tables: str) -> None:
+                 cache: str | None, jobs: int, write_correction: bool, write_interval: bool, from_report: str | None,
+                 as_json: bool, profiles: str, tables: str) -> None:
     """Predicted vs measured whole-step latency of held-out random sub-DiTs (compiled with TVM)."""
     from hwnas.latency import MissingKernelError, load_table
     from hwnas.latency import validate as val
@@ -574,10 +612,22 @@ def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed:
         raise click.UsageError(f"device {prof.name!r} is not this machine; validation runs locally")
     try:
         table = load_table(prof, sp.name, table_dir=_repo_path(tables))
-        report = val.validate_table(table, sp, prof, n=n, seed=seed, n_calibration=n_calibration,
-                                    noise_repeats=noise_repeats, cache=cache, jobs=jobs)
-    except (FileNotFoundError, ValueError, MissingKernelError) as exc:
+        if from_report:
+            report = json.loads(Path(from_report).read_text())
+            if (report.get("device"), report.get("experiment")) != (prof.name, sp.name):
+                raise ValueError(f"{from_report} validates {report.get('device')}/{report.get('experiment')}, "
+                                 f"not {prof.name}/{sp.name}")
+        else:
+            report = val.validate_table(table, sp, prof, n=n, seed=seed, n_calibration=n_calibration,
+                                        noise_repeats=noise_repeats, cache=cache, jobs=jobs)
+        pred_ms, meas_ms = [r["predicted_ms"] for r in report["rows"]], [r["measured_ms"] for r in report["rows"]]
+        report["interval_90"] = val.interval_check(pred_ms, meas_ms, confidence=0.9, budget_ms=report["budget_ms"])
+    except (FileNotFoundError, ValueError, KeyError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
+    if write_interval:
+        val.write_error(table, rows=report["rows"], table_dir=_repo_path(tables),
+                        source=f"hwnas lut validate --seed {report['seed']} on {len(report['rows'])} "
+                               f"held-out sub-DiTs ({report.get('host_cpu')}, TVM {report.get('tvm_version')})")
     if write_correction:
         c = report["corrected"]
         val.write_correction(table, a=c["a"], b_ms=c["b_ms"], table_dir=_repo_path(tables),
@@ -591,6 +641,10 @@ def lut_validate(device: str, experiment: str, n: int, n_calibration: int, seed:
                    f"MAPE {r['mape']:.1f}%  max {r['max_abs_pct']:.1f}%  bias {r['bias_pct']:+.1f}%  "
                    f"spearman {r['spearman']:.3f}  kendall {r['kendall']:.3f}  "
                    f"false-feasible {r['false_feasible_rate']:.0%} at {r['budget_ms']:.2f} ms")
+    iv = report["interval_90"]
+    click.echo(f"90% intervals  coverage {iv['coverage']:.0%}; at the one-sided 90% bound, false-feasible "
+               f"{iv['false_feasible_rate']:.0%} of {iv['predicted_feasible']} at {iv['budget_ms']:.2f} ms "
+               f"({iv['folds']}-fold cross-fitted)")
     if "noise_floor" in report:
         nf = report["noise_floor"]
         click.echo(f"noise floor    same sub-DiT x{nf['times']}: CV {nf['cv']:.1%}, max {nf['max_abs_pct']:.1f}% "
@@ -792,6 +846,10 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
               help="Default: the device's default precision.")
 @click.option("--resolution", type=click.IntRange(min=1), help="Image side in px (only what the experiment offers).")
+@click.option("--confidence", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Feasible = the latency's one-sided upper bound at this confidence is within the budget.")
+@click.option("--guidance", type=click.Choice(["distilled", "cfg", "none"]), default="distilled", show_default=True,
+              help="cfg: two denoiser passes per step; distilled (guidance-distilled, e.g. K-DMD) or none: one.")
 @click.option("--sampler", type=click.Choice(["nsga2", "tpe", "gp", "random"]), default="nsga2", show_default=True)
 @click.option("--trials", "n_trials", default=96, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -805,7 +863,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
-           resolution: int | None, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
+           resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
            workers: int, threads: int, out: str | None, reports: str, as_json: bool, profiles: str,
            tables: str) -> None:
     """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency)."""
@@ -818,7 +876,7 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
     try:
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
-                                  sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
+                                  confidence=confidence, guidance=guidance, sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
                                   workers=workers, threads=threads, profile_dir=profiles, table_dir=tables)
         console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
         result = run_search(settings, reports_dir=reports, out=out, console=console)

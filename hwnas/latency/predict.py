@@ -1,20 +1,31 @@
 """End-to-end latency of a sub-DiT from a LUT. Pure: no I/O (load the table with `load_table`).
 
-    total_ms = steps * step_ms + text_encoder_ms + vae_decoder_ms
+    total_ms = steps * passes * step_ms + text_encoder_ms + vae_decoder_ms
     step_ms  = sum over the step's kernels of the LUT median   (optionally a * step_ms + b_ms)
 
-A kernel missing from the table raises `MissingKernelError`; nothing is silently zero.
+`passes` is 2 under classifier-free guidance (a conditional and an unconditional denoiser
+evaluation per step, batch 1 each), 1 for a guidance-distilled model or none. A kernel missing from
+the table raises `MissingKernelError`; nothing is silently zero. Each prediction carries its
+table's `ErrorModel`, from which `interval`, `upper_ms` and `prob_within` give its uncertainty.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, get_args
 
+from hwnas.latency.interval import ErrorModel, LatencyInterval, check_confidence
 from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
 from hwnas.latency.table import LatencyTable, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
+
+
+Guidance = Literal["distilled", "cfg", "none"]
+GUIDANCE: tuple[Guidance, ...] = get_args(Guidance)
+PASSES: dict[Guidance, int] = {"distilled": 1, "cfg": 2, "none": 1}
+"""Denoiser evaluations per step: CFG runs the model with and without the prompt; a guidance-distilled
+student (K-DMD's, trained against a CFG teacher) or an unguided model runs it once."""
 
 
 class MissingKernelError(KeyError):
@@ -52,14 +63,43 @@ class LatencyPrediction:
     provenance: str
     corrected: bool = False
     source_label: str = ""
+    guidance: Guidance = "distilled"
+    passes: int = 1
+    error: ErrorModel | None = field(default=None, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def _fixed_ms(self) -> float:
+        return self.text_encoder_ms + self.vae_decoder_ms
+
+    def _error(self) -> ErrorModel:
+        if self.error is None:
+            raise ValueError("this prediction carries no error model")
+        return self.error
+
+    def interval(self, confidence: float) -> LatencyInterval:
+        """The central `confidence` interval of the step and of the image latency."""
+        err, c = self._error(), check_confidence(confidence)
+        lo, hi = err.ratio((1 - c) / 2), err.ratio((1 + c) / 2)
+        return LatencyInterval(confidence=c, step_ms_lo=self.step_ms * lo, step_ms_hi=self.step_ms * hi,
+                               latency_ms_lo=self.denoiser_ms * lo + self._fixed_ms,
+                               latency_ms_hi=self.denoiser_ms * hi + self._fixed_ms)
+
+    def upper_ms(self, confidence: float) -> float:
+        """The image latency this sub-DiT stays under with probability `confidence` (one-sided)."""
+        return self.denoiser_ms * self._error().ratio(check_confidence(confidence)) + self._fixed_ms
+
+    def prob_within(self, budget_ms: float) -> float:
+        """Probability that one image takes at most `budget_ms`."""
+        return self._error().prob_below((budget_ms - self._fixed_ms) / self.denoiser_ms)
+
 
 def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, precision: Precision,
-                       space: SearchSpace, correct: bool = False) -> LatencyPrediction:
-    """Latency of generating one image with `cfg` at `steps` denoising steps (batch 1, no CFG doubling).
+                       space: SearchSpace, correct: bool = False, guidance: Guidance = "distilled") -> LatencyPrediction:
+    """Latency of generating one image with `cfg` at `steps` denoising steps (batch 1; `guidance`
+    "cfg" doubles the denoiser, see `PASSES`).
 
     `correct` applies the table's fitted linear correction to the step time (an error when the
     table has none). The VAE decoder latency is scaled by pixel count when the profile gives it
@@ -67,6 +107,9 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if guidance not in PASSES:
+        raise ValueError(f"guidance must be one of {', '.join(GUIDANCE)}, got {guidance!r}")
+    passes = PASSES[guidance]
     if table.meta.experiment != space.name:
         raise ValueError(f"the table is for experiment {table.meta.experiment!r}, the space is {space.name!r}")
     medians = table._median_ms
@@ -94,9 +137,10 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
         provenance = table._memo[source] = _provenance(table, source, text_ms=text_ms)
     return LatencyPrediction(
         device=table.device, experiment=space.name, config_id=_config_id(cfg), precision=precision, steps=steps,
-        total_ms=steps * step_ms + text_ms + vae_ms, step_ms=step_ms, denoiser_ms=steps * step_ms,
+        total_ms=steps * passes * step_ms + text_ms + vae_ms, step_ms=step_ms, denoiser_ms=steps * passes * step_ms,
         text_encoder_ms=text_ms, vae_decoder_ms=vae_ms, step_ms_by_kind=by_kind, source=source,
         provenance=provenance, corrected=correct, source_label=label_source(source, table.cpu_note),
+        guidance=guidance, passes=passes, error=table.error_model,
     )
 
 

@@ -30,6 +30,7 @@ else:  # pragma: no cover - Python 3.10
 
 from hwnas._keys import check_keys, check_name
 from hwnas.latency.kernels import PRECISIONS, Precision
+from hwnas.latency.primitives import ATTENTION_LOWERINGS, AttentionLowering
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
 SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
@@ -66,6 +67,17 @@ class PipelinePart:
 
 
 @dataclass(frozen=True)
+class Lowering:
+    """How the device's runtime lowers attention (`hwnas.latency.primitives`), with its source."""
+
+    value: AttentionLowering
+    source: str
+
+
+DEFAULT_LOWERING = Lowering("fused", "assumed: the profile has no [runtime] table; fused (flash/SDPA-like)")
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """A target device. `target` is a TVM 0.27 target dict; `rpc_key` empty means run locally.
 
@@ -89,6 +101,9 @@ class DeviceProfile:
     bandwidth_gbps: Figure = Figure(0.0, "TODO")
     text_encoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
     vae_decoder: PipelinePart = PipelinePart(Figure(0.0, "TODO"))
+    attention: Lowering = DEFAULT_LOWERING
+    runtime: str = ""
+    """The runtime the device's figures and calibration come from (e.g. "Core ML"); "" where unstated."""
     path: Path | None = field(default=None, compare=False)
     native_cpu: bool = False
 
@@ -185,7 +200,8 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
 
 
 _KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"device", "tvm", "peak", "memory", "pipeline"}),
+    "": frozenset({"device", "tvm", "peak", "memory", "pipeline", "runtime"}),
+    "runtime": frozenset({"name", "attention", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
     "peak.*": frozenset({"gflops", "source"}),
@@ -198,7 +214,7 @@ _KEYS: dict[str, frozenset[str]] = {
 
 
 def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
-    for where in ("", "device", "tvm", "memory", "pipeline"):
+    for where in ("", "device", "tvm", "memory", "pipeline", "runtime"):
         table = raw.get(where) if where else raw
         if isinstance(table, dict):
             check_keys(table, _KEYS[where], where=where)
@@ -243,6 +259,15 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
                          f"peaks given for {sorted(peaks)}")
     memory = _section(raw, "memory")
+    attention, runtime = DEFAULT_LOWERING, ""
+    if "runtime" in raw:
+        rt = _section(raw, "runtime")
+        runtime = _get(rt, "name", str, "runtime.", 'the runtime\'s name, e.g. "Core ML"')
+        lowering = _get(rt, "attention", str, "runtime.", f"one of {', '.join(ATTENTION_LOWERINGS)}")
+        if lowering not in ATTENTION_LOWERINGS:
+            raise ValueError(f"field runtime.attention must be one of {', '.join(ATTENTION_LOWERINGS)}, "
+                             f"got {lowering!r}")
+        attention = Lowering(lowering, _source(rt, "runtime."))  # type: ignore[arg-type]
     return DeviceProfile(
         name=name,
         description=_get(dev, "description", str, "device.", "a string"),
@@ -256,6 +281,8 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         bandwidth_gbps=_figure(memory, "bandwidth_gbps", "memory.", unit="GB/s"),
         text_encoder=_pipeline_part(raw, "text_encoder"),
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
+        attention=attention,
+        runtime=runtime,
         path=path,
         native_cpu=native_cpu,
     )
@@ -339,6 +366,11 @@ rpc_key = "{name}"       # key the device's rpc_server registers at the tracker 
 [memory]
 bandwidth_gbps = 0.0
 source = "TODO: DRAM bandwidth in GB/s and where it comes from"
+
+[runtime]
+name = "TODO: the runtime you time the model with (Core ML, LiteRT, QNN, ExecuTorch, TVM)"
+attention = "fused"      # fused (flash/SDPA-like) | materialized (scores written and read, e.g. Core ML split-einsum)
+source = "TODO: how you know the runtime's attention lowering"
 
 [pipeline.text_encoder]
 latency_ms = 0.0

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import hwnas
 from hwnas._files import new_file_mode
 from hwnas._keys import check_name
+from hwnas.latency.interval import ErrorModel, prior_error
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
     DEFAULT_PROFILE_DIR, NATIVE_CPU, DeviceProfile, PipelinePart, host_cpu, load_profile,
@@ -51,7 +52,7 @@ FORMAT_VERSION = 1
 _PACKAGE_ROOT = Path(hwnas.__file__).resolve().parent
 KERNEL_CODE_FILES: tuple[str, ...] = ("cost.py", "latency/kernels.py")
 """Files (relative to the `hwnas` package) that define kernels and their cost: any table."""
-ESTIMATE_CODE_FILES: tuple[str, ...] = (*KERNEL_CODE_FILES, "latency/estimate.py")
+ESTIMATE_CODE_FILES: tuple[str, ...] = (*KERNEL_CODE_FILES, "latency/primitives.py", "latency/estimate.py")
 """Files an estimated table depends on. Measured tables add their benchmark code."""
 
 
@@ -130,6 +131,10 @@ class TableMeta:
     estimator: dict[str, Any] | None = field(default=None, hash=False)
     calibration: str = ""
     correction: Correction | None = None
+    error: ErrorModel | None = None
+    """How far the table's step times are from measured ones (intervals); None: not known (see `error_model`)."""
+    calibration_fit: dict[str, Any] | None = field(default=None, hash=False)
+    """A calibrated table's measurements, residuals and leave-one-out errors (`hwnas lut calibrate`)."""
     csv_sha256: str = ""
     rows: int = 0
     format: int = FORMAT_VERSION
@@ -146,7 +151,23 @@ class TableMeta:
         data["code_files"] = tuple(data["code_files"])
         if data.get("correction") is not None:
             data["correction"] = Correction(**data["correction"])
+        if data.get("error") is not None:
+            data["error"] = ErrorModel.from_dict(data["error"])
         return cls(**data)
+
+    def error_model(self) -> ErrorModel:
+        """`error`, or for a table without one: the uncalibrated prior (estimates), the prior's shape
+        scatter (measured tables not yet validated: kernel sums vs whole steps)."""
+        if self.error is not None:
+            return self.error
+        prior = prior_error()
+        if self.source == "estimated":
+            return prior
+        from hwnas.latency.interval import PRIOR_DOF, PRIOR_SHAPE_SD
+
+        return ErrorModel("prior", 0.0, PRIOR_SHAPE_SD, PRIOR_DOF, 0,
+                          "measured table not validated: assumed scatter of kernel sums around whole steps; "
+                          "run hwnas lut validate --write-interval")
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,11 @@ class LatencyTable:
         return kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[return-value]
 
     @property
+    def error_model(self) -> ErrorModel:
+        """How far this table's step times are from measured ones (`TableMeta.error_model`)."""
+        return self.meta.error_model()
+
+    @property
     def source_label(self) -> str:
         """`source`, with where the measured entries were timed when that was another CPU."""
         return label_source(self.source, self.cpu_note)
@@ -205,11 +231,13 @@ def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
 
 
 def profile_hash(profile: DeviceProfile) -> str:
-    """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads).
+    """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads,
+    attention lowering).
 
     The target is the declared one: an mcpu of "native" stays "native", whichever CPU runs.
     """
     data = {"target": profile.declared_target, "threads": profile.threads, "kind": profile.kind,
+            "attention": profile.attention.value,
             "bandwidth": asdict(profile.bandwidth_gbps),
             "peaks": {p: asdict(f) for p, f in sorted(profile.peak_gflops.items())}}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -232,6 +260,9 @@ def table_paths(device: str, experiment: str, *, table_dir: str | Path = DEFAULT
 
 
 def rebuild_command(meta: TableMeta) -> str:
+    if meta.calibration_fit:
+        return (f"hwnas lut calibrate --device {meta.device} --experiment {meta.experiment_path} --measurements "
+                f"{meta.calibration_fit['file']}")
     cmd = f"hwnas lut build --device {meta.device} --experiment {meta.experiment_path}"
     if meta.source == "estimated":
         return cmd + " --estimate"

@@ -127,6 +127,32 @@ def accuracy(predicted_ms: Sequence[float], measured_ms: Sequence[float], *, bud
     }
 
 
+def interval_check(predicted_ms: Sequence[float], measured_ms: Sequence[float], *, confidence: float,
+                   budget_ms: float, folds: int = 2) -> dict[str, float]:
+    """Cross-fitted check of `validated_error` intervals: the sample is cut into `folds` interleaved
+    parts; each part is judged by an error model fitted on the others. Returns the share of
+    measurements inside the central `confidence` interval (`coverage`), and among sub-DiTs whose
+    one-sided `confidence` upper bound is <= `budget_ms`, the share measured over it
+    (`false_feasible_rate`), with `predicted_feasible`."""
+    from hwnas.latency.interval import validated_error
+
+    _check_pair(predicted_ms, measured_ms)
+    inside = feasible = false_feasible = 0
+    for f in range(folds):
+        train = [i for i in range(len(predicted_ms)) if i % folds != f]
+        err = validated_error([predicted_ms[i] for i in train], [measured_ms[i] for i in train], source="fold")
+        lo, hi, upper = err.ratio((1 - confidence) / 2), err.ratio((1 + confidence) / 2), err.ratio(confidence)
+        for i in range(f, len(predicted_ms), folds):
+            p, m = predicted_ms[i], measured_ms[i]
+            inside += p * lo <= m <= p * hi
+            if p * upper <= budget_ms:
+                feasible += 1
+                false_feasible += m > budget_ms
+    return {"confidence": confidence, "coverage": inside / len(predicted_ms), "budget_ms": budget_ms,
+            "false_feasible_rate": false_feasible / feasible if feasible else 0.0, "predicted_feasible": feasible,
+            "folds": folds}
+
+
 def _check_pair(x: Sequence[float], y: Sequence[float]) -> None:
     if len(x) != len(y) or not x:
         raise ValueError(f"need two non-empty sequences of equal length, got {len(x)} and {len(y)}")
@@ -345,6 +371,20 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfi
                "flops": flops_per_step(c, space)} for c, p, m in zip(held_out, pred_held, meas_held)],
     )
     return report
+
+
+def write_error(table: LatencyTable, *, rows: Sequence[dict[str, Any]], source: str,
+                table_dir: str | Path) -> tuple[Path, Path]:
+    """Record the table's validated error (from a report's `rows`: predicted_ms, measured_ms) in its
+    sidecar (atomic rewrite); predictions then carry intervals from it."""
+    from dataclasses import replace
+
+    from hwnas.latency.interval import validated_error
+    from hwnas.latency.table import write_table
+
+    err = validated_error([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows], source=source)
+    meta = replace(table.meta, error=err)
+    return write_table(LatencyTable(meta, table.entries, table.text_encoder, table.vae_decoder), table_dir=table_dir)
 
 
 def write_correction(table: LatencyTable, *, a: float, b_ms: float, source: str,

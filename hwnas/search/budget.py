@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from hwnas.latency import LatencyTable, Precision, predict_latency_ms
+from hwnas.latency import Guidance, LatencyTable, Precision, predict_latency_ms
 from hwnas.space import PRESET_WIDTHS, SearchSpace, StageConfig, SubnetConfig
 
 BARE_SECONDS_MAX = 60.0
@@ -63,11 +63,14 @@ class Feasibility:
     nearest_preset: str
     nearest_preset_ms: float
     preset_ms: dict[str, float]
+    confidence: float | None = None
+    """Latencies here are one-sided upper bounds at this confidence; None: point predictions."""
 
     def message(self, *, device: str, steps: int, precision: str) -> str:
         head = "is feasible:" if self.feasible else "cannot be met:"
+        bound = "" if self.confidence is None else f" (upper bounds at {self.confidence:.0%} confidence)"
         return (f"budget {format_ms(self.budget_ms)} on {device} ({steps} steps, {precision}) {head} the fastest "
-                f"achievable latency is {self.fastest_ms:,.0f} ms (sub-DiT {self.fastest.describe()}, id "
+                f"achievable latency is {self.fastest_ms:,.0f} ms{bound} (sub-DiT {self.fastest.describe()}, id "
                 f"{self.fastest.id}); the closest preset is {self.nearest_preset!r} at "
                 f"{self.nearest_preset_ms:,.0f} ms")
 
@@ -93,11 +96,17 @@ def fastest_candidates(space: SearchSpace) -> list[SubnetConfig]:
 
 
 def check_budget(budget_ms: float, *, table: LatencyTable, space: SearchSpace, steps: int,
-                 precision: Precision) -> Feasibility:
-    """The fastest achievable latency on the table's device, and whether `budget_ms` admits it."""
+                 precision: Precision, confidence: float | None = None, guidance: Guidance = "distilled") -> Feasibility:
+    """The fastest achievable latency on the table's device, and whether `budget_ms` admits it.
+
+    With `confidence`, latencies are one-sided `confidence` upper bounds (as the search constrains them)."""
+    def latency_ms(cfg: SubnetConfig) -> float:
+        pred = predict_latency_ms(cfg, table, steps=steps, precision=precision, space=space, guidance=guidance)
+        return pred.total_ms if confidence is None else pred.upper_ms(confidence)
+
     best_cfg, best_ms = None, math.inf
     for cfg in fastest_candidates(space):
-        ms = predict_latency_ms(cfg, table, steps=steps, precision=precision, space=space).total_ms
+        ms = latency_ms(cfg)
         if ms < best_ms:
             best_cfg, best_ms = cfg, ms
     assert best_cfg is not None
@@ -107,8 +116,8 @@ def check_budget(budget_ms: float, *, table: LatencyTable, space: SearchSpace, s
             preset = space.preset(name)
         except ValueError:  # the space lacks the preset's width
             continue
-        preset_ms[name] = predict_latency_ms(preset, table, steps=steps, precision=precision, space=space).total_ms
+        preset_ms[name] = latency_ms(preset)
     nearest = min(preset_ms, key=lambda n: abs(preset_ms[n] - best_ms)) if preset_ms else ""
     return Feasibility(budget_ms=budget_ms, feasible=best_ms <= budget_ms, fastest=best_cfg, fastest_ms=best_ms,
                        nearest_preset=nearest, nearest_preset_ms=preset_ms.get(nearest, math.nan),
-                       preset_ms=preset_ms)
+                       preset_ms=preset_ms, confidence=confidence)

@@ -19,8 +19,9 @@ from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig
 
 
 def evaluate_presets(space: SearchSpace, *, latency: LatencyModel, quality: QualityModel, budget_ms: float,
-                     fastest: SubnetConfig) -> pd.DataFrame:
-    """SnapGen++'s presets and the fastest sub-DiT: latency, quality (cached by id) and feasibility."""
+                     fastest: SubnetConfig, confidence: float | None = None) -> pd.DataFrame:
+    """SnapGen++'s presets and the fastest sub-DiT: latency, quality (cached by id) and feasibility
+    (of the one-sided `confidence` upper bound, as the search judges it; None: of the point)."""
     rows = []
     configs = {}
     for name in PRESET_WIDTHS:
@@ -31,9 +32,11 @@ def evaluate_presets(space: SearchSpace, *, latency: LatencyModel, quality: Qual
     for name, cfg in {**configs, "fastest": fastest}.items():
         pred = latency(cfg)
         q, _ = quality(cfg)
+        bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
         rows.append({"name": name, "config_id": cfg.id, "describe": cfg.describe(), "quality": q,
                      "latency_ms": pred.total_ms, "latency_source": pred.source_label,
-                     "feasible": pred.total_ms <= budget_ms,
+                     "latency_ms_hi": bound_ms, "p_within_budget": pred.prob_within(budget_ms),
+                     "feasible": bound_ms <= budget_ms,
                      "step_ms": pred.step_ms, **{c: getattr(pred, c) for c in BREAKDOWN_COLUMNS},
                      "config_json": cfg.to_json()})
     return pd.DataFrame(rows)

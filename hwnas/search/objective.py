@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from hwnas.latency import LatencyPrediction, LatencyTable, Precision, predict_latency_ms
+from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
 from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
 
 
@@ -78,12 +78,14 @@ class LatencyModel:
     space: SearchSpace
     steps: int
     precision: Precision
+    guidance: Guidance = "distilled"
     cpu_s: float = 0.0
     calls: int = 0
 
     def __call__(self, cfg: SubnetConfig) -> LatencyPrediction:
         start = time.process_time()
-        pred = predict_latency_ms(cfg, self.table, steps=self.steps, precision=self.precision, space=self.space)
+        pred = predict_latency_ms(cfg, self.table, steps=self.steps, precision=self.precision, space=self.space,
+                                  guidance=self.guidance)
         self.cpu_s += time.process_time() - start
         self.calls += 1
         return pred
@@ -128,8 +130,11 @@ class QualityModel:
 
 
 def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel, quality: QualityModel,
-              budget_ms: float) -> tuple[float, float]:
+              budget_ms: float, confidence: float | None = None) -> tuple[float, float]:
     """One trial: latency first (constraint), quality only for sub-DiTs within the budget.
+
+    With `confidence`, the constraint is on the latency's one-sided `confidence` upper bound
+    (`LatencyPrediction.upper_ms`), not on the point prediction; None constrains the point.
 
     Returns the objective values (quality, latency_ms). A sub-DiT over the budget is infeasible
     whatever its quality, so its val loss is not computed and its quality objective is +inf (the
@@ -138,11 +143,13 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     cfg = suggest_config(trial, space)
     cpu0 = latency.cpu_s
     pred = latency(cfg)
-    feasible = pred.total_ms <= budget_ms
-    trial.set_constraint("latency_over_budget_ms", pred.total_ms - budget_ms)
+    bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
+    feasible = bound_ms <= budget_ms
+    trial.set_constraint("latency_over_budget_ms", bound_ms - budget_ms)
     attrs: dict[str, Any] = {
         "config_id": cfg.id, "config_json": cfg.to_json(), "describe": cfg.describe(),
         "latency_ms": pred.total_ms, "latency_source": pred.source_label, "step_ms": pred.step_ms,
+        "latency_ms_hi": bound_ms, "p_within_budget": pred.prob_within(budget_ms),
         "denoiser_ms": pred.denoiser_ms, "text_encoder_ms": pred.text_encoder_ms,
         "vae_decoder_ms": pred.vae_decoder_ms, "step_ms_by_kind": pred.step_ms_by_kind,
         "latency_cpu_s": latency.cpu_s - cpu0, "feasible": feasible,

@@ -64,7 +64,8 @@ def prepare(settings: SearchSettings) -> _Context:
                          f"(it has {list(table.meta.precisions)})")
     settings = replace(settings, precision=precision, resolution=space.resolution)
     feas = check_budget(settings.budget_ms, table=table, space=space, steps=settings.steps,
-                        precision=precision)  # type: ignore[arg-type]
+                        precision=precision, confidence=settings.confidence,  # type: ignore[arg-type]
+                        guidance=settings.guidance)  # type: ignore[arg-type]
     if not feas.feasible:
         raise InfeasibleBudgetError(feas, device=profile.name, steps=settings.steps, precision=precision)
     return _Context(settings=settings, space=space, table=table, feasibility=feas)
@@ -135,10 +136,12 @@ def _loop(ctx: _Context, quality: QualityModel, *, storage: str, study_name: str
     s = ctx.settings
     sampler = make_sampler(s.sampler, seed=seed, population_size=s.population_size)
     study = open_study(storage=storage, name=study_name, sampler=sampler)
-    latency = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision)  # type: ignore[arg-type]
+    latency = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
+                           guidance=s.guidance)  # type: ignore[arg-type]
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        return run_trial(trial, space=ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms)
+        return run_trial(trial, space=ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
+                         confidence=s.confidence)
 
     stats = run_loop(study, objective, n_trials=s.n_trials, on_trial=progress, on_complete=quality.seed_cache)
     return latency, stats.wall_s
@@ -147,13 +150,16 @@ def _loop(ctx: _Context, quality: QualityModel, *, storage: str, study_name: str
 def _settings_record(ctx: _Context, *, run_dir: Path, storage: str, study_name: str, quality_source: str,
                      proxy_experiment: str) -> dict[str, Any]:
     s = ctx.settings
-    pred = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision)(ctx.space.smallest())  # type: ignore[arg-type]
+    pred = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
+                        guidance=s.guidance)(ctx.space.smallest())  # type: ignore[arg-type]
     return {
         **s.to_dict(), "identity": s.identity(), "run_dir": str(run_dir), "storage": storage, "study": study_name,
         "experiment_name": ctx.space.name, "proxy_experiment": proxy_experiment,
         "latency_table": f"{s.table_dir}/{s.device}/{ctx.space.name}.csv",
         "latency_table_source": ctx.table.source_label,
         "latency_provenance": pred.provenance, "quality_source": quality_source,
+        "latency_interval": pred.error.describe(s.confidence) if pred.error else "",
+        "latency_constraint": f"one-sided {s.confidence:.0%} upper bound <= budget",
         "quality_metric": "val_loss", "fastest_ms": ctx.feasibility.fastest_ms,
         "fastest_config_id": ctx.feasibility.fastest.id, "optuna_version": optuna.__version__,
         "dashboard": f"optuna-dashboard {storage}",
@@ -202,7 +208,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     trials = trials_frame(study.get_trials(deepcopy=False))
     q0 = quality.cpu_s
     presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
-                               fastest=ctx.feasibility.fastest)
+                               fastest=ctx.feasibility.fastest, confidence=s.confidence)
     presets.to_csv(run_dir / "presets.csv", index=False)
     best = write_results(trials, run_dir=run_dir, settings=record)
     grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console)

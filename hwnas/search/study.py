@@ -44,6 +44,10 @@ class SearchSettings:
     steps: int = 4
     precision: str | None = None
     resolution: int | None = None
+    confidence: float = 0.9
+    """A sub-DiT is feasible when its latency's one-sided `confidence` upper bound is within the budget."""
+    guidance: str = "distilled"
+    """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
     sampler: SamplerName = "nsga2"
     n_trials: int = 96
     population_size: int = 16
@@ -71,6 +75,10 @@ class SearchSettings:
             raise ValueError(f"population_size must be >= 2, got {self.population_size}")
         if not self.budget_ms > 0:
             raise ValueError(f"budget must be positive, got {self.budget_ms!r} ms")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {self.confidence!r}")
+        if self.guidance not in ("distilled", "cfg", "none"):
+            raise ValueError(f"guidance must be one of distilled, cfg, none, got {self.guidance!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -55,7 +55,8 @@ def test_round_trip(dirs, space) -> None:  # type: ignore[no-untyped-def]
     for key, t in table.entries.items():
         assert back.entries[key].median_ms == pytest.approx(t.median_ms, rel=1e-5)
     assert back.meta.target == table.meta.target and back.meta.source == "estimated"
-    assert back.meta.estimator["scale"] == 1.0 and back.meta.rows == len(table.entries)
+    assert back.meta.estimator["kinds"] == table.meta.estimator["kinds"] and back.meta.rows == len(table.entries)
+    assert back.meta.error == table.meta.error and back.meta.error.kind == "prior"
 
 
 def _rewrite_meta(table: LatencyTable, tables: Path, **changes: object) -> None:

@@ -73,6 +73,33 @@ def test_check_budget_names_fastest_and_nearest_preset() -> None:
                                                                                       "snapgenpp-1024.toml")))
 
 
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.99])
+def test_check_budget_with_confidence_uses_upper_bounds(confidence: float) -> None:
+    from hwnas.latency import load_profile, load_table, predict_latency_ms
+    from hwnas.space import load_space
+
+    space = load_space(ROOT / "experiments" / "snapgenpp-1024.toml")
+    table = load_table(load_profile("pixel8", profile_dir=ROOT / "device_profiles"), space.name,
+                       table_dir=ROOT / "latency_tables")
+    point = check_budget(1.0, table=table, space=space, steps=4, precision="fp16")
+    bound = check_budget(1.0, table=table, space=space, steps=4, precision="fp16", confidence=confidence)
+    pred = predict_latency_ms(bound.fastest, table, steps=4, precision="fp16", space=space)
+    assert bound.fastest_ms == pytest.approx(pred.upper_ms(confidence))
+    assert pred.prob_within(bound.fastest_ms) == pytest.approx(confidence)
+    assert (bound.fastest_ms > point.fastest_ms) == (confidence > 0.5)
+    assert check_budget(point.fastest_ms, table=table, space=space, steps=4, precision="fp16",
+                        confidence=0.9).feasible is False
+    assert "upper bounds at" in bound.message(device="pixel8", steps=4, precision="fp16")
+    cfg = check_budget(1.0, table=table, space=space, steps=4, precision="fp16", guidance="cfg")
+    assert cfg.fastest_ms > point.fastest_ms
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.1])
+def test_settings_refuse_bad_confidence(bad: float) -> None:
+    with pytest.raises(ValueError, match="confidence must be between 0 and 1"):
+        SearchSettings(device="pixel8", budget_ms=1800.0, confidence=bad)
+
+
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hwnas.cli", "search", *args], capture_output=True, text=True,

@@ -38,6 +38,11 @@ def test_seeded_search_repeats_exactly(tiny_env, tmp_path: Path) -> None:  # typ
     assert len(ta) == 12 and ta["feasible"].any() and (~ta["feasible"]).any()
     # the best pick fits the budget and is the lowest val loss among feasible trials
     assert a["best"]["latency_ms"] <= tiny_env.budget_ms
+    # feasible means: the one-sided 90% upper bound (the default confidence) is within the budget
+    assert (ta["feasible"] == (ta["latency_ms_hi"] <= tiny_env.budget_ms)).all()
+    assert (ta["latency_ms_hi"] > ta["latency_ms"]).all()
+    assert a["best"]["latency_ms_hi"] <= tiny_env.budget_ms and a["best"]["p_within_budget"] >= 0.9
+    assert a["settings"]["confidence"] == 0.9 and a["settings"]["guidance"] == "distilled"
     assert a["best"]["quality"] == pytest.approx(ta.loc[ta["feasible"], "quality"].min())
     c = run_search(tiny_env.settings(seed=1), out=tmp_path / "c", report=False)
     tc = pd.read_csv(tmp_path / "c" / "trials.csv")

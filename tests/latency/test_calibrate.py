@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hwnas.cli import main
+from hwnas.latency import (
+    KindParams, calibrate, calibrated_error, kernel_counts, load_profile, prior_error, prior_params,
+    read_measurements,
+)
+from hwnas.latency.calibrate import Measurement, MeasurementError
+from hwnas.latency.estimate import estimate_kernel_ms
+from hwnas.space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = ROOT / "device_profiles"
+EXPERIMENT = "experiments/snapgenpp-1024.toml"
+HEADER = "config,ms,per,steps,precision,runtime,note\n"
+
+
+@pytest.fixture(scope="module")
+def space():  # type: ignore[no-untyped-def]
+    return load_space(ROOT / EXPERIMENT)
+
+
+@pytest.fixture(scope="module")
+def iphone():  # type: ignore[no-untyped-def]
+    return load_profile("iphone16promax", profile_dir=PROFILES)
+
+
+def _step(cfg, space, prof, params) -> float:  # type: ignore[no-untyped-def]
+    return sum(c * estimate_kernel_ms(k, prof, params) for k, c in kernel_counts(cfg, space, precision="fp16"))
+
+
+def _truth(prof):  # type: ignore[no-untyped-def]
+    """A device whose parameters differ from the priors (what calibration should find)."""
+    prior = prior_params(prof)
+    factors = {"linear": (1.8, 1.3, 0.5), "attention": (0.7, 2.2, 2.0), "conv": (1.2, 0.8, 1.0),
+               "elementwise": (1.0, 1.6, 0.7)}
+    kinds = {k: KindParams(p.eff_compute * factors[k][0], p.eff_memory * factors[k][1], p.overhead_ms * factors[k][2])
+             for k, p in prior.kinds.items()}
+    return dataclasses.replace(prior, kinds=kinds)
+
+
+def _measure(cfgs, space, prof, truth):  # type: ignore[no-untyped-def]
+    return [Measurement(c, _step(c, space, prof, truth), "step", None, "fp16", line=i + 2) for i, c in enumerate(cfgs)]
+
+
+def _mape(cfgs, space, prof, params, truth) -> float:  # type: ignore[no-untyped-def]
+    return sum(abs(_step(c, space, prof, params) / _step(c, space, prof, truth) - 1) for c in cfgs) / len(cfgs)
+
+
+def test_one_row_sets_the_level_ten_rows_dominate(space, iphone) -> None:  # type: ignore[no-untyped-def]
+    truth, prior = _truth(iphone), prior_params(iphone)
+    rng = random.Random(1)
+    pool = [space.sample(rng) for _ in range(40)]
+    held = pool[20:]
+    one = calibrate(iphone, space, _measure([space.preset("small")], space, iphone, truth), prior=prior, source="t")
+    ten = calibrate(iphone, space, _measure(pool[:10], space, iphone, truth), prior=prior, source="t")
+    assert abs(one.rows[0]["residual_pct"]) < 5  # the one point is (nearly) met
+    err_prior, err_one, err_ten = (_mape(held, space, iphone, p, truth) for p in (prior, one.params, ten.params))
+    assert err_ten < err_one < err_prior and err_ten < 0.05
+    assert ten.loo_mape_pct < 10 and len(ten.rows) == 10 and "regularised" in one.note
+    # intervals: the prior is widest, one row narrower, ten rows narrower still
+    widths = [e.ratio(0.95) / e.ratio(0.05) for e in (prior_error(), one.params.error, ten.params.error)]
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_calibrated_error_shrinks_with_points() -> None:
+    small = [calibrated_error([0.05] * k, source="t").ratio(0.95) for k in (1, 3, 10, 100)]
+    assert small == sorted(small, reverse=True)
+    assert calibrated_error([0.05] * 100, source="t").ratio(0.95) == pytest.approx(math.exp(1.66 * 0.053), rel=0.05)
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + body)
+    return path
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ("nosuch,360,step,,,,\n", "unknown config 'nosuch'"),
+    ("small,0,step,,,,\n", "ms must be a positive number"),
+    ("small,-3,step,,,,\n", "ms must be a positive number"),
+    ("small,nan,step,,,,\n", "ms must be a positive number"),
+    ("small,abc,step,,,,\n", "ms must be a number"),
+    ("small,360,frame,,,,\n", "per must be one of step, image"),
+    ("small,1500,image,,,,\n", "needs the steps column"),
+    ("small,360,step,,fp32,,\n", "precision must be one the iphone16promax profile has"),
+    ("small,360,step,,,,\nsmall,350,step,,,,\n", "m.csv:3: duplicate of line 2"),
+    ("small,0.36,step,,,,\n", "more than 10x off"),
+    ("small,360000,step,,,,\n", "more than 10x off"),
+    ("small,100,image,4,,,\n", "less than the profile's text encoder and VAE decoder"),
+    ("", "no measurements"),
+])
+def test_bad_measurements(tmp_path: Path, space, iphone, body: str, needle: str) -> None:  # type: ignore[no-untyped-def]
+    path = _write(tmp_path, body)
+    with pytest.raises(MeasurementError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        rows = read_measurements(path, space=space, profile=iphone)
+        calibrate(iphone, space, rows, prior=prior_params(iphone), source="t")
+
+
+def test_config_by_json_and_id(tmp_path: Path, space, iphone) -> None:  # type: ignore[no-untyped-def]
+    cfg = space.preset("tiny")
+    body = f"{space.preset('small').id},360,step,,,,\n\"{cfg.to_json().replace(chr(34), chr(34) * 2)}\",1200,image,4,,,\n"
+    rows = read_measurements(_write(tmp_path, body), space=space, profile=iphone)
+    assert [r.config for r in rows] == [space.preset("small"), cfg] and rows[1].steps == 4
+
+
+def _cli_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    tables = tmp_path / "tables"
+    shutil.copytree(ROOT / "latency_tables" / "iphone16promax", tables / "iphone16promax")
+    return tables, tables / "iphone16promax" / "snapgenpp-1024.meta.json"
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    tables, meta = _cli_dirs(tmp_path)
+    before = {p.name: p.read_bytes() for p in meta.parent.iterdir()}
+    bad = _write(tmp_path, "small,0.36,step,,,,\n")
+    res = CliRunner().invoke(main, ["lut", "calibrate", "--device", "iphone16promax", "--measurements", str(bad),
+                                    "--tables", str(tables), "--profiles", str(PROFILES), "--experiment",
+                                    str(ROOT / EXPERIMENT)])
+    assert res.exit_code == 2 and "s/ms" not in res.output and "more than 10x off" in res.output
+    assert {p.name: p.read_bytes() for p in meta.parent.iterdir()} == before
+
+
+def test_cli_calibrate_to_another_folder(tmp_path: Path) -> None:
+    tables, meta = _cli_dirs(tmp_path)
+    good = _write(tmp_path, "small,360,step,,fp16,Core ML,paper\ntiny,250,step,,fp16,Core ML,made up\n")
+    shipped = (ROOT / "latency_tables/iphone16promax/snapgenpp-1024.meta.json").read_bytes()
+    res = CliRunner().invoke(main, ["lut", "calibrate", "--device", "iphone16promax", "--measurements", str(good),
+                                    "--tables", str(tables), "--profiles", str(PROFILES), "--experiment",
+                                    str(ROOT / EXPERIMENT)])
+    assert res.exit_code == 0, res.output
+    assert "leave-one-out error: MAPE" in res.output
+    assert (ROOT / "latency_tables/iphone16promax/snapgenpp-1024.meta.json").read_bytes() == shipped
+    data = json.loads(meta.read_text())
+    assert data["calibration"].startswith("calibrated on 2 measurements (") and data["error"]["n"] == 2
+    assert [r["line"] for r in data["calibration_fit"]["rows"]] == [2, 3]
+    res = CliRunner().invoke(main, ["predict", "--device", "iphone16promax", "--preset", "small", "--json",
+                                    "--tables", str(tables), "--profiles", str(PROFILES), "--experiment",
+                                    str(ROOT / EXPERIMENT)])
+    out = json.loads(res.output)
+    assert out["step_ms_lo"] < out["step_ms"] < out["step_ms_hi"]
+    assert out["latency_ms_lo"] < out["latency_ms"] < out["latency_ms_hi"] and out["confidence"] == 0.9
+    assert out["interval"]["kind"] == "calibrated"
+
+
+def test_shipped_iphone_table_is_the_checked_in_calibration() -> None:
+    data = json.loads((ROOT / "latency_tables/iphone16promax/snapgenpp-1024.meta.json").read_text())
+    fit = data["calibration_fit"]
+    assert fit["file"] == "device_profiles/measurements/iphone16promax.csv" and fit["k"] == 1
+    from hwnas.latency import file_sha256
+
+    assert fit["sha256"] == file_sha256(ROOT / fit["file"])

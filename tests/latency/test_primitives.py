@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from hwnas.cost import op_flops, op_params, ops
+from hwnas.latency import ATTENTION_LOWERINGS, kernels, load_profile, op_primitives, prior_params
+from hwnas.latency.estimate import estimate_kernel_ms
+from hwnas.space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("experiment", ["experiments/snapgenpp-1024.toml", "experiments/shapes-32.toml"])
+@pytest.mark.parametrize("lowering", ATTENTION_LOWERINGS)
+def test_primitives_add_up_to_the_cost_model(experiment: str, lowering: str) -> None:
+    space = load_space(ROOT / experiment)
+    rng = random.Random(0)
+    for cfg in [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(20))]:
+        for op in ops(cfg, space):
+            prims = op_primitives(op, lowering)  # type: ignore[arg-type]
+            assert sum(p.flops for p in prims if p.kind != "elementwise") == op_flops(op)
+            assert sum(p.weight_params for p in prims) == op_params(op)
+
+
+def test_materialized_attention_costs_more_and_only_in_attention() -> None:
+    space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
+    block = next(op for op in ops(space.preset("small"), space) if op.kind == "down_block")
+    fused, mat = op_primitives(block, "fused"), op_primitives(block, "materialized")
+    for kind in ("linear", "conv", "elementwise"):
+        assert [p for p in fused if p.kind == kind] == [p for p in mat if p.kind == kind]
+    att = [sum(p.act_elements for p in prims if p.kind == "attention") for prims in (fused, mat)]
+    assert att[1] > 2 * att[0]
+    assert sum(p.flops for p in fused) == sum(p.flops for p in mat)
+
+
+def test_unknown_lowering_names_the_allowed_values() -> None:
+    space = load_space(ROOT / "experiments/shapes-32.toml")
+    op = ops(space.smallest(), space)[-2]
+    with pytest.raises(ValueError, match="fused.*materialized.*'flash'"):
+        op_primitives(op, "flash")  # type: ignore[arg-type]
+
+
+def test_profile_attention_lowering(tmp_path: Path) -> None:
+    text = (ROOT / "device_profiles/iphone16promax.toml").read_text()
+    assert load_profile("iphone16promax", profile_dir=ROOT / "device_profiles").attention.value == "materialized"
+    (tmp_path / "iphone16promax.toml").write_text(text.replace('attention = "materialized"', 'attention = "flash"'))
+    with pytest.raises(ValueError, match=r"runtime\.attention must be one of fused, materialized, got 'flash'"):
+        load_profile("iphone16promax", profile_dir=tmp_path)
+
+
+def test_estimate_positive_and_monotone_in_bandwidth() -> None:
+    import dataclasses
+
+    space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
+    prof = load_profile("pixel8", profile_dir=ROOT / "device_profiles")
+    params = prior_params(prof)
+    faster = dataclasses.replace(prof, bandwidth_gbps=dataclasses.replace(prof.bandwidth_gbps, value=1000.0))
+    for key in kernels(space.preset("small"), space, precision="fp16"):
+        slow, fast = estimate_kernel_ms(key, prof, params), estimate_kernel_ms(key, faster, params)
+        assert 0 < fast <= slow
