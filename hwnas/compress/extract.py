@@ -23,7 +23,8 @@ from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import check_finite, prefixed, unprefixed, write_atomic, write_json_atomic
 from hwnas.train.flow import guided_velocity
-from hwnas.train.supernet import Supernet
+from hwnas.model.vae import Autoencoder, to_image, to_latent
+from hwnas.train.supernet import Supernet, space_vae
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -40,6 +41,17 @@ class SubDiT:
     text: BuiltinTextEncoder
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
+    vae: Autoencoder | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        return to_latent(self.vae, images)
+
+    def to_image(self, latents: torch.Tensor) -> torch.Tensor:
+        return to_image(self.vae, latents)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> text embeddings (B, L, Ct) and mask (B, L)."""
@@ -56,7 +68,7 @@ class SubDiT:
 
     def with_dit(self, dit: StaticDiT, **meta: Any) -> SubDiT:
         """The same text side with another static DiT (a student, a quantized copy)."""
-        return SubDiT(self.space, self.cfg, dit, self.text, self.tokenizer, {**self.meta, **meta})
+        return SubDiT(self.space, self.cfg, dit, self.text, self.tokenizer, {**self.meta, **meta}, self.vae)
 
     def eval(self) -> SubDiT:
         self.dit.eval()
@@ -70,8 +82,8 @@ def from_supernet(net: Supernet, cfg: SubnetConfig, *, source: str = "") -> SubD
     meta = {"format": FORMAT, "config": cfg.to_dict(), "config_id": cfg.id, "describe": cfg.describe(),
             "experiment_toml": net.meta.get("experiment_toml", ""), "tokenizer": net.tokenizer.to_dict(),
             "text_layers": int(net.meta.get("train", {}).get("text_layers", len(net.text.layers))),
-            "supernet_step": net.meta.get("step"), "source": source}
-    return SubDiT(net.space, cfg, dit, copy.deepcopy(net.text).eval(), net.tokenizer, meta)
+            "supernet_step": net.meta.get("step"), "source": source, "vae": net.meta.get("vae")}
+    return SubDiT(net.space, cfg, dit, copy.deepcopy(net.text).eval(), net.tokenizer, meta, net.vae)
 
 
 def save_subdit(model: SubDiT, out: str | Path, **meta: Any) -> Path:
@@ -115,7 +127,8 @@ def load_subdit(path: str | Path) -> SubDiT:
         text.load_state_dict(unprefixed("text", tensors))
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{directory}: sub-DiT does not match this hwnas version ({exc})") from None
-    return SubDiT(space, cfg, dit, text, tokenizer, meta).eval()
+    vae = space_vae(space, meta["experiment_toml"], source=str(directory), trained_with=meta.get("vae") or {})
+    return SubDiT(space, cfg, dit, text, tokenizer, meta, vae).eval()
 
 
 def resolve_pick(run_dir: str | Path, pick: str | int) -> SubnetConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -64,12 +70,19 @@ class Autoencoder:
         return f"{self.path.name} ({self.channels} ch, {self.downsample}x, sha256 {self.sha256[:12]})"
 
 
+def to_latent(vae: Autoencoder | None, images: torch.Tensor) -> torch.Tensor:
+    """Images `(B, 3, H, W)` in [-1, 1] -> what a DiT denoises: their latents, or the images
+    themselves in pixel space (`vae` None)."""
+    return images if vae is None else vae.encode(images)
+
+
+def to_image(vae: Autoencoder | None, latents: torch.Tensor) -> torch.Tensor:
+    """What a DiT denoises `(B, C, h, w)` -> images `(B, 3, H, W)` in [-1, 1]."""
+    return latents.clamp(-1.0, 1.0) if vae is None else vae.decode(latents)
+
+
 def experiment_vae_path(experiment_toml: str) -> str | None:
     """`[vae] path` of an experiment TOML's text, or None where it has no `[vae]` table."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
     table = tomllib.loads(experiment_toml).get("vae")
     if table is None:
         return None

@@ -15,7 +15,7 @@ import torch
 
 from hwnas.data import Tokenizer
 from hwnas.model import BuiltinTextEncoder, ElasticDiT
-from hwnas.model.vae import Autoencoder, experiment_vae_path, load_autoencoder
+from hwnas.model.vae import Autoencoder, experiment_vae_path, load_autoencoder, to_image, to_latent
 from hwnas.paths import REPO_ROOT, repo_path
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import load_weights, prefixed, unprefixed
@@ -48,12 +48,10 @@ class Supernet:
         return self
 
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in [-1, 1] -> what the DiT denoises `(B, C, h, w)`."""
-        return images if self.vae is None else self.vae.encode(images)
+        return to_latent(self.vae, images)
 
     def to_image(self, latents: torch.Tensor) -> torch.Tensor:
-        """The DiT's output space `(B, C, h, w)` -> images `(B, 3, H, W)` in [-1, 1]."""
-        return latents.clamp(-1.0, 1.0) if self.vae is None else self.vae.decode(latents)
+        return to_image(self.vae, latents)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> text embeddings (B, L, Ct) and mask (B, L), on the text encoder's device."""
@@ -86,17 +84,23 @@ def build_supernet(space: SearchSpace, tokenizer: Tokenizer, *, text_layers: int
 
 
 def space_vae(space: SearchSpace, experiment_toml: str, *, override: str | Path | None = None,
-              source: str = "experiment") -> Autoencoder | None:
+              source: str = "experiment", trained_with: dict[str, str] | None = None) -> Autoencoder | None:
     """The autoencoder of a latent experiment (None in pixel space), checked against its latent
-    shape: `override` if given, else the experiment's `[vae] path` (relative to the repository)."""
+    shape: `override` if given, else the experiment's `[vae] path` (relative to the repository).
+    For a trained model, `trained_with` is the `vae` entry of its metadata; another VAE (by content
+    hash) is refused."""
     if space.latent_downsample == 1 and override is None:
         return None
     folder = override if override is not None else experiment_vae_path(experiment_toml)
     if folder is None:
         raise ValueError(f"{source}: a latent experiment (latent_downsample {space.latent_downsample}) "
                          "needs [vae] path = \"<diffusers VAE folder>\"")
-    return load_autoencoder(repo_path(folder), channels=space.latent_channels,
-                            downsample=space.latent_downsample)
+    vae = load_autoencoder(repo_path(folder), channels=space.latent_channels,
+                           downsample=space.latent_downsample)
+    if trained_with is not None and trained_with.get("sha256") != vae.sha256:
+        raise ValueError(f"{source}: trained with VAE sha256 {str(trained_with.get('sha256'))[:12]}, "
+                         f"but {folder} has sha256 {vae.sha256[:12]}")
+    return vae
 
 
 def load_supernet(path: str | Path | None = None, *, vae: str | Path | None = None) -> Supernet:
@@ -110,11 +114,8 @@ def load_supernet(path: str | Path | None = None, *, vae: str | Path | None = No
     try:
         space = parse_space(meta["experiment_toml"], source=f"{directory} (stored experiment)")
         tokenizer = Tokenizer.from_dict(meta["tokenizer"])
-        autoencoder = space_vae(space, meta["experiment_toml"], override=vae, source=str(directory))
-        trained_with = (meta.get("vae") or {}).get("sha256")
-        if autoencoder is not None and trained_with != autoencoder.sha256:
-            raise ValueError(f"{directory}: trained with VAE sha256 {str(trained_with)[:12]}, but "
-                             f"{autoencoder.path} has sha256 {autoencoder.sha256[:12]}")
+        autoencoder = space_vae(space, meta["experiment_toml"], override=vae, source=str(directory),
+                                trained_with=meta.get("vae") or {})
         net = build_supernet(space, tokenizer, text_layers=int(meta["train"]["text_layers"]),
                              vae=autoencoder)
         net.dit.load_state_dict(unprefixed("dit", tensors))
