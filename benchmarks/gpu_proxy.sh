@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Train the latent proxy on one CUDA GPU in one go: the elastic supernet (one process; with several
-# GPUs run it under `torchrun --nproc-per-node N -m hwnas.cli train ...` instead) and the
-# stand-alone sub-DiTs of benchmarks/rank_fidelity.py side by side, then score the presets.
+# Train the latent proxy on one CUDA GPU: the autoencoder (if missing), the elastic supernet
+# (one process; with several GPUs run it under `torchrun --nproc-per-node N -m hwnas.cli train`),
+# then the stand-alone sub-DiTs of benchmarks/rank_fidelity.py, then score the presets.
 #
 #   benchmarks/gpu_proxy.sh OUT_DIR [WALL_S]
 #
-# Every run stops with a checkpoint after WALL_S seconds of training (default 420) if it has not
-# reached its steps; each is resumable (`hwnas train ... --resume`, `rank_fidelity.py train`).
+# Each run stops with a checkpoint after WALL_S seconds of training (default 420) if it has not
+# reached its steps, and is resumable (`hwnas train ... --resume`, `rank_fidelity.py train`).
 # Steps, batch size and parallelism come from SUPERNET_STEPS, STANDALONE_STEPS, BATCH_SIZE,
-# PARALLEL. The GPU is shared by all runs at once: the small kernels of these models leave
-# it mostly idle when one run has it alone.
+# PARALLEL (stand-alone runs at a time, default 2).
+#
+# Measured on one H200 (2026-11-30): these models are launch-bound (~16k kernels per forward and
+# backward of the largest sub-DiT). The supernet alone ran 1.7 steps/s at batch 256; 14 processes
+# sharing the GPU (it time-slices between processes) reached 100-400 steps each in 330 s, the
+# supernet fewer than 100. Run few processes at a time.
 set -euo pipefail
 out=${1:?usage: gpu_proxy.sh OUT_DIR [WALL_S]}
 wall=${2:-420}
@@ -44,15 +48,14 @@ x, _ = training_set(space, tc, vae=vae, cache_dir=Path(sys.argv[2]))
 print(f"training set {tuple(x.shape)} encoded in {time.perf_counter() - t0:.1f} s", flush=True)
 PY
 
-$py -m hwnas.cli train --experiment "$exp" --out "$out/supernet" \
-    --steps "${SUPERNET_STEPS:-3000}" --batch-size "${BATCH_SIZE:-128}" --max-wall-s "$wall" \
-    --cache-dir "$out/cache" --threads 1 --quiet > "$out/supernet.log" 2>&1 &
-supernet=$!
+resume=(); [ -f "$out/supernet/train_state.pt" ] && resume=(--resume)
+$py -m hwnas.cli train --experiment "$exp" --out "$out/supernet" "${resume[@]}" \
+    --steps "${SUPERNET_STEPS:-3000}" --batch-size "${BATCH_SIZE:-256}" --max-wall-s "$wall" \
+    --cache-dir "$out/cache" --threads 1 --quiet 2>&1 | tee "$out/supernet.log" \
+  || echo "supernet run failed: see $out/supernet.log"
 $py benchmarks/rank_fidelity.py train --experiment "$exp" --runs "$out/standalone" \
-    --parallel "${PARALLEL:-14}" --steps "${STANDALONE_STEPS:-1500}" --batch-size "${BATCH_SIZE:-128}" \
+    --parallel "${PARALLEL:-2}" --steps "${STANDALONE_STEPS:-1500}" --batch-size "${BATCH_SIZE:-256}" \
     --max-wall-s "$wall" --cache-dir "$out/cache" | tee "$out/standalone.log" || true
-wait $supernet || echo "supernet run failed: see $out/supernet.log"
-tail -n 3 "$out/supernet.log"
 echo "training done after $(( $(date +%s) - started )) s"
 
 for c in smallest tiny small full largest; do

@@ -141,6 +141,10 @@ def _report(args: argparse.Namespace) -> None:
     space = net.space
     runs = Path(args.runs)
     configs = subnets(space)
+    missing = [name for name in configs if not (runs / name / "val_log.csv").exists()]
+    if missing:
+        print(f"left out (no validation logged yet; continue them with `train`): {', '.join(missing)}")
+    configs = {name: cfg for name, cfg in configs.items() if name not in missing}
     logs = {name: _val_log(runs / name) for name in configs}
     common = sorted(set.intersection(*(set(log) for log in logs.values())))
     if not common:
@@ -162,7 +166,7 @@ def _report(args: argparse.Namespace) -> None:
     flops = -np.array([r["flops_per_step"] for r in rows], dtype=float)
     main = _taus(inherited, alone, boot=args.boot, seed=args.seed)
     result = {
-        "n": len(rows), **main,
+        "n": len(rows), **main, "left_out": missing,
         "baselines": {"params": float(stats.kendalltau(params, alone).statistic),
                       "flops": float(stats.kendalltau(flops, alone).statistic)},
         "baselines_detail": {"params": _taus(params, alone, boot=args.boot, seed=args.seed),

@@ -18,7 +18,8 @@ from hwnas import __version__
 from hwnas.paths import repo_path
 from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig, load_config, load_space
 
-DEFAULT_EXPERIMENT = "experiments/shapes-latent.toml"
+DEFAULT_EXPERIMENT = "experiments/shapes-32.toml"
+LATENT_EXPERIMENT = "experiments/shapes-latent.toml"
 _repo_path = repo_path
 
 
@@ -183,7 +184,7 @@ def vae() -> None:
 
 
 @vae.command("train")
-@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True,
+@click.option("--experiment", "experiment", default=LATENT_EXPERIMENT, show_default=True,
               help="Its dataset, resolution, latent channels and downsampling set the autoencoder's shape.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="New VAE folder.")
 @click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1))
@@ -217,7 +218,7 @@ def vae_train(experiment: str, out: str, steps: int, batch_size: int, threads: i
 
 @vae.command("eval")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--experiment", "experiment", default=DEFAULT_EXPERIMENT, show_default=True)
+@click.option("--experiment", "experiment", default=LATENT_EXPERIMENT, show_default=True)
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1))
 def vae_eval(folder: str, experiment: str, n: int) -> None:
     """PSNR and the compositional checker's accuracy on reconstructions of validation images."""

@@ -311,8 +311,10 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
     recent = history[-min(len(history), 50):]
     experiment_toml = run.experiment.read_text()
     standalone = run.standalone.to_dict() if run.standalone is not None else None
+    if run.standalone is not None:  # the CLI reads the config back from this file
+        write_atomic(out / "standalone.json", lambda tmp: Path(tmp).write_text(run.standalone.to_json() + "\n"))
     command = "; ".join(f"hwnas train --experiment {run.experiment} --steps {n} --out {out}"
-                        + (f" --standalone {run.standalone.id}" if run.standalone is not None else "")
+                        + (f" --standalone {out / 'standalone.json'}" if run.standalone is not None else "")
                         + (" --resume" if i else "") for i, n in enumerate(run.schedule))
     meta = {
         "format": "hwnas-supernet-1",

@@ -1,8 +1,9 @@
 """The trained proxy supernet as one object: elastic DiT + text encoder + tokenizer + space, and
 for a latent experiment the autoencoder whose latent the DiT works in.
 
-`load_supernet()` without a path loads the proxy checkpoint that ships with hwnas
-(`checkpoints/shapes-latent/`).
+`load_supernet()` without a path loads the default proxy checkpoint that ships with hwnas
+(`checkpoints/shapes-32/`; the latent proxy `checkpoints/shapes-latent/` is not trained far
+enough yet to replace it, see the README).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import load_weights, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-latent"
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-32"
 
 
 @dataclass
