@@ -177,6 +177,18 @@ def test_any_latent_channels_and_patch_size(channels: int, patch: int) -> None:
         assert sum(p.numel() for p in static.parameters()) == count_params(cfg, space), cfg.describe()
 
 
+def test_extracted_subnet_owns_trainable_tensors() -> None:
+    """A student cut out of a frozen teacher trains on its own copies; the layout is `StaticDiT`'s."""
+    space = _tiny_space()
+    net = _random_supernet(space).requires_grad_(False)
+    cfg = space.sample(random.Random(7))
+    static = extract_subnet(net, cfg)
+    storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    assert all(p.requires_grad and p.untyped_storage().data_ptr() not in storages for p in static.parameters())
+    fresh = StaticDiT(space, cfg).state_dict()
+    assert {k: v.shape for k, v in static.state_dict().items()} == {k: v.shape for k, v in fresh.items()}
+
+
 def test_largest_subnet_is_the_dense_model(tiny: tuple[SearchSpace, ElasticDiT]) -> None:
     """The largest sub-DiT uses every stored weight: the supernet's parameters are exactly its
     parameters plus the per-width tables/norms of the other widths."""
