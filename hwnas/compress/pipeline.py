@@ -28,10 +28,10 @@ from hwnas.compress.distill import DistillConfig, distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
 from hwnas.compress.quant import QuantSpec, layer_sensitivity, mixed_bits, quantize_model, quantized_model
+from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import evaluate
 from hwnas.model import example_inputs, export_onnx
 from hwnas.space import SubnetConfig
-from hwnas.train.checkpoint import write_json_atomic
 from hwnas.train.supernet import Supernet
 
 
@@ -144,7 +144,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
                   "mixed": mixed},
         "distill": summary, "wall_s": round(time.perf_counter() - start, 1),
     }
-    write_json_atomic(out / "results.json", result)
+    atomic_write_json(out / "results.json", result, sort_keys=True)
     return result
 
 

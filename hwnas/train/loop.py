@@ -27,13 +27,12 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.data import Tokenizer, make_dataset
+from hwnas.io import atomic_write_csv, atomic_write_json
 from hwnas.space import SearchSpace, SubnetConfig, load_space
 from hwnas.train.checkpoint import (
     load_train_state,
     save_train_state,
     save_weights,
-    write_csv_atomic,
-    write_json_atomic,
 )
 from hwnas.train.config import TrainConfig, load_train_config, tomllib
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
@@ -291,7 +290,7 @@ def _log_validation(out: Path, net: Supernet, step: int) -> None:
 
 
 def _write_log(out: Path, history: list[dict[str, float]]) -> None:
-    write_csv_atomic(out / _LOG, history)
+    atomic_write_csv(out / _LOG, history)
 
 
 def _read_log(out: Path) -> list[dict[str, float]]:
@@ -309,5 +308,5 @@ def _summary(out: Path, tc: TrainConfig, step: int, wall_s: float) -> dict[str, 
     summary = {"out": str(out), "steps": step, "wall_s": round(wall_s, 1),
                "loss_recent": sum(r["loss"] for r in recent) / len(recent)}
     if _dist_info()[0] == 0:
-        write_json_atomic(out / "train_summary.json", summary)
+        atomic_write_json(out / "train_summary.json", summary, sort_keys=True)
     return summary
