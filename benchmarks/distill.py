@@ -37,6 +37,7 @@ from hwnas.compress import (
     resolve_pick,
     terms,
 )
+from hwnas.io import atomic_write_json
 from hwnas.space import load_config
 from hwnas.train import load_supernet
 
@@ -110,9 +111,8 @@ def main() -> None:
             for steps in student_steps:
                 score(student, stage=f"{mode} student {steps} steps", steps=steps, scale=1.0, mode=mode,
                       distill_steps=args.steps, distill_wall_s=wall, terms=summary["terms"])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config_id": cfg.id, "describe": cfg.describe(),
-                                          "supernet_step": net.meta.get("step"), "rows": rows}, indent=2) + "\n")
+    atomic_write_json(args.out, {"config_id": cfg.id, "describe": cfg.describe(),
+                                 "supernet_step": net.meta.get("step"), "rows": rows})
     _summary(rows)
 
 

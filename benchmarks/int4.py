@@ -19,6 +19,7 @@ import torch
 from hwnas.compress import (
     QuantSpec, check_parity, export_int4_onnx, from_supernet, quality_row, quantize_subdit, resolve_pick, time_onnx,
 )
+from hwnas.io import atomic_write_json
 from hwnas.model import export_onnx
 from hwnas.space import load_config
 from hwnas.train import load_supernet
@@ -82,10 +83,8 @@ def main() -> None:
         row.pop("layers_8bit", None)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config_id": cfg.id, "describe": cfg.describe(),
-                                          "supernet_step": net.meta.get("step"), "base": base, "rows": rows},
-                                         indent=2))
+    atomic_write_json(args.out, {"config_id": cfg.id, "describe": cfg.describe(),
+                                 "supernet_step": net.meta.get("step"), "base": base, "rows": rows})
     b0 = batches[0]
     print(f"\n{cfg.describe()} ({cfg.id}), {args.steps} steps CFG {args.cfg_scale}: compositional n={args.n}, "
           f"fd_ref n={args.fd_n or '-'}")

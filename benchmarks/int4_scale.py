@@ -23,7 +23,6 @@ The summary line: average bits and size ratio vs fp16 per method, and int4 / fp3
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.compress import QuantSpec, quantize_model
 from hwnas.compress.quant import matmul_weight, quantize_weight, weight_layers
+from hwnas.io import atomic_write_json
 from hwnas.model.static import StaticDiT
 from hwnas.space import load_space
 
@@ -143,11 +143,11 @@ def main() -> None:
         rows = [r for r in speed if r["block"] == block]
         per_block[block] = {w: sum(r[f"{w}_s"] * r["count"] for r in rows) for w in ("fp32", "int4_l4", "int4_l0")}
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({
+        atomic_write_json(args.json_out, {
             "experiment": space.name, "preset": args.preset, "config_id": cfg.id, "params": params,
             "weights": "random (size and speed only; no trained model at this scale)", "timed_group": args.group,
             "sizes": sizes, "matmuls": speed, "per_block_s": per_block,
-            "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, 1 thread"}, indent=2) + "\n")
+            "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, 1 thread"})
     best = min((r for r in sizes if r["method"] == "rtn"), key=lambda r: r["avg_bits"])
     km = next(r for r in sizes if r["method"] == "kmeans")
     print(f"summary: rtn g{best['group']} sym {best['avg_bits']:.3f} bits, {best['compression_vs_fp16']:.2f}x smaller "

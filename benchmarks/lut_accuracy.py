@@ -15,9 +15,9 @@ baseline side by side from this run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from hwnas.io import atomic_write_json
 from hwnas.latency import load_profile, load_table
 from hwnas.latency.validate import validate_table
 from hwnas.space import load_space
@@ -56,8 +56,7 @@ def main() -> None:
         print(f"noise floor: {nf['config_id']} timed {nf['times']}x: CV {nf['cv']:.1%}, max {nf['max_abs_pct']:.1f}% "
               f"from median, within5 {nf['within_5pct']:.0%}")
     if opts.json_out:
-        Path(opts.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.json_out).write_text(json.dumps(rep, indent=2) + "\n")
+        atomic_write_json(opts.json_out, rep)
     c, b = rep["corrected"], rep["baseline"]
     print(f"SUMMARY n={rep['n']} LUT within10 {rep['within_10pct']:.0%} within5 {rep['within_5pct']:.0%} "
           f"spearman {rep['spearman']:.3f} | corrected within10 {c['within_10pct']:.0%} within5 "

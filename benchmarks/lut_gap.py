@@ -25,7 +25,6 @@ medians of repeats of at least 1 ms. The summary line gives each way's ratio to 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.io import atomic_write_json
 from hwnas.latency import load_profile, load_table
 from hwnas.latency.bench import _Positional, compile_module, load_local, subnet_inputs
 from hwnas.latency.blocks import kernel_module
@@ -115,8 +115,8 @@ def main() -> None:
     ways = ("table_ms", "isolated_ms", "cold_ms", "chain_ms")
     ratios = {w: statistics.median(r[w] / r["whole_ms"] for r in rows) for w in ways}
     if opts.json_out:
-        Path(opts.json_out).write_text(json.dumps({"experiment": space.name, "seed": opts.seed, "rows": rows,
-                                                   "median_ratio_to_whole": ratios}, indent=2) + "\n")
+        atomic_write_json(opts.json_out, {"experiment": space.name, "seed": opts.seed, "rows": rows,
+                                          "median_ratio_to_whole": ratios})
     print(f"summary: n={len(rows)} median ratio to the whole step: "
           + ", ".join(f"{w[:-3]} {ratios[w]:.3f}" for w in ways))
 

@@ -10,12 +10,12 @@ Every number comes from the checkpoint named in the header (proxy scale: shapes-
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import evaluate
 from hwnas.metrics.val_loss import make_val_set, val_loss
 from hwnas.train import generate, load_supernet, save_grid
@@ -73,7 +73,7 @@ def main() -> None:
         f"fd_ref x{r['fd_ref'] / full['fd_ref']:.2f}, val loss x{r['val_loss'] / full['val_loss']:.3f}"
         for r in rows))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.out, rows)
 
 
 if __name__ == "__main__":

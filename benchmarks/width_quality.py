@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
 
+from hwnas.io import atomic_write_json
 from hwnas.space import STAGES, SubnetConfig
 from hwnas.train import load_supernet
 from hwnas.train.validation import make_val_set, val_loss
@@ -66,10 +65,10 @@ def main() -> None:
             cells = "  ".join(f"{v:g}: {loss:.3f}" for v, loss in losses.items())
             print(f"{knob:5s} {'+'.join(stages):18s} {cells}", flush=True)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({
+        atomic_write_json(args.json_out, {
             "experiment": space.name, "checkpoint": str(args.checkpoint or "shipped proxy"),
             "supernet_step": net.meta.get("step"), "largest_val_loss": base, "patch_values": patch_values,
-            "channels": {str(w): space.dim(w) for w in space.stages["down"].width}, "rows": rows}, indent=2) + "\n")
+            "channels": {str(w): space.dim(w) for w in space.stages["down"].width}, "rows": rows})
     widths = [r for r in rows if r["knob"] == "width" and len(r["stages"]) == 1]
     print("summary: val loss at the smallest width / largest sub-DiT: " + ", ".join(
         f"{r['stages'][0]} {min(r['val_loss'].items())[1] / base:.1f}x" for r in widths))

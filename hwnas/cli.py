@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from hwnas import __version__
+from hwnas.io import atomic_write_json
 from hwnas.paths import repo_path
 from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig, load_config, load_space
 
@@ -128,8 +129,7 @@ def space_sample(experiment: str, n: int, seed: int, out: str | None) -> None:
     for _ in range(n):
         cfg = sp.sample(rng)
         if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / f"{cfg.id}.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_json(Path(out) / f"{cfg.id}.json", cfg.to_dict())
         click.echo(cfg.to_json())
 
 

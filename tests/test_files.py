@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hwnas._files import new_file_mode
+from hwnas.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +27,10 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_new_file_mode_matches_open(umask: int, tmp_path: Path) -> None:
+def test_atomic_writes_get_the_mode_open_gives(umask: int, tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("x")
-    assert new_file_mode() == _mode(tmp_path / "plain") == 0o666 & ~umask
+    atomic_write_text(tmp_path / "atomic", "x")
+    assert _mode(tmp_path / "atomic") == _mode(tmp_path / "plain") == 0o666 & ~umask
     assert os.umask(umask) == umask  # left as it was
 
 
@@ -46,7 +47,5 @@ def test_table_files_are_not_private(umask: int, tmp_path: Path) -> None:
 
 
 def test_checkpoint_files_are_not_private(umask: int, tmp_path: Path) -> None:
-    from hwnas.train.checkpoint import write_json_atomic
-
-    write_json_atomic(tmp_path / "meta.json", {"a": 1})
+    atomic_write_json(tmp_path / "meta.json", {"a": 1})
     assert _mode(tmp_path / "meta.json") == 0o666 & ~umask

@@ -35,14 +35,10 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.compress.extract import SubDiT, save_subdit
+from hwnas.io import atomic_write_csv, atomic_write_json
 from hwnas.model.ops import plain_norm
 from hwnas.space import SubnetConfig
-from hwnas.train.checkpoint import (
-    load_train_state,
-    save_train_state,
-    write_csv_atomic,
-    write_json_atomic,
-)
+from hwnas.train.checkpoint import load_train_state, save_train_state
 from hwnas.train.flow import flow_matching_loss, interpolate, time_grid
 from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet
@@ -262,7 +258,7 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
                "teacher_dit_evals_per_image_28_steps": 2 * 28, "terms": _term_names(dc),
                "loss_last": history[-1]["loss"] if history else float("nan")}
     if rank == 0:
-        write_json_atomic(out / "distill_summary.json", summary)
+        atomic_write_json(out / "distill_summary.json", summary, sort_keys=True)
     return summary
 
 
@@ -280,7 +276,7 @@ def _save(out: Path, student: SubDiT, gen: _Generator, critic: nn.Module, opt_g:
           history: list[dict[str, float]]) -> None:
     """Log, then the student as a sub-DiT directory, then the resume state (that order)."""
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
-    write_csv_atomic(out / LOG, history, fieldnames=keys)
+    atomic_write_csv(out / LOG, history, fieldnames=keys)
     save_subdit(student, out, distill={**settings, "step": step, "terms": _term_names(
         DistillConfig(**settings["distill"]))}, source=f"K-DMD student of {student.cfg.id}")
     state = {"settings": settings, "step": step, "wall_s": wall_s, "history": history, "gen": gen.state_dict(),

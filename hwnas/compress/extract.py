@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from hwnas.data import Tokenizer
+from hwnas.io import atomic_write, atomic_write_json
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
-from hwnas.train.checkpoint import check_finite, prefixed, unprefixed, write_atomic, write_json_atomic
+from hwnas.train.checkpoint import check_finite, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
 from hwnas.model.vae import Autoencoder, to_image, to_latent
 from hwnas.train.supernet import Supernet, space_vae
@@ -93,9 +94,9 @@ def save_subdit(model: SubDiT, out: str | Path, **meta: Any) -> Path:
     out = Path(out)
     tensors = {**prefixed("dit", model.dit.state_dict()), **prefixed("text", model.text.state_dict())}
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_atomic(out / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
     model.meta.update(meta)
-    write_json_atomic(out / META, model.meta)
+    atomic_write_json(out / META, model.meta, sort_keys=True)
     return out
 
 

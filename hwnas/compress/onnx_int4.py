@@ -31,6 +31,7 @@ from hwnas.compress.quant import (
     quantized_model,
     weight_layers,
 )
+from hwnas.io import atomic_write
 from hwnas.model import StaticDiT, example_inputs, export_onnx
 from hwnas.model.export import INPUT_NAMES
 
@@ -111,8 +112,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     graph.initializer.extend(keep)
     if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph_model, str(path))
+    atomic_write(path, lambda tmp: onnx.save(graph_model, str(tmp)))
     return {"path": str(path), "matmulnbits": replaced, "layers": len(q.packed), "file_bytes": path.stat().st_size}
 
 
@@ -203,5 +203,4 @@ def export_fp16_onnx(fp32_path: str | Path, path: str | Path) -> Path | None:
     except ImportError:
         return None
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    onnx.save(model, str(path))
-    return Path(path)
+    return atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))

@@ -28,10 +28,11 @@ from hwnas.compress.distill import DistillConfig, distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
 from hwnas.compress.quant import QuantSpec, layer_sensitivity, mixed_bits, quantize_model, quantized_model
+from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import evaluate
 from hwnas.model import example_inputs, export_onnx
+from hwnas.paths import REPO_ROOT
 from hwnas.space import SubnetConfig
-from hwnas.train.checkpoint import write_json_atomic
 from hwnas.train.supernet import Supernet
 
 
@@ -64,13 +65,15 @@ def quantize_subdit(model: SubDiT, spec: QuantSpec, *, mixed: bool = False, extr
 
 
 def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") -> dict[str, Any]:
-    """Host LUT prediction vs TVM-measured step latency (ms, batch 1); nulls with reasons."""
+    """Host LUT prediction vs TVM-measured step latency (ms, batch 1); nulls with reasons. The host
+    profile and LUT are the shipped ones (under the hwnas checkout, whatever the working directory)."""
     how: list[str] = []
     predicted = measured = None
+    profiles, tables = REPO_ROOT / "device_profiles", REPO_ROOT / "latency_tables"
     try:
         from hwnas.latency import load_table, predict_latency_ms
 
-        table = load_table("host", experiment)
+        table = load_table("host", experiment, table_dir=tables, profile_dir=profiles)
         predicted = predict_latency_ms(model.cfg, table, steps=1, precision=precision,  # type: ignore[arg-type]
                                        space=model.space).step_ms
         how.append(f"predicted: host LUT latency_tables/host/{experiment}.csv, {precision}, one step")
@@ -80,7 +83,7 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") 
         from hwnas.latency import load_profile
         from hwnas.latency.bench import time_subnet_tvm
 
-        timing = time_subnet_tvm(model.dit, profile=load_profile("host"), batch=1)
+        timing = time_subnet_tvm(model.dit, profile=load_profile("host", profile_dir=profiles), batch=1)
         measured = float(timing.median_ms)
         how.append(f"measured: TVM-compiled whole step on host (median of {timing.n}), fp32")
     except Exception as exc:
@@ -144,7 +147,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
                   "mixed": mixed},
         "distill": summary, "wall_s": round(time.perf_counter() - start, 1),
     }
-    write_json_atomic(out / "results.json", result)
+    atomic_write_json(out / "results.json", result, sort_keys=True)
     return result
 
 

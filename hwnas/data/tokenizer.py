@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hwnas.io import atomic_write_text
 PAD_ID, BOS_ID, UNK_ID = 0, 1, 2
 SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<unk>")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -105,7 +106,7 @@ class Tokenizer:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

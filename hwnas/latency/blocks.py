@@ -1,10 +1,10 @@
 """PyTorch modules for LUT kernels: one static module per `KernelKey`, with random weights and inputs.
 
-Each module runs exactly the code `hwnas.model.static.StaticDiT` runs for that op (the same
-`StaticBlock`, convs, time MLP and final layer; see the `StaticDiT.forward` lines cited per class),
-so the sum of kernel latencies models one whole compiled denoiser step. Inputs are batch 1:
-blocks take `x (1, N, D)`, the stage modulation `(1, 6, D)`, `text (1, L, Ct)`, `text_mask (1, L)`
-bool and, for Up blocks that fuse a long skip, `skip (1, N, D_down)`.
+Each module runs one piece of `hwnas.model.forward` (the glue `StaticDiT` and the supernet run)
+on its own layers; blocks are a `StaticBlock`. So the sum of kernel latencies models one whole
+compiled denoiser step. Inputs are batch 1: blocks take `x (1, N, D)`, the stage modulation
+`(1, 6, D)`, `text (1, L, Ct)`, `text_mask (1, L)` bool and, for Up blocks that fuse a long skip,
+`skip (1, N, D_down)`.
 """
 
 from __future__ import annotations
@@ -12,49 +12,43 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwnas.cost import Op
 from hwnas.latency.kernels import KernelKey
-from hwnas.model.ops import modulate, plain_norm, timestep_features, to_grid, to_tokens, unpatchify
+from hwnas.model.forward import final_layer, modulation, patch_tokens, resample, time_condition
 from hwnas.model.static import StaticBlock
 from hwnas.space import SearchSpace, StageConfig
 
 
 class _PatchEmbed(nn.Module):
-    """`h = to_tokens(self.patch_embed(x))` of `StaticDiT.forward`."""
-
     def __init__(self, op: Op) -> None:
         super().__init__()
         self.conv = nn.Conv2d(op.channels, op.dim, op.patch, stride=op.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_tokens(self.conv(x))  # (1, N, D)
+        return patch_tokens(self.conv, x)  # (1, N, D)
 
 
 class _TimeEmbed(nn.Module):
-    """`cond = silu(time_mlp(timestep_features(t)))` of `StaticDiT.forward`."""
-
     def __init__(self, op: Op) -> None:
         super().__init__()
-        self.in_dim = op.in_dim
         self.mlp = nn.Sequential(nn.Linear(op.in_dim, op.dim), nn.SiLU(), nn.Linear(op.dim, op.dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.mlp(timestep_features(t, self.in_dim)))  # (1, Tm)
+        return time_condition(self.mlp, t)  # (1, Tm)
 
 
 class _StageMod(nn.Module):
-    """`stage_mod[s](cond).view(b, 6, D)` (and `final_mod`, chunks = 2) of `StaticDiT.forward`."""
+    """A stage's modulation linear (`final_mod` too, chunks = 2)."""
 
     def __init__(self, op: Op) -> None:
         super().__init__()
-        self.chunks, self.dim = op.chunks, op.dim
+        self.chunks = op.chunks
         self.linear = nn.Linear(op.in_dim, op.chunks * op.dim)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.linear(cond).view(cond.shape[0], self.chunks, self.dim)  # (1, chunks, D)
+        return modulation(self.linear, cond, chunks=self.chunks)  # (1, chunks, D)
 
 
 class _Block(nn.Module):
@@ -70,8 +64,6 @@ class _Block(nn.Module):
 
 
 class _Resample(nn.Module):
-    """`to_tokens(self.downsample(to_grid(h)))` / `to_tokens(self.upsample(to_grid(h)))`."""
-
     def __init__(self, op: Op, *, side_in: int) -> None:
         super().__init__()
         self.side_in = side_in
@@ -81,12 +73,12 @@ class _Resample(nn.Module):
             self.conv = nn.ConvTranspose2d(op.in_dim, op.dim, 2, stride=2)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return to_tokens(self.conv(to_grid(h, self.side_in)))  # (1, N_out, D)
+        return resample(self.conv, h, side=self.side_in)  # (1, N_out, D)
 
 
 class _Final(nn.Module):
-    """adaLN final layer and unpatchify of `StaticDiT.forward` (the `final_mod` linear is a
-    `stage_mod` kernel; its output `(1, 2, D)` is this kernel's `mod` input)."""
+    """The final layer; its `final_mod` linear is a `stage_mod` kernel whose output `(1, 2, D)` is
+    this kernel's `mod` input."""
 
     def __init__(self, op: Op) -> None:
         super().__init__()
@@ -95,9 +87,8 @@ class _Final(nn.Module):
         self.linear = nn.Linear(op.dim, op.patch**2 * op.channels)
 
     def forward(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        shift, scale = (mod + self.table).unbind(1)  # (1, D)
-        out = self.linear(modulate(plain_norm(h), shift, scale))  # (1, N, p*p*C)
-        return unpatchify(out, channels=self.channels, patch=self.patch, side=self.side)  # (1, C, H, W)
+        return final_layer(h, mod, table=self.table, linear=self.linear, channels=self.channels,
+                           patch=self.patch, side=self.side)  # (1, C, H, W)
 
 
 def _stage_config(op: Op, space: SearchSpace) -> StageConfig:

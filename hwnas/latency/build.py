@@ -36,7 +36,7 @@ from hwnas.space import SearchSpace
 
 MEASURED_CODE_FILES: tuple[str, ...] = (
     *KERNEL_CODE_FILES, "latency/blocks.py", "latency/bench.py", "model/static.py", "model/attention.py",
-    "model/ops.py", "latency/schedule.py",
+    "model/ops.py", "model/forward.py", "latency/schedule.py",
 )
 """Files a measured table depends on: the kernels' cost and shapes, the modules timed, the bench path."""
 

@@ -9,7 +9,7 @@ hash (of the files that define the kernels and their cost, so a code change mark
 stale), measured/estimated, the host CPU for local devices, estimator parameters with their
 sources, the calibration, an optional fitted correction, and the CSV's SHA-256.
 
-Both files are written atomically (temp file + `os.replace`). `load_table` refuses stale tables
+Both files are written atomically (`hwnas.io`). `load_table` refuses stale tables
 with a `StaleTableError` that names the changed field and the command that rebuilds the table.
 
 A table of the local machine built on another CPU is not stale: its timings are still the best
@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -34,8 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import hwnas
-from hwnas._files import new_file_mode
 from hwnas._keys import check_name
+from hwnas.io import atomic_write_text, sha256_bytes
 from hwnas.latency.interval import ErrorModel, prior_error
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
@@ -224,10 +221,8 @@ def label_source(source: str, cpu_note: str) -> str:
 
 def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
     """SHA-256 (first 16 hex digits) over the named package files' names and contents."""
-    h = hashlib.sha256()
-    for rel in files:
-        h.update(rel.encode() + b"\0" + (_PACKAGE_ROOT / rel).read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return sha256_bytes(b"".join(rel.encode() + b"\0" + (_PACKAGE_ROOT / rel).read_bytes() + b"\0"
+                                 for rel in files))[:16]
 
 
 def profile_hash(profile: DeviceProfile) -> str:
@@ -240,7 +235,7 @@ def profile_hash(profile: DeviceProfile) -> str:
             "attention": profile.attention.value,
             "bandwidth": asdict(profile.bandwidth_gbps),
             "peaks": {p: asdict(f) for p, f in sorted(profile.peak_gflops.items())}}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_bytes(json.dumps(data, sort_keys=True).encode())[:16]
 
 
 def tvm_version() -> str | None:
@@ -272,21 +267,6 @@ def rebuild_command(meta: TableMeta) -> str:
 # Writing ------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _format_float(value: float) -> str:
     return f"{value:.6g}"
 
@@ -312,10 +292,10 @@ def write_table(table: LatencyTable, *, table_dir: str | Path = DEFAULT_TABLE_DI
     csv_path, meta_path = table_paths(table.meta.device, table.meta.experiment, table_dir=table_dir)
     text = _csv_text(table.entries)
     meta = table.meta.to_dict()
-    meta.update(csv_sha256=hashlib.sha256(text.encode()).hexdigest(), rows=len(table.entries))
+    meta.update(csv_sha256=sha256_bytes(text.encode()), rows=len(table.entries))
     meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(csv_path, text)
-    _atomic_write(meta_path, meta_text)
+    atomic_write_text(csv_path, text)
+    atomic_write_text(meta_path, meta_text)
     return csv_path, meta_path
 
 
@@ -336,7 +316,7 @@ def read_table(csv_path: str | Path, meta_path: str | Path, *, text_encoder: Pip
         raw = csv_path.read_bytes()
     except FileNotFoundError:
         raise CorruptTableError(f"{csv_path}: table missing (sidecar {meta_path.name} exists)") from None
-    if hashlib.sha256(raw).hexdigest() != meta.csv_sha256:
+    if sha256_bytes(raw) != meta.csv_sha256:
         raise CorruptTableError(f"{csv_path}: contents do not match the SHA-256 in {meta_path.name} "
                                 f"(truncated, edited by hand or partly written); rebuild with: "
                                 f"{rebuild_command(meta)}")

@@ -6,7 +6,7 @@ Public API:
 - `TextEncoder` (interface), `BuiltinTextEncoder`: token ids -> (embeddings, mask).
 - `export_onnx(static_model, path, *, batch, opset, dynamo)`, `run_onnx(path, inputs)`.
 - Elastic ops and attention functions for code that builds on them (`hwnas.model.ops`,
-  `hwnas.model.attention`).
+  `hwnas.model.attention`), and the sub-DiT glue both models run (`hwnas.model.forward`).
 """
 
 from __future__ import annotations

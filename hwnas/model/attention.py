@@ -249,8 +249,7 @@ class ElasticSelfAttention(nn.Module):
             self.q(x, d, d), self.k(x, d, kv), self.v(x, d, kv),
             heads=heads, kv_heads=kv_heads, attn=attn, side=side, q_norm=self.q_norm, k_norm=self.k_norm,
             blocks=self.blocks, radius=radius, kv_compress=self.kv_compress,
-            compress_k=None if ck is None else (lambda g: ck(g, kv, kv)),
-            compress_v=None if cv is None else (lambda g: cv(g, kv, kv)),
+            compress_k=None if ck is None else ck.at(kv, kv), compress_v=None if cv is None else cv.at(kv, kv),
             gate=gate,
         )  # (B, N, D)
         return self.o(out, d, d)

@@ -10,29 +10,26 @@ LayerNorm, not gated) and an adaLN-modulated gated GELU FFN. Timestep t in [0, 1
 features -> MLP -> t0; each stage projects SiLU(t0) to its six modulation vectors once, and every
 block adds its own per-width `(6, D)` table. `hwnas.cost` counts exactly these parameters and
 FLOPs. A `SubnetConfig` selects width, depth, FFN ratio and attention per stage; all sizes are
-passed down as arguments.
+passed down as arguments, and the glue between the layers is `hwnas.model.forward`'s, which the
+static sub-DiT runs as well.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwnas.cost import TIME_FREQ_DIM
 from hwnas.model.attention import ElasticCrossAttention, ElasticSelfAttention
+from hwnas.model.forward import block_forward, dit_forward
 from hwnas.model.ops import (
     ElasticConv2d,
     ElasticConvTranspose2d,
     ElasticLinear,
     PerWidthLayerNorm,
     PerWidthTable,
-    modulate,
-    plain_norm,
-    timestep_features,
-    to_grid,
-    to_tokens,
-    unpatchify,
 )
 from hwnas.space import STAGES, SearchSpace, Stage, StageConfig, SubnetConfig
 
@@ -40,24 +37,6 @@ from hwnas.space import STAGES, SearchSpace, Stage, StageConfig, SubnetConfig
 def stage_dims(space: SearchSpace, stage: Stage) -> tuple[int, ...]:
     """Hidden sizes of every width choice of `stage`."""
     return tuple(space.dim(w) for w in space.stages[stage].width)
-
-
-def check_inputs(
-    space: SearchSpace, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
-) -> None:
-    """Raise ValueError naming the first input whose shape does not fit `space`."""
-    side = space.latent_size
-    if x.ndim != 4 or tuple(x.shape[1:]) != (space.latent_channels, side, side):
-        raise ValueError(f"x must be (B, {space.latent_channels}, {side}, {side}), got {tuple(x.shape)}")
-    b = x.shape[0]
-    if tuple(t.shape) != (b,):
-        raise ValueError(f"t must be ({b},), got {tuple(t.shape)}")
-    if text.ndim != 3 or text.shape[0] != b or text.shape[2] != space.text_dim:
-        raise ValueError(f"text must be ({b}, L, {space.text_dim}), got {tuple(text.shape)}")
-    if tuple(text_mask.shape) != tuple(text.shape[:2]) or text_mask.dtype != torch.bool:
-        raise ValueError(
-            f"text_mask must be bool {tuple(text.shape[:2])}, got {text_mask.dtype} {tuple(text_mask.shape)}"
-        )
 
 
 class ElasticBlock(nn.Module):
@@ -90,25 +69,21 @@ class ElasticBlock(nn.Module):
         """x `(B, N, D)`, stage_mod `(B, 6, D)`, skip `(B, N, D_down)` or None; returns `(B, N, D)`."""
         heads = self.space.heads(cfg.width)
         d = heads * self.space.head_dim
-        if skip is not None:
-            if self.skip is None:
-                raise ValueError("this block has no long-skip fusion")
-            x = self.skip(torch.cat([x, skip], dim=-1), (d, skip.shape[-1]), d)  # (B, N, D)
-        mod = stage_mod + self.mod_table(d)  # (B, 6, D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)  # (B, D) each
-        h = modulate(plain_norm(x), shift1, scale1)
-        x = x + gate1[:, None] * self.attn(h, heads=heads, kv_heads=self.space.kv_heads_for(heads),
-                                           attn=cfg.attn, radius=cfg.radius, side=side)
-        x = x + self.cross(self.cross_norm(x, d), text, text_mask, heads=heads)
-        h = modulate(plain_norm(x), shift2, scale2)
         hidden = cfg.ffn_ratio * d
-        h = self.ffn_out(F.gelu(self.ffn_in(h, d, hidden), approximate="tanh"), hidden, d)  # (B, N, D)
-        return x + gate2[:, None] * h
+        fuse = None
+        if skip is not None and self.skip is not None:
+            fuse = self.skip.at((d, skip.shape[-1]), d)
+        return block_forward(
+            x, stage_mod, text, text_mask, table=self.mod_table(d),
+            attn=partial(self.attn, heads=heads, kv_heads=self.space.kv_heads_for(heads), attn=cfg.attn,
+                         radius=cfg.radius, side=side),
+            cross_norm=self.cross_norm.norm(d), cross=partial(self.cross, heads=heads),
+            ffn_in=self.ffn_in.at(d, hidden), ffn_out=self.ffn_out.at(hidden, d), fuse=fuse, skip=skip,
+        )
 
 
 class ElasticDiT(nn.Module):
     """The supernet: holds the largest weights of every stage and runs any sub-DiT of `space`."""
-
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         dm, tm, c, p = space.hidden_size, space.time_dim, space.latent_channels, space.patch_size
@@ -152,6 +127,9 @@ class ElasticDiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def stage_blocks(self) -> dict[Stage, nn.ModuleList]:
+        return {"down": self.down_blocks, "middle": self.middle_blocks, "up": self.up_blocks}
+
     def forward(
         self,
         x: torch.Tensor,
@@ -163,34 +141,25 @@ class ElasticDiT(nn.Module):
         features: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity `(B, C, H, W)` of sub-DiT `cfg` at flow time `t (B,)` in [0, 1], given text
-        embeddings `(B, L, Ct)` and their mask `(B, L)` (True = valid). With `features=True`
-        also returns the final layer's input tokens `(B, N, D_up)` (for feature distillation)."""
+        embeddings `(B, L, Ct)` and their mask `(B, L)` (True = valid). With `features=True` also
+        returns the final layer's input tokens `(B, N, D_up)` (for feature distillation)."""
         space = self.space
         space.validate(cfg)
-        check_inputs(space, x, t, text, text_mask)
-        side = space.grid_side
         dims = {s: space.dim(cfg.stage(s).width) for s in STAGES}
-        c, b = space.latent_channels, x.shape[0]
+        c, p, tm = space.latent_channels, space.patch_size, space.time_dim
+        blocks = {s: [partial(block, cfg=cfg.stage(s)) for block in stage[: cfg.stage(s).depth]]
+                  for s, stage in self.stage_blocks().items()}
+        return dit_forward(
+            x, t, text, text_mask, space=space,
+            patch_embed=self.patch_embed.at(c, dims["down"]),
+            time_mlp=self.time_mlp,
+            stage_mod={s: self.stage_mod[s].at(tm, dims[s]) for s in STAGES},
+            blocks=blocks,
+            downsample=self.downsample.at(dims["down"], dims["middle"]),
+            upsample=self.upsample.at(dims["middle"], dims["up"]),
+            final_mod=self.final_mod.at(tm, dims["up"]),
+            final_table=self.final_table(dims["up"]),
+            final_linear=self.final_linear.at(dims["up"], p * p * c),
+            features=features,
+        )
 
-        h = to_tokens(self.patch_embed(x, c, dims["down"]))  # (B, N, Dd)
-        t0 = self.time_mlp(timestep_features(t, TIME_FREQ_DIM).to(x.dtype))  # (B, Tm)
-        cond, tm = F.silu(t0), space.time_dim
-        mods = {s: self.stage_mod[s](cond, tm, dims[s]).view(b, 6, dims[s]) for s in STAGES}  # (B, 6, D)
-
-        skips = []
-        for block in self.down_blocks[: cfg.down.depth]:
-            h = block(h, mods["down"], text, text_mask, cfg=cfg.down, side=side)  # (B, N, Dd)
-            skips.append(h)
-        h = to_tokens(self.downsample(to_grid(h, side), dims["down"], dims["middle"]))  # (B, N/4, Dm)
-        for block in self.middle_blocks[: cfg.middle.depth]:
-            h = block(h, mods["middle"], text, text_mask, cfg=cfg.middle, side=side // 2)
-        h = to_tokens(self.upsample(to_grid(h, side // 2), dims["middle"], dims["up"]))  # (B, N, Du)
-        for j, block in enumerate(self.up_blocks[: cfg.up.depth]):
-            skip = skips[cfg.down.depth - 1 - j] if j < cfg.down.depth else None
-            h = block(h, mods["up"], text, text_mask, cfg=cfg.up, side=side, skip=skip)  # (B, N, Du)
-
-        du, p = dims["up"], space.patch_size
-        shift, scale = (self.final_mod(cond, tm, du).view(b, 2, du) + self.final_table(du)).unbind(1)
-        out = self.final_linear(modulate(plain_norm(h), shift, scale), du, p * p * c)  # (B, N, p*p*C)
-        v = unpatchify(out, channels=c, patch=p, side=side)  # (B, C, H, W)
-        return (v, h) if features else v

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.io import atomic_write
 from hwnas.model.static import StaticDiT
 from hwnas.space import SearchSpace
 
@@ -61,22 +62,19 @@ def export_onnx(
 
     `opset` defaults to 17 for the TorchScript exporter and 18 for `dynamo=True` (its minimum).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     wrapper = _VelocityOnly(model.eval())
     args = example_inputs(model.space, batch=batch)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer/deprecation chatter about constant index tensors
-            torch.onnx.export(
-                wrapper, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            return atomic_write(path, lambda tmp: torch.onnx.export(
+                wrapper, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                 opset_version=opset or (18 if dynamo else 17), dynamo=dynamo,
                 **({"external_data": False} if dynamo else {}),
-            )
+            ))
     finally:
         model.train(was_training)
-    return path
 
 
 def run_onnx(

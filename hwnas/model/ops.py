@@ -4,19 +4,25 @@ Every elastic op takes the active sizes as forward arguments (OFA keeps them as 
 module attributes; we do not). Slicing keeps the leading rows/columns (`weight[:out, :in]`), so
 a narrower sub-DiT is always a prefix of a wider one. Per-width parameters (LayerNorm affine,
 modulation tables) are not sliced: each width owns its own copy (SnapGen++ section 3.3).
+Each op runs at chosen sizes two ways: `at(sizes)` is a one-argument callable on the stored
+weights (the supernet forward), `export(sizes)` a standalone `nn.Linear` / `nn.Conv2d` /
+`nn.ConvTranspose2d` / `nn.LayerNorm` holding a copy of the slice (`extract_subnet`).
 Also here: the small shape helpers shared by the elastic and the static DiT.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 NORM_EPS = 1e-6
+_Weighted = TypeVar("_Weighted", nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def width_key(dim: int) -> str:
@@ -63,6 +69,15 @@ class ElasticLinear(nn.Module):
         w, b = self.sliced(in_features, out_features)
         return F.linear(x, w, b)  # (..., chunks*out)
 
+    def at(self, in_features: int | Sequence[int], out_features: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer at these sizes as a one-argument callable."""
+        return lambda x: self(x, in_features, out_features)
+
+    def export(self, in_features: int | Sequence[int], out_features: int) -> nn.Linear:
+        """A standalone `nn.Linear` with a copy of the active slice (same device and dtype)."""
+        w, b = self.sliced(in_features, out_features)
+        return _holding(nn.Linear(w.shape[1], w.shape[0], device="meta"), w, b)
+
 
 class ElasticConv2d(nn.Module):
     """Conv2d with kernel = stride (patchify, 2x downsample, KV compression), channels sliced."""
@@ -80,6 +95,14 @@ class ElasticConv2d(nn.Module):
     def forward(self, x: torch.Tensor, in_channels: int, out_channels: int) -> torch.Tensor:
         w, b = self.sliced(in_channels, out_channels)
         return F.conv2d(x, w, b, stride=self.kernel)  # (B, out, H/k, W/k)
+
+    def at(self, in_channels: int, out_channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: self(x, in_channels, out_channels)
+
+    def export(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        k = self.kernel
+        conv = nn.Conv2d(in_channels, out_channels, k, stride=k, device="meta")
+        return _holding(conv, *self.sliced(in_channels, out_channels))
 
 
 class ElasticConvTranspose2d(nn.Module):
@@ -102,6 +125,14 @@ class ElasticConvTranspose2d(nn.Module):
         w, b = self.sliced(in_channels, out_channels)
         return F.conv_transpose2d(x, w, b, stride=self.kernel)  # (B, out, H*k, W*k)
 
+    def at(self, in_channels: int, out_channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: self(x, in_channels, out_channels)
+
+    def export(self, in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
+        k = self.kernel
+        conv = nn.ConvTranspose2d(in_channels, out_channels, k, stride=k, device="meta")
+        return _holding(conv, *self.sliced(in_channels, out_channels))
+
 
 class PerWidthTable(nn.Module):
     """One `(rows, dim)` parameter per width of a stage (e.g. a block's adaLN table, rows = 6)."""
@@ -112,6 +143,9 @@ class PerWidthTable(nn.Module):
 
     def forward(self, dim: int) -> torch.Tensor:
         return self.tables[_checked_key(self.tables, dim)]  # (rows, dim)
+
+    def export(self, dim: int) -> nn.Parameter:
+        return nn.Parameter(self(dim).detach().clone())
 
 
 class PerWidthLayerNorm(nn.Module):
@@ -126,6 +160,16 @@ class PerWidthLayerNorm(nn.Module):
 
     def norm(self, dim: int) -> nn.LayerNorm:
         return self.norms[_checked_key(self.norms, dim)]  # type: ignore[return-value]
+
+    def export(self, dim: int) -> nn.LayerNorm:
+        return copy.deepcopy(self.norm(dim))
+
+
+def _holding(layer: _Weighted, weight: torch.Tensor, bias: torch.Tensor) -> _Weighted:
+    """`layer` (built on the meta device) with copies of `weight` and `bias` as its parameters."""
+    layer.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
+    layer.bias = nn.Parameter(bias.detach().clone(memory_format=torch.contiguous_format))
+    return layer
 
 
 def _checked_key(table: nn.ParameterDict | nn.ModuleDict, dim: int) -> str:

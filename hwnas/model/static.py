@@ -4,28 +4,23 @@ supernet into plain `nn.Linear` / `nn.Conv2d` / `nn.LayerNorm` modules.
 The static model owns only what its config runs: the active slices, its width's per-width
 parameters, the KV-compression convs only for "assa"/"global", the gate only for "assa", long-skip
 fusions only for Up blocks that receive a skip. Its parameter count is `hwnas.cost.count_params`,
-and its forward runs the same attention functions as the supernet, so the outputs agree. It is
-what gets exported (ONNX, TVM), timed and quantized.
+and its forward runs the supernet's glue (`hwnas.model.forward`) and attention functions, so the
+outputs agree. It is what gets exported (ONNX, TVM), timed and quantized.
 """
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwnas.cost import TIME_FREQ_DIM
-from hwnas.model.attention import cross_attention, self_attention
-from hwnas.model.dit import ElasticBlock, ElasticDiT, check_inputs
-from hwnas.model.ops import (
-    NORM_EPS,
-    modulate,
-    plain_norm,
-    timestep_features,
-    to_grid,
-    to_tokens,
-    unpatchify,
-)
+from hwnas.model.attention import ElasticCrossAttention, ElasticSelfAttention, cross_attention, self_attention
+from hwnas.model.dit import ElasticBlock, ElasticDiT
+from hwnas.model.forward import block_forward, dit_forward
+from hwnas.model.ops import NORM_EPS
 from hwnas.space import STAGES, SearchSpace, Stage, StageConfig, SubnetConfig
 
 
@@ -100,15 +95,11 @@ class StaticBlock(nn.Module):
         skip: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x `(B, N, D)`, stage_mod `(B, 6, D)`, skip `(B, N, D_down)` where the block fuses one."""
-        if self.skip is not None:
-            if skip is None:
-                raise ValueError("this block fuses a long skip; pass skip=")
-            x = self.skip(torch.cat([x, skip], dim=-1))  # (B, N, D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = (stage_mod + self.mod_table).unbind(1)  # (B, D)
-        x = x + gate1[:, None] * self.attn(modulate(plain_norm(x), shift1, scale1), side=side)
-        x = x + self.cross(self.cross_norm(x), text, text_mask)
-        h = self.ffn_out(F.gelu(self.ffn_in(modulate(plain_norm(x), shift2, scale2)), approximate="tanh"))
-        return x + gate2[:, None] * h  # (B, N, D)
+        return block_forward(
+            x, stage_mod, text, text_mask, table=self.mod_table, attn=partial(self.attn, side=side),
+            cross_norm=self.cross_norm, cross=self.cross, ffn_in=self.ffn_in, ffn_out=self.ffn_out,
+            fuse=self.skip, skip=skip,
+        )  # (B, N, D)
 
 
 class StaticDiT(nn.Module):
@@ -145,104 +136,15 @@ class StaticDiT(nn.Module):
         features: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity `(B, C, H, W)`; see `ElasticDiT.forward` (same inputs, no `cfg`)."""
-        space, cfg = self.space, self.cfg
-        check_inputs(space, x, t, text, text_mask)
-        side, b = space.grid_side, x.shape[0]
-        c, p = space.latent_channels, space.patch_size
-        dims = {s: space.dim(cfg.stage(s).width) for s in STAGES}
+        return dit_forward(
+            x, t, text, text_mask, space=self.space, patch_embed=self.patch_embed, time_mlp=self.time_mlp,
+            stage_mod=self.stage_mod, blocks=self.stage_blocks(), downsample=self.downsample,
+            upsample=self.upsample, final_mod=self.final_mod, final_table=self.final_table,
+            final_linear=self.final_linear, features=features,
+        )
 
-        h = to_tokens(self.patch_embed(x))  # (B, N, Dd)
-        cond = F.silu(self.time_mlp(timestep_features(t, TIME_FREQ_DIM).to(x.dtype)))  # (B, Tm)
-        mods = {s: self.stage_mod[s](cond).view(b, 6, dims[s]) for s in STAGES}  # (B, 6, D)
-
-        skips = []
-        for block in self.down_blocks:
-            h = block(h, mods["down"], text, text_mask, side=side)  # (B, N, Dd)
-            skips.append(h)
-        h = to_tokens(self.downsample(to_grid(h, side)))  # (B, N/4, Dm)
-        for block in self.middle_blocks:
-            h = block(h, mods["middle"], text, text_mask, side=side // 2)
-        h = to_tokens(self.upsample(to_grid(h, side // 2)))  # (B, N, Du)
-        for j, block in enumerate(self.up_blocks):
-            skip = skips[cfg.down.depth - 1 - j] if j < cfg.down.depth else None
-            h = block(h, mods["up"], text, text_mask, side=side, skip=skip)  # (B, N, Du)
-
-        du = dims["up"]
-        shift, scale = (self.final_mod(cond).view(b, 2, du) + self.final_table).unbind(1)  # (B, Du)
-        out = self.final_linear(modulate(plain_norm(h), shift, scale))  # (B, N, p*p*C)
-        v = unpatchify(out, channels=c, patch=p, side=side)  # (B, C, H, W)
-        return (v, h) if features else v
-
-
-def _block_state(
-    block: ElasticBlock, space: SearchSpace, cfg: StageConfig, *, skip_dim: int
-) -> dict[str, torch.Tensor]:
-    heads = space.heads(cfg.width)
-    d, kv = heads * space.head_dim, space.kv_heads_for(heads) * space.head_dim
-    hidden = cfg.ffn_ratio * d
-    out: dict[str, torch.Tensor] = {"mod_table": block.mod_table(d)}
-
-    def put(name: str, pair: tuple[torch.Tensor, torch.Tensor]) -> None:
-        out[f"{name}.weight"], out[f"{name}.bias"] = pair
-
-    def copy(name: str, module: nn.Module) -> None:
-        out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-
-    if skip_dim:
-        put("skip", block.skip.sliced((d, skip_dim), d))  # type: ignore[union-attr]
-    sa = block.attn
-    put("attn.q", sa.q.sliced(d, d))
-    put("attn.k", sa.k.sliced(d, kv))
-    put("attn.v", sa.v.sliced(d, kv))
-    put("attn.o", sa.o.sliced(d, d))
-    copy("attn.q_norm", sa.q_norm)
-    copy("attn.k_norm", sa.k_norm)
-    if cfg.attn in ("assa", "global"):
-        put("attn.compress_k", sa.compress_k.sliced(kv, kv))  # type: ignore[union-attr]
-        put("attn.compress_v", sa.compress_v.sliced(kv, kv))  # type: ignore[union-attr]
-    if cfg.attn == "assa":
-        put("attn.gate", sa.gate.sliced(d, heads))  # type: ignore[union-attr]
-    copy("cross_norm", block.cross_norm.norm(d))
-    ca = block.cross
-    put("cross.q", ca.q.sliced(d, d))
-    put("cross.o", ca.o.sliced(d, d))
-    for name in ("k", "v", "q_norm", "k_norm"):
-        copy(f"cross.{name}", getattr(ca, name))
-    put("ffn_in", block.ffn_in.sliced(d, hidden))
-    put("ffn_out", block.ffn_out.sliced(hidden, d))
-    return out
-
-
-def _sliced_state(supernet: ElasticDiT, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
-    """The state dict of `StaticDiT(space, cfg)` cut out of the supernet."""
-    space = supernet.space
-    dims = {s: space.dim(cfg.stage(s).width) for s in STAGES}
-    tm, c, p = space.time_dim, space.latent_channels, space.patch_size
-    state: dict[str, torch.Tensor] = {}
-
-    def put(name: str, pair: tuple[torch.Tensor, torch.Tensor]) -> None:
-        state[f"{name}.weight"], state[f"{name}.bias"] = pair
-
-    put("patch_embed", supernet.patch_embed.sliced(c, dims["down"]))
-    state.update({f"time_mlp.{k}": v for k, v in supernet.time_mlp.state_dict().items()})
-    for s in STAGES:
-        put(f"stage_mod.{s}", supernet.stage_mod[s].sliced(tm, dims[s]))
-    put("final_mod", supernet.final_mod.sliced(tm, dims["up"]))
-    stage_blocks: dict[Stage, nn.ModuleList] = {
-        "down": supernet.down_blocks, "middle": supernet.middle_blocks, "up": supernet.up_blocks,
-    }
-    for s in STAGES:
-        scfg = cfg.stage(s)
-        for j in range(scfg.depth):
-            skip_dim = dims["down"] if s == "up" and j < cfg.down.depth else 0
-            block: ElasticBlock = stage_blocks[s][j]  # type: ignore[assignment]
-            block_state = _block_state(block, space, scfg, skip_dim=skip_dim)
-            state.update({f"{s}_blocks.{j}.{k}": v for k, v in block_state.items()})
-    put("downsample", supernet.downsample.sliced(dims["down"], dims["middle"]))
-    put("upsample", supernet.upsample.sliced(dims["middle"], dims["up"]))
-    state["final_table"] = supernet.final_table(dims["up"])
-    put("final_linear", supernet.final_linear.sliced(dims["up"], p * p * c))
-    return state
+    def stage_blocks(self) -> dict[Stage, nn.ModuleList]:
+        return {"down": self.down_blocks, "middle": self.middle_blocks, "up": self.up_blocks}
 
 
 @torch.no_grad()
@@ -250,12 +152,66 @@ def extract_subnet(supernet: ElasticDiT, cfg: SubnetConfig) -> StaticDiT:
     """A standalone copy of sub-DiT `cfg` of `supernet` (same device and dtype, own tensors).
 
     `extract_subnet(s, cfg)(x, t, text, mask)` equals `s(x, t, text, mask, cfg)`, and its
-    parameter count equals `hwnas.cost.count_params(cfg, s.space)`.
+    parameter count equals `hwnas.cost.count_params(cfg, s.space)`. The static model is built on
+    the meta device, then every layer of it is replaced by its supernet counterpart exported at
+    the sizes of `cfg` (the two models are walked in parallel).
     """
-    supernet.space.validate(cfg)
-    ref = supernet.patch_embed.weight
-    with torch.device(ref.device):
-        static = StaticDiT(supernet.space, cfg).to(ref.dtype)
-    static.load_state_dict(_sliced_state(supernet, cfg), strict=True)  # copies into own tensors
-    static.train(supernet.training)
-    return static
+    space = supernet.space
+    space.validate(cfg)
+    with torch.device("meta"):
+        static = StaticDiT(space, cfg)
+    dims = {s: space.dim(cfg.stage(s).width) for s in STAGES}
+    tm, c, p = space.time_dim, space.latent_channels, space.patch_size
+    static.patch_embed = supernet.patch_embed.export(c, dims["down"])
+    static.time_mlp = copy.deepcopy(supernet.time_mlp)
+    for s in STAGES:
+        static.stage_mod[s] = supernet.stage_mod[s].export(tm, dims[s])
+        for mine, theirs in zip(static.stage_blocks()[s], supernet.stage_blocks()[s]):
+            _export_block(mine, theirs, space, cfg.stage(s))
+    static.final_mod = supernet.final_mod.export(tm, dims["up"])
+    static.downsample = supernet.downsample.export(dims["down"], dims["middle"])
+    static.upsample = supernet.upsample.export(dims["middle"], dims["up"])
+    static.final_table = supernet.final_table.export(dims["up"])
+    static.final_linear = supernet.final_linear.export(dims["up"], p * p * c)
+    if not supernet.patch_embed.weight.is_meta:
+        missed = [name for name, param in static.named_parameters() if param.is_meta]
+        if missed:
+            raise RuntimeError(f"extract_subnet left {missed} without supernet weights")
+    static.requires_grad_(True)  # own, trainable parameters, even where the supernet is frozen (a teacher)
+    return static.train(supernet.training)
+
+
+def _export_block(static: StaticBlock, elastic: ElasticBlock, space: SearchSpace, cfg: StageConfig) -> None:
+    """Replace the layers of `static` (a block of `cfg`) by slices of `elastic`."""
+    heads = space.heads(cfg.width)
+    kv_heads = space.kv_heads_for(heads)
+    d = heads * space.head_dim
+    static.mod_table = elastic.mod_table.export(d)
+    if static.skip is not None:
+        static.skip = elastic.skip.export((d, static.skip.in_features - d), d)  # type: ignore[union-attr]
+    _export_self_attention(static.attn, elastic.attn, heads=heads, kv_heads=kv_heads)
+    static.cross_norm = elastic.cross_norm.export(d)
+    _export_cross_attention(static.cross, elastic.cross, heads=heads)
+    static.ffn_in = elastic.ffn_in.export(d, cfg.ffn_ratio * d)
+    static.ffn_out = elastic.ffn_out.export(cfg.ffn_ratio * d, d)
+
+
+def _export_self_attention(
+    static: StaticSelfAttention, elastic: ElasticSelfAttention, *, heads: int, kv_heads: int
+) -> None:
+    d, kv = heads * elastic.head_dim, kv_heads * elastic.head_dim
+    static.q, static.k = elastic.q.export(d, d), elastic.k.export(d, kv)
+    static.v, static.o = elastic.v.export(d, kv), elastic.o.export(d, d)
+    static.q_norm, static.k_norm = copy.deepcopy(elastic.q_norm), copy.deepcopy(elastic.k_norm)
+    if static.compress_k is not None:
+        static.compress_k = elastic.compress_k.export(kv, kv)  # type: ignore[union-attr]
+        static.compress_v = elastic.compress_v.export(kv, kv)  # type: ignore[union-attr]
+    if static.gate is not None:
+        static.gate = elastic.gate.export(d, heads)  # type: ignore[union-attr]
+
+
+def _export_cross_attention(static: StaticCrossAttention, elastic: ElasticCrossAttention, *, heads: int) -> None:
+    d = heads * elastic.head_dim
+    static.q, static.o = elastic.q.export(d, d), elastic.o.export(d, d)
+    static.k, static.v = copy.deepcopy(elastic.k), copy.deepcopy(elastic.v)
+    static.q_norm, static.k_norm = copy.deepcopy(elastic.q_norm), copy.deepcopy(elastic.k_norm)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hwnas.io import atomic_write_text
 from hwnas.report.frames import load_run
 from hwnas.report.html import render_html
 from hwnas.report.plots import plot_breakdown, plot_pareto
@@ -15,8 +16,5 @@ def build_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     scatter = plot_pareto(data, run_dir / "pareto.png")
     breakdown = plot_breakdown(data, run_dir / "breakdown.png")
-    out = run_dir / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(render_html(data, scatter_png=scatter, breakdown_png=breakdown), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(run_dir / "report.html",
+                             render_html(data, scatter_png=scatter, breakdown_png=breakdown))

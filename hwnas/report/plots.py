@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwnas.io import atomic_write
 from hwnas.report.frames import RunData, breakdown_frame
 
 
@@ -63,8 +64,7 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path
 
@@ -87,6 +87,6 @@ def plot_breakdown(data: RunData, path: Path) -> Path:
     ax.set_xlabel(f"predicted latency (ms) on {data.settings['device']}, {data.settings['latency_table_source']}")
     ax.set_title("latency breakdown of the Pareto picks")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path

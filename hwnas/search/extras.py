@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from hwnas.io import atomic_write_json
 from hwnas.search.objective import LatencyModel, QualityModel
 from hwnas.search.results import BREAKDOWN_COLUMNS
 from hwnas.search.study import SearchSettings
@@ -77,8 +78,7 @@ def sample_grids(net: Any, *, run_dir: Path, settings: SearchSettings, console: 
             advance(i + 1)
     meta = {"prompts": prompts, "steps": settings.sample_steps, "cfg_scale": 4.0, "solver": "euler", "seed": 0,
             "checkpoint": str(settings.checkpoint or "shipped proxy")}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out / "samples.json", meta)
     return time.process_time() - start
 
 
@@ -102,7 +102,7 @@ def update_cost(run_dir: Path, *, trials: pd.DataFrame, study: optuna.Study, ses
         "wall_s": round(sum(s["wall_s"] for s in sessions), 2),
         "sessions": sessions,
     }
-    path.write_text(json.dumps(cost, indent=2) + "\n")
+    atomic_write_json(path, cost)
     return cost
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.space import STAGES, SubnetConfig
 
 CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
@@ -106,9 +107,9 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
 def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    trials.to_csv(run_dir / "trials.csv", index=False)
+    atomic_write_text(run_dir / "trials.csv", trials.to_csv(index=False))
     pareto = pareto_frame(trials)
-    pareto.to_csv(run_dir / "pareto.csv", index=False)
+    atomic_write_text(run_dir / "pareto.csv", pareto.to_csv(index=False))
     best = best_record(pareto, settings=settings)
-    (run_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    atomic_write_json(run_dir / "best.json", best)
     return best

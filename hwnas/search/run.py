@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.latency import LatencyTable, load_profile, load_table
 from hwnas.paths import repo_path
 from hwnas.search.budget import Feasibility, check_budget
@@ -188,7 +189,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     quality, quality_source, proxy_name = _load_quality(s, ctx.space)
     record = _settings_record(ctx, run_dir=run_dir, storage=storage, study_name=study_name,
                               quality_source=quality_source, proxy_experiment=proxy_name)
-    (run_dir / "settings.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(run_dir / "settings.json", record)
     study.set_user_attr("hwnas_settings", record)
 
     procs = []
@@ -209,7 +210,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     q0 = quality.cpu_s
     presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
                                fastest=ctx.feasibility.fastest, confidence=s.confidence)
-    presets.to_csv(run_dir / "presets.csv", index=False)
+    atomic_write_text(run_dir / "presets.csv", presets.to_csv(index=False))
     best = write_results(trials, run_dir=run_dir, settings=record)
     grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console)
     cost = update_cost(run_dir, trials=trials, study=study, session={

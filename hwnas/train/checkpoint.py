@@ -7,16 +7,13 @@ A checkpoint directory holds
 - `train_state.pt` (training runs only): raw weights, optimizer and EMA state for `--resume`,
   loaded with `torch.load(weights_only=True)`.
 
-Each file is written to a temporary name in the same directory and moved into place with
-`os.replace`, so a killed writer leaves the previous checkpoint intact.
+Each file is written atomically (`hwnas.io`), so a killed writer leaves the previous checkpoint
+intact.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +21,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hwnas._files import new_file_mode
+from hwnas.io import atomic_write, atomic_write_json
 
 WEIGHTS = "supernet.safetensors"
 META = "supernet.json"
 TRAIN_STATE = "train_state.pt"
 
 
-def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place (mode as `open`
-    would create it, honoring the umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; give what open() would, under the umask
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
-
-
 def save_weights(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write weights then metadata; the metadata names the weights' step, so it goes last."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_atomic(directory / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
-    write_json_atomic(directory / META, meta)
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    atomic_write_json(directory / META, meta, sort_keys=True)
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -91,7 +69,7 @@ def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def save_train_state(directory: Path, state: dict[str, Any], *, name: str = TRAIN_STATE) -> None:
     """Write a resume state (tensors, numbers, dicts) atomically as `directory/name`."""
-    write_atomic(directory / name, lambda tmp: torch.save(state, tmp))
+    atomic_write(directory / name, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(directory: Path, *, name: str = TRAIN_STATE, what: str = "training") -> dict[str, Any]:
@@ -103,17 +81,6 @@ def load_train_state(directory: Path, *, name: str = TRAIN_STATE, what: str = "t
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged pickle/zip
         raise ValueError(f"{path}: corrupt {what} state ({exc})") from None
-
-
-def write_csv_atomic(path: Path, rows: list[dict[str, Any]], *, fieldnames: list[str] | None = None) -> None:
-    """Write `rows` as CSV (columns: `fieldnames`, default the first row's keys) atomically."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fieldnames or list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,15 +29,13 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.data import Tokenizer, make_dataset
+from hwnas.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
 from hwnas.model.vae import Autoencoder
 from hwnas.space import SearchSpace, SubnetConfig, load_space
 from hwnas.train.checkpoint import (
     load_train_state,
     save_train_state,
     save_weights,
-    write_atomic,
-    write_csv_atomic,
-    write_json_atomic,
 )
 from hwnas.train.config import TrainConfig, load_train_config, tomllib
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
@@ -126,7 +124,7 @@ def training_set(space: SearchSpace, tc: TrainConfig, *, vae: Autoencoder | None
     if vae is not None:
         x = vae.encode(x)  # (N, C, h, w)
     if cached is not None:
-        write_atomic(cached, lambda tmp: torch.save({"x": x, "captions": captions}, tmp))
+        atomic_write(cached, lambda tmp: torch.save({"x": x, "captions": captions}, tmp))
     return x, captions
 
 
@@ -312,7 +310,7 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
     experiment_toml = run.experiment.read_text()
     standalone = run.standalone.to_dict() if run.standalone is not None else None
     if run.standalone is not None:  # the CLI reads the config back from this file
-        write_atomic(out / "standalone.json", lambda tmp: Path(tmp).write_text(run.standalone.to_json() + "\n"))
+        atomic_write_text(out / "standalone.json", run.standalone.to_json() + "\n")
     command = "; ".join(f"hwnas train --experiment {run.experiment} --steps {n} --out {out}"
                         + (f" --standalone {out / 'standalone.json'}" if run.standalone is not None else "")
                         + (" --resume" if i else "") for i, n in enumerate(run.schedule))
@@ -371,7 +369,7 @@ def _log_validation(out: Path, net: Supernet, ema: list[torch.Tensor], params: l
 
 
 def _write_log(out: Path, history: list[dict[str, float]]) -> None:
-    write_csv_atomic(out / _LOG, history)
+    atomic_write_csv(out / _LOG, history)
 
 
 def _read_log(out: Path) -> list[dict[str, float]]:
@@ -389,5 +387,5 @@ def _summary(out: Path, tc: TrainConfig, step: int, wall_s: float) -> dict[str, 
     summary = {"out": str(out), "steps": step, "wall_s": round(wall_s, 1),
                "loss_recent": sum(r["loss"] for r in recent) / len(recent)}
     if _dist_info()[0] == 0:
-        write_json_atomic(out / "train_summary.json", summary)
+        atomic_write_json(out / "train_summary.json", summary, sort_keys=True)
     return summary

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwnas.io import atomic_write
 from hwnas.space import SubnetConfig
 from hwnas.train.flow import Solver, solve
 from hwnas.train.supernet import Supernet
@@ -65,8 +66,6 @@ def save_grid(images: torch.Tensor, path: str | Path, *, ncol: int = 8, scale: i
             if labels:
                 ax.set_title(labels[i], fontsize=6, wrap=True)
     fig.tight_layout(pad=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwnas.latency import KernelKey, Timing, enumerate_kernels, load_profile, load_table
+from hwnas.latency import KernelKey, Timing, enumerate_kernels, kernels, load_profile, load_table
 from hwnas.latency.blocks import kernel_module
-from hwnas.space import SearchSpace, load_space
+from hwnas.model import StaticDiT, example_inputs
+from hwnas.space import SearchSpace, StageConfig, SubnetConfig, load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "experiments/shapes-32.toml"
@@ -55,6 +56,43 @@ def test_kernel_modules_run_with_expected_shapes(space: SearchSpace, keys: dict[
         else:
             assert out.shape == (1, op.tokens, op.dim), name
         assert torch.isfinite(out).all(), name
+
+
+def test_kernel_modules_in_op_order_are_the_static_model(space: SearchSpace) -> None:
+    """Given a `StaticDiT`'s weights, its kernels run one after another compute its step."""
+    cfg = SubnetConfig(down=StageConfig(0.5, 2, 2, "assa", 1), middle=StageConfig(0.75, 4, 3, "full"),
+                       up=StageConfig(0.625, 6, 4, "global"))
+    torch.manual_seed(0)
+    static = StaticDiT(space, cfg).eval()
+    with torch.no_grad():
+        for p in static.parameters():
+            p.normal_(0, 0.1)
+    layers = [static.patch_embed, static.time_mlp, *static.stage_mod.values(), static.final_mod,
+              *static.down_blocks, static.downsample, *static.middle_blocks, static.upsample, *static.up_blocks]
+    modules = [kernel_module(k, space)[0] for k in kernels(cfg, space, precision="fp32")]
+    for module, layer in zip(modules, layers):
+        next(module.children()).load_state_dict(layer.state_dict())
+    modules[-1].linear.load_state_dict(static.final_linear.state_dict())
+    with torch.no_grad():
+        modules[-1].table.copy_(static.final_table)
+    patch, time, *mods, final_mod = modules[:6]
+    down = modules[6 : 6 + cfg.down.depth]
+    downsample, middle = modules[6 + cfg.down.depth], modules[7 + cfg.down.depth : -cfg.up.depth - 2]
+    upsample, up, final = modules[-cfg.up.depth - 2], modules[-cfg.up.depth - 1 : -1], modules[-1]
+
+    x, t, text, mask = example_inputs(space)
+    with torch.no_grad():
+        cond = time(t)
+        h, skips = patch(x), []
+        for block in down:
+            skips.append(h := block(h, mods[0](cond), text, mask))
+        h = downsample(h)
+        for block in middle:
+            h = block(h, mods[1](cond), text, mask)
+        h = upsample(h)
+        for j, block in enumerate(up):
+            h = block(h, mods[2](cond), text, mask, *([skips[-1 - j]] if j < len(skips) else []))
+        torch.testing.assert_close(final(h, final_mod(cond)), static(x, t, text, mask), rtol=0, atol=1e-5)
 
 
 def test_kernel_module_rejects_other_precisions(space: SearchSpace, keys: dict[str, KernelKey]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hwnas.io import sha256_file
 from hwnas.latency import (
     CorruptTableError,
     HostMismatchWarning,
@@ -21,7 +22,6 @@ from hwnas.latency import (
     load_table,
     write_table,
 )
-from hwnas.latency import table as table_mod
 from hwnas.latency.table import table_paths, tvm_version
 from hwnas.space import load_space
 
@@ -230,11 +230,10 @@ def test_bad_row_names_line(dirs, space) -> None:  # type: ignore[no-untyped-def
     lines[3] = lines[3].replace(",estimated", ",guessed")
     text = "".join(lines)
     csv_path.write_text(text)
-    import hashlib
     import json
 
     meta = json.loads(meta_path.read_text())
-    meta["csv_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    meta["csv_sha256"] = sha256_file(csv_path)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CorruptTableError, match="line 4.*guessed"):
         load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
@@ -254,7 +253,7 @@ def test_atomic_write_leaves_no_partial_file(dirs, space, monkeypatch) -> None: 
     def boom(fd: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(table_mod.os, "fsync", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         write_table(table, table_dir=tables)
     assert not csv_path.exists() and not meta_path.exists()
@@ -262,7 +261,7 @@ def test_atomic_write_leaves_no_partial_file(dirs, space, monkeypatch) -> None: 
     monkeypatch.undo()
     write_table(table, table_dir=tables)
     before = csv_path.read_bytes()
-    monkeypatch.setattr(table_mod.os, "fsync", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     bigger = dataclasses.replace(table, entries={k: Timing.estimated(2 * t.median_ms) for k, t in table.entries.items()})
     with pytest.raises(OSError):
         write_table(bigger, table_dir=tables)

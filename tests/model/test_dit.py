@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +86,69 @@ def tiny() -> tuple[SearchSpace, ElasticDiT]:
     return space, _random_supernet(space)
 
 
+_UP_BLOCK_0_STATE = """\
+mod_table.tables.d16 (6, 16)
+mod_table.tables.d24 (6, 24)
+mod_table.tables.d32 (6, 32)
+skip.weight (32, 64)
+skip.bias (32,)
+attn.q.weight (32, 32)
+attn.q.bias (32,)
+attn.k.weight (16, 32)
+attn.k.bias (16,)
+attn.v.weight (16, 32)
+attn.v.bias (16,)
+attn.o.weight (32, 32)
+attn.o.bias (32,)
+attn.q_norm.weight (8,)
+attn.q_norm.bias (8,)
+attn.k_norm.weight (8,)
+attn.k_norm.bias (8,)
+attn.compress_k.weight (16, 16, 2, 2)
+attn.compress_k.bias (16,)
+attn.compress_v.weight (16, 16, 2, 2)
+attn.compress_v.bias (16,)
+attn.gate.weight (4, 32)
+attn.gate.bias (4,)
+cross_norm.norms.d16.weight (16,)
+cross_norm.norms.d16.bias (16,)
+cross_norm.norms.d24.weight (24,)
+cross_norm.norms.d24.bias (24,)
+cross_norm.norms.d32.weight (32,)
+cross_norm.norms.d32.bias (32,)
+cross.q.weight (32, 32)
+cross.q.bias (32,)
+cross.k.weight (16, 12)
+cross.k.bias (16,)
+cross.v.weight (16, 12)
+cross.v.bias (16,)
+cross.o.weight (32, 32)
+cross.o.bias (32,)
+cross.q_norm.weight (8,)
+cross.q_norm.bias (8,)
+cross.k_norm.weight (8,)
+cross.k_norm.bias (8,)
+ffn_in.weight (96, 32)
+ffn_in.bias (96,)
+ffn_out.weight (32, 96)
+ffn_out.bias (32,)
+"""
+
+
+def test_supernet_state_dict_keys_and_shapes_are_pinned(tiny: tuple[SearchSpace, ElasticDiT]) -> None:
+    """Trained supernet checkpoints load by these keys and shapes: a refactor must not change them.
+    One Up block (with its long-skip fusion) is spelled out; the whole state is pinned by a hash
+    of its sorted `key shape` lines."""
+    _, net = tiny
+    state = net.state_dict()
+    block = "".join(f"{k.removeprefix('up_blocks.0.')} {tuple(v.shape)}\n" for k, v in state.items()
+                    if k.startswith("up_blocks.0."))
+    assert block == _UP_BLOCK_0_STATE
+    lines = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
+    assert len(state) == 310
+    assert hashlib.sha256(lines.encode()).hexdigest() == "247a38b6d1909f54ee048ffe892c9cd4ef6c17b0214557d9ef5f5286d69a6a3a"
+
+
 def test_extracted_subnets_equal_supernet_and_cost_model(tiny: tuple[SearchSpace, ElasticDiT]) -> None:
     space, net = tiny
     x, t, text, mask = _inputs(space)
@@ -97,6 +161,32 @@ def test_extracted_subnets_equal_supernet_and_cost_model(tiny: tuple[SearchSpace
         assert (v - v_static).abs().max() < 1e-5, cfg.describe()
         assert sum(p.numel() for p in static.parameters()) == count_params(cfg, space), cfg.describe()
         assert static.cfg == cfg and static.space is space
+
+
+@pytest.mark.parametrize(("channels", "patch"), [(4, 1), (1, 4)])
+def test_any_latent_channels_and_patch_size(channels: int, patch: int) -> None:
+    """A 16x16x4 latent with patch 1 (256 tokens) and a 1-channel latent with patch 4 (16 tokens)."""
+    space = replace(_tiny_space(), latent_channels=channels, patch_size=patch, bna_blocks=4)
+    net = _random_supernet(space)
+    x, t, text, mask = _inputs(space)
+    for cfg in _configs(space)[:4]:
+        static = extract_subnet(net, cfg)
+        with torch.no_grad():
+            v = net(x, t, text, mask, cfg)
+            assert v.shape == x.shape and (v - static(x, t, text, mask)).abs().max() < 1e-5, cfg.describe()
+        assert sum(p.numel() for p in static.parameters()) == count_params(cfg, space), cfg.describe()
+
+
+def test_extracted_subnet_owns_trainable_tensors() -> None:
+    """A student cut out of a frozen teacher trains on its own copies; the layout is `StaticDiT`'s."""
+    space = _tiny_space()
+    net = _random_supernet(space).requires_grad_(False)
+    cfg = space.sample(random.Random(7))
+    static = extract_subnet(net, cfg)
+    storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    assert all(p.requires_grad and p.untyped_storage().data_ptr() not in storages for p in static.parameters())
+    fresh = StaticDiT(space, cfg).state_dict()
+    assert {k: v.shape for k, v in static.state_dict().items()} == {k: v.shape for k, v in fresh.items()}
 
 
 def test_largest_subnet_is_the_dense_model(tiny: tuple[SearchSpace, ElasticDiT]) -> None:

@@ -59,14 +59,15 @@ def test_resume_after_kill_matches_straight_run(tiny_experiment: Path, tmp_path:
         "import os, signal\n"
         "from hwnas.train import loop\n"
         "orig = loop._checkpoint\n"
-        "def stop(out, net, ema, params, opt, exp, tc, step, *rest):\n"
-        "    orig(out, net, ema, params, opt, exp, tc, step, *rest)\n"
+        "def stop(out, net, ema, params, opt, run, step, *rest):\n"
+        "    orig(out, net, ema, params, opt, run, step, *rest)\n"
         "    if step == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "loop._checkpoint = stop\n"
         f"loop.train({str(tiny_experiment)!r}, out={str(killed)!r}, progress=False)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # one thread, as this process
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert json.loads((killed / "supernet.json").read_text())["step"] == 2
     train(tiny_experiment, out=killed, resume=True, progress=False)
