@@ -41,7 +41,38 @@ def _resolve_config(space: SearchSpace, *, preset: str | None, config: str | Non
     return cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """The `hwnas` group: every user error (click's own, `UsageError`, an OSError such as a read-only
+    directory) ends in exactly one line on stderr and exit code 2, never a traceback."""
+
+    def main(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `hwnas` or `hwnas lut` alone: the help
+            click.echo(exc.format_message())
+            sys.exit(0)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            click.echo(f"Error: {_one_line(_os_error(exc))}", err=True)
+            sys.exit(2)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hwnas")
 def main() -> None:
     """Hardware-aware NAS for efficient text-to-image diffusion transformers on edge devices.
@@ -248,6 +279,9 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     """Generate an image grid from one sub-DiT of a trained supernet."""
     from hwnas.train import generate, save_grid
 
+    if Path(output).suffix.lower() not in IMAGE_SUFFIXES:
+        raise click.UsageError(f"-o {output}: an image file is written; end the name in one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}")
     net = _load_supernet(checkpoint)
     cfg = _config_by_name(net.space, config)
     batch = [p for p in prompts for _ in range(n)]
@@ -255,6 +289,9 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     save_grid(images, output, ncol=n, labels=batch)
     click.echo(f"wrote {output} ({len(batch)} images, sub-DiT {cfg.describe()}, {steps} {solver} steps, "
                f"CFG {cfg_scale})")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp")
 
 
 @main.command("eval")
