@@ -141,7 +141,7 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
         if key == "identity_hash" or old.get(key) == new.get(key):
             continue
         if key in HASH_KEYS:
-            before = str(old.get(key) or "unrecorded")[:8]
+            before = str(old[key])[:8] if old.get(key) else "unrecorded"
             parts.append(f"{HASH_KEYS[key]} changed (sha256 {before} -> {str(new.get(key))[:8]})")
         elif key in new:
             parts.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
