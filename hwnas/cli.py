@@ -43,7 +43,38 @@ def _resolve_config(space: SearchSpace, *, preset: str | None, config: str | Non
     return cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """The `hwnas` group: every user error (click's own, `UsageError`, an OSError such as a read-only
+    directory) ends in exactly one line on stderr and exit code 2, never a traceback."""
+
+    def main(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `hwnas` or `hwnas lut` alone: the help
+            click.echo(exc.format_message())
+            sys.exit(0)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            click.echo(f"Error: {_one_line(_os_error(exc))}", err=True)
+            sys.exit(2)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hwnas")
 def main() -> None:
     """Hardware-aware NAS for efficient text-to-image diffusion transformers on edge devices.
@@ -249,6 +280,9 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     """Generate an image grid from one sub-DiT of a trained supernet."""
     from hwnas.train import generate, save_grid
 
+    if Path(output).suffix.lower() not in IMAGE_SUFFIXES:
+        raise click.UsageError(f"-o {output}: an image file is written; end the name in one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}")
     net = _load_supernet(checkpoint)
     cfg = _config_by_name(net.space, config)
     batch = [p for p in prompts for _ in range(n)]
@@ -256,6 +290,9 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     save_grid(images, output, ncol=n, labels=batch)
     click.echo(f"wrote {output} ({len(batch)} images, sub-DiT {cfg.describe()}, {steps} {solver} steps, "
                f"CFG {cfg_scale})")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp")
 
 
 @main.command("eval")
@@ -858,35 +895,89 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @click.option("--study", "study", help="Study name (default: from device, budget, steps, precision, sampler, seed).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Local worker processes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads per worker.")
-@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory (default: reports/<device>-<budget>-<date>).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True),
+              help="Seconds: stop asking for new trials after this long; rerun the command to continue.")
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Run directory (default: the run of the same search under --reports, or reports/<device>-<budget>-<date>).")
+@click.option("--force", is_flag=True, help="With --out: replace the run of another search there.")
 @click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print {run_dir, best} as JSON on stdout.")
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
            resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
-           workers: int, threads: int, out: str | None, reports: str, as_json: bool, profiles: str,
-           tables: str) -> None:
-    """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency)."""
+           workers: int, threads: int, timeout_s: float | None, out: str | None, force: bool, reports: str,
+           as_json: bool, profiles: str, tables: str) -> None:
+    """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency).
+
+    Rerunning the same command resumes the run (a larger --trials extends it). Ctrl-C writes the
+    partial results, prints the command that resumes and exits 130.
+    """
     from rich.console import Console
 
     from hwnas.latency import MissingKernelError
     from hwnas.report import load_run, print_summary
     from hwnas.search import SearchSettings, parse_budget_ms, run_search
+    from hwnas.search.run import SearchInterrupted
 
+    if force and out is None:
+        raise click.UsageError("--force replaces the run in --out; give --out DIR")
     try:
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   confidence=confidence, guidance=guidance, sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
-                                  workers=workers, threads=threads, profile_dir=profiles, table_dir=tables)
+                                  workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
+                                  table_dir=tables)
         console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
-        result = run_search(settings, reports_dir=reports, out=out, console=console)
+        result = run_search(settings, reports_dir=reports, out=out, console=console, force=force)
     except (ValueError, FileNotFoundError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.UsageError(_os_error(exc)) from None
+    except (SearchInterrupted, KeyboardInterrupt) as exc:
+        run_dir = exc.run_dir if isinstance(exc, SearchInterrupted) else None
+        what = str(exc) if isinstance(exc, SearchInterrupted) else "interrupted"
+        click.echo(f"{what}; resume with: {_resume_command(click.get_current_context(), run_dir)}", err=True)
+        sys.exit(130)
+    if result["timed_out"]:
+        click.echo(f"stopped after --timeout {timeout_s:g} s with {result['cost']['trials']}/{n_trials} trials; "
+                   f"rerun the command to continue", err=True)
+    if result["failed"]:
+        click.echo(f"{len(result['failed'])} trial(s) failed; the first: {result['failed'][0]}", err=True)
     if as_json:
         click.echo(json.dumps({"run_dir": result["run_dir"], "best": result["best"]}, indent=2))
     else:
         print_summary(load_run(result["run_dir"]), console)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError in one line: `reports/x: Permission denied`."""
+    from hwnas.paths import display_path
+
+    where = display_path(exc.filename) if exc.filename else ""
+    return f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+
+
+def _resume_command(ctx: click.Context, run_dir: Path | None) -> str:
+    """The command line that resumes this search: its non-default options, `--out RUN_DIR`, the
+    storage URL without its password."""
+    import shlex
+
+    from hwnas.paths import display_path, redact_url
+
+    parts = ["hwnas", ctx.info_name or "search"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, click.Option) or value is None or value == param.default or value is False:
+            continue
+        if param.name == "out" or param.name == "force":
+            continue
+        parts += [param.opts[0]] if param.is_flag else [param.opts[0], redact_url(str(value)) if param.name == "storage"
+                                                       else str(value)]
+    out = run_dir if run_dir is not None else ctx.params.get("out")
+    if out is not None:
+        parts += ["--out", display_path(out)]
+    return shlex.join(parts)
 
 
 @main.command()
@@ -899,6 +990,8 @@ def report(run_dir: str) -> None:
         path = build_report(run_dir)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.UsageError(_os_error(exc)) from None
     click.echo(f"wrote {path}")
 
 

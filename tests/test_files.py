@@ -49,3 +49,14 @@ def test_table_files_are_not_private(umask: int, tmp_path: Path) -> None:
 def test_checkpoint_files_are_not_private(umask: int, tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "meta.json", {"a": 1})
     assert _mode(tmp_path / "meta.json") == 0o666 & ~umask
+
+
+def test_shipped_files_hold_no_absolute_paths_of_the_machine_that_made_them() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(rb"(/work/|/home/|/root/|" + re.escape(str(root).encode()) + rb")")
+    leaks = [str(p.relative_to(root)) for folder in ("reports", "latency_tables", "checkpoints")
+             for p in (root / folder).rglob("*")
+             if p.is_file() and p.suffix in (".json", ".html", ".csv", ".md", ".txt") and pattern.search(p.read_bytes())]
+    assert leaks == []

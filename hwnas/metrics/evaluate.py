@@ -12,6 +12,7 @@ from hwnas.data import make_dataset
 from hwnas.metrics.compositional import score
 from hwnas.metrics.fd_ref import features, frechet_distance, load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
+from hwnas.paths import display_path
 from hwnas.space import SubnetConfig
 from hwnas.train.sample import generate
 from hwnas.train.supernet import DEFAULT_CHECKPOINT, Supernet
@@ -39,13 +40,14 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
     """Score `cfg`; the result says which model, scale and data the number comes from."""
     net.space.validate(cfg)
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    shown = display_path(ckpt)  # no absolute paths of this machine in the results
     start = time.perf_counter()
     result: dict[str, Any] = {"metric": metric, "config_id": cfg.id, "config": cfg.to_dict(),
                               "describe": cfg.describe(), "n": n, "seed": seed}
     if metric == "val_loss":
         val = make_val_set(net, n=n, seed=seed)
         result["value"] = val_loss(net, cfg, val)
-        result["source"] = f"proxy supernet {net.space.name} ({ckpt}), {val.description}"
+        result["source"] = f"proxy supernet {net.space.name} ({shown}), {val.description}"
     elif metric == "compositional":
         if net.space.dataset != "shapes":
             raise ValueError(f"the compositional checker needs the shapes dataset, not {net.space.dataset!r}")
@@ -54,7 +56,7 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
         res = score(images.permute(0, 2, 3, 1).numpy(), specs)
         result.update(value=res.accuracy, per_category=res.per_category, counts=res.counts, steps=steps,
                       cfg_scale=cfg_scale)
-        result["source"] = (f"proxy supernet {net.space.name} ({ckpt}), GenEval-style checker on "
+        result["source"] = (f"proxy supernet {net.space.name} ({shown}), GenEval-style checker on "
                             f"{n} held-out shapes prompts, {steps} Euler steps, CFG {cfg_scale}")
     elif metric == "fd_ref":
         ref, meta = load_reference(ckpt)
@@ -64,7 +66,7 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
         fake_x = generate(net, [real[i][1] for i in range(n)], cfg, steps=steps, cfg_scale=cfg_scale, seed=seed)
         result.update(value=frechet_distance(features(ref, real_x), features(ref, fake_x)), steps=steps,
                       cfg_scale=cfg_scale)
-        result["source"] = (f"proxy supernet {net.space.name} ({ckpt}); Frechet distance in the features "
+        result["source"] = (f"proxy supernet {net.space.name} ({shown}); Frechet distance in the features "
                             f"of hwnas's reference classifier ({meta['dataset']} {meta['resolution']}px), "
                             f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}")
     else:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwnas.io import sha256_bytes, atomic_write_json
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -215,7 +217,7 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
                "dataset_size": dataset_size, "seed": seed, "device": str(torch.device(device)),
                "cpu_threads": torch.get_num_threads(),
                "train_wall_s": round(time.perf_counter() - start, 1), "log": log, **quality}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "train_summary.json", summary)
     return summary
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
+from hwnas.search.study import TrialFailed
 from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
 
 
@@ -139,11 +140,17 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     Returns the objective values (quality, latency_ms). A sub-DiT over the budget is infeasible
     whatever its quality, so its val loss is not computed and its quality objective is +inf (the
     constrained samplers rank infeasible trials by their violation alone).
+
+    Raises `TrialFailed` (the trial fails with that reason) where the latency or the quality is not
+    a finite number.
     """
     cfg = suggest_config(trial, space)
     cpu0 = latency.cpu_s
     pred = latency(cfg)
     bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
+    if not (math.isfinite(pred.total_ms) and math.isfinite(bound_ms)):
+        raise TrialFailed(f"latency of {cfg.id} is {pred.total_ms} ms (upper bound {bound_ms} ms): "
+                          f"the latency table gives a non-finite time")
     feasible = bound_ms <= budget_ms
     trial.set_constraint("latency_over_budget_ms", bound_ms - budget_ms)
     attrs: dict[str, Any] = {
@@ -158,6 +165,8 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     if feasible:
         cpu1 = quality.cpu_s
         value, cached = quality(cfg)
+        if not math.isfinite(value):
+            raise TrialFailed(f"val loss of {cfg.id} is {value}: the supernet's output is not finite for this sub-DiT")
         attrs.update(quality=value, quality_cached=cached, quality_cpu_s=quality.cpu_s - cpu1)
     else:
         attrs.update(quality=None, quality_cached=False, quality_cpu_s=0.0)

@@ -23,6 +23,10 @@ from hwnas.space import STAGES, SubnetConfig
 
 CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
 BREAKDOWN_COLUMNS = ("denoiser_ms", "text_encoder_ms", "vae_decoder_ms")
+TRIAL_COLUMNS = ("trial", "config_id", "describe", *CHOICE_COLUMNS, "quality", "quality_evaluated", "quality_cached",
+                 "latency_ms", "latency_source", "latency_ms_hi", "p_within_budget", "feasible", "step_ms",
+                 *BREAKDOWN_COLUMNS, "quality_cpu_s", "latency_cpu_s", "worker", "retry_of", "config_json")
+"""The columns of `trials.csv` (plus one `step_ms.<kind>` per kernel kind), also when it has no rows."""
 
 
 def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
@@ -50,7 +54,7 @@ def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
             "config_json": a["config_json"],
         }
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(TRIAL_COLUMNS))
 
 
 def pareto_frame(trials: pd.DataFrame) -> pd.DataFrame:

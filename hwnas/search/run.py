@@ -1,15 +1,29 @@
 """`run_search`: resolve the settings, answer infeasible budgets at once, run the study, write the run.
 
 Order of work (cheap first): device profile and LUT -> budget feasibility (no model loaded) ->
-run directory and study -> supernet and validation set -> trials -> reference presets -> tables
+supernet and validation set -> run directory and study -> trials -> reference presets -> tables
 -> sample grids of the Pareto picks -> report.
+
+Run identity: the settings that define the search (not the number of trials, the time limit or
+the workers) plus the SHA-256 of the experiment file, the latency table (CSV and sidecar) and the
+checkpoint (its `.safetensors` and `.json` files). Without `out`, a search resumes the run
+directory under `reports_dir` whose `settings.json` has the same identity, whatever its date; a
+new run is named `<device>-<budget>-<date>[-k]` after the day it started. A run of the same
+settings whose table, checkpoint or experiment changed is not resumed: a new run starts and a
+note says why. `out` holding another search's run is refused unless `force` (which replaces it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
 import json
 import multiprocessing
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,12 +32,13 @@ import optuna
 
 from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.latency import LatencyTable, load_profile, load_table
-from hwnas.paths import repo_path
+from hwnas.latency.table import table_paths
+from hwnas.paths import display_path, redact_url, repo_path
 from hwnas.search.budget import Feasibility, check_budget
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
 from hwnas.search.study import (
-    SearchSettings, make_sampler, open_study, recover_stale_trials, run_loop, sqlite_url,
+    LoopStats, SearchSettings, failed_reasons, make_sampler, open_study, recover_stale_trials, run_loop, sqlite_url,
 )
 from hwnas.space import SearchSpace, load_space
 
@@ -37,7 +52,28 @@ class InfeasibleBudgetError(ValueError):
         super().__init__(feasibility.message(device=device, steps=steps, precision=precision))
 
 
+class RunConflictError(ValueError):
+    """The run directory or study holds another search (a different identity)."""
+
+
+class AllTrialsFailedError(ValueError):
+    """Every trial of the study failed (non-finite latency or quality); the message gives the first reason."""
+
+
+class SearchInterrupted(Exception):
+    """Ctrl-C: the trial in progress was re-enqueued and partial results were written to `run_dir`."""
+
+    def __init__(self, run_dir: Path, *, done: int, n_trials: int) -> None:
+        self.run_dir, self.done, self.n_trials = run_dir, done, n_trials
+        super().__init__(f"interrupted after {done}/{n_trials} trials; partial results in {display_path(run_dir)}")
+
+
 _repo_path = repo_path
+HASH_KEYS = {"experiment_sha256": "experiment", "latency_table_sha256": "latency table",
+             "checkpoint_sha256": "checkpoint"}
+RUN_FILES = ("study.db", "study.db-wal", "study.db-shm", "settings.json", "trials.csv", "pareto.csv", "best.json",
+             "presets.csv", "search_cost.json", "report.html", "pareto.png", "breakdown.png")
+RUN_DIRS = ("samples", "compress")
 
 
 @dataclass
@@ -72,13 +108,74 @@ def prepare(settings: SearchSettings) -> _Context:
     return _Context(settings=settings, space=space, table=table, feasibility=feas)
 
 
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _checkpoint_path(settings: SearchSettings) -> Path:
+    from hwnas.train import DEFAULT_CHECKPOINT
+
+    return Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
+
+
+def run_identity(ctx: _Context) -> dict[str, Any]:
+    """The settings that define the search plus content hashes of its inputs, and `identity_hash` over all."""
+    s = ctx.settings
+    ckpt = _checkpoint_path(s)
+    ckpt_files = sorted(p for p in ckpt.iterdir() if p.suffix in (".safetensors", ".json")) if ckpt.is_dir() else [ckpt]
+    table_files = [Path(p) for p in table_paths(s.device, ctx.space.name, table_dir=_repo_path(s.table_dir))]
+    ident = {k: v for k, v in s.identity().items() if k not in ("experiment", "checkpoint")}
+    ident.update(experiment_sha256=_sha256([_repo_path(s.experiment)]),
+                 latency_table_sha256=_sha256([p for p in table_files if p.is_file()]),
+                 checkpoint_sha256=_sha256([p for p in ckpt_files if p.is_file()]))
+    ident["identity_hash"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return ident
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two run identities, in words (`latency table changed (sha256 1a2b.. -> 3c4d..)`)."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if key == "identity_hash" or old.get(key) == new.get(key):
+            continue
+        if key in HASH_KEYS:
+            before = str(old[key])[:8] if old.get(key) else "unrecorded"
+            parts.append(f"{HASH_KEYS[key]} changed (sha256 {before} -> {str(new.get(key))[:8]})")
+        elif key in new:
+            parts.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+    return ", ".join(parts) or "its identity differs"
+
+
+def _stored_identity(run_dir: Path) -> dict[str, Any] | None:
+    """The identity recorded in `run_dir/settings.json`; None without one, {} if unreadable."""
+    path = run_dir / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        ident = json.loads(path.read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return ident if isinstance(ident, dict) else {}
+
+
+def _clear_run(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+
+
 def _load_quality(settings: SearchSettings, space: SearchSpace) -> tuple[QualityModel, str, str]:
     import torch
 
     from hwnas.metrics.val_loss import make_val_set
-    from hwnas.train import DEFAULT_CHECKPOINT, load_supernet
+    from hwnas.train import load_supernet
 
-    path = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
+    path = _checkpoint_path(settings)
     net = load_supernet(path)
     if not same_choices(net.space, space):
         raise ValueError(f"the supernet in {path} (experiment {net.space.name!r}) does not offer the same choices "
@@ -87,7 +184,7 @@ def _load_quality(settings: SearchSettings, space: SearchSpace) -> tuple[Quality
     torch.manual_seed(0)
     val = make_val_set(net, n=settings.val_images, seed=0)
     step = net.meta.get("step", "?")
-    source = f"proxy supernet {net.space.name} ({path}, training step {step}): {val.description}"
+    source = f"proxy supernet {net.space.name} ({display_path(path)}, training step {step}): {val.description}"
     caveat = proxy_caveat(net.space)
     return QualityModel(net=net, val=val), source + (f"; {caveat}" if caveat else ""), net.space.name
 
@@ -107,56 +204,99 @@ def proxy_caveat(proxy: SearchSpace) -> str:
             f"with narrow Down/Up stages far worse than a deployment-scale model would (benchmarks/width_quality.py)")
 
 
-def resolve_run_dir(settings: SearchSettings, *, reports_dir: Path, out: Path | None) -> Path:
-    """`out`, or the run directory of the same search today (resume), or a fresh `<device>-<budget>-<date>[-k]`."""
+def resolve_run_dir(settings: SearchSettings, identity: dict[str, Any], *, reports_dir: Path, out: Path | None,
+                    force: bool = False, today: _dt.date | None = None) -> tuple[Path, str]:
+    """(run directory, a one-line note or ""): `out`, or the run under `reports_dir` of the same
+    identity whatever its date (resume), or a fresh `<device>-<budget>-<today>[-k]`.
+
+    Raises RunConflictError where `out` holds another search's run and not `force`; with `force`
+    that run's files are removed.
+    """
+    key = identity["identity_hash"]
     if out is not None:
-        return out
-    stem = settings.run_dir_stem()
+        old = _stored_identity(out)
+        if old is None or old.get("identity_hash") == key:
+            return out, ""
+        diff = identity_diff(old, identity)
+        if not force:
+            raise RunConflictError(f"{display_path(out)} holds another search ({diff}); choose another --out, "
+                                   f"or add --force to replace it")
+        _clear_run(out)
+        return out, f"replaced the search in {display_path(out)} ({diff})"
+    same_settings = None
+    for stored in sorted(reports_dir.glob("*/settings.json")) if reports_dir.is_dir() else []:
+        old = _stored_identity(stored.parent) or {}
+        if old.get("identity_hash") == key:
+            return stored.parent, f"resuming {display_path(stored.parent)}"
+        plain = [k for k in identity if k not in HASH_KEYS and k != "identity_hash"]
+        if old and all(old.get(k) == identity[k] for k in plain):
+            same_settings = (stored.parent, identity_diff(old, identity))
+    stem = settings.run_dir_stem(date=today or _dt.date.today())
     for k in range(1, 1000):
         cand = reports_dir / (stem if k == 1 else f"{stem}-{k}")
-        stored = cand / "settings.json"
         if not cand.exists():
-            return cand
+            note = (f"not resuming {display_path(same_settings[0])}: {same_settings[1]}; new run {display_path(cand)}"
+                    if same_settings else "")
+            return cand, note
+    raise ValueError(f"too many runs named {stem} in {display_path(reports_dir)}")
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive while a process opens the study and writes the run's files (two searches started at once
+    into one run directory: the second waits, then joins the first as a worker)."""
+    with open(run_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            if json.loads(stored.read_text()).get("identity") == settings.identity():
-                return cand
-        except (OSError, ValueError):
-            continue
-    raise ValueError(f"too many runs named {stem} in {reports_dir}")
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _worker(settings: SearchSettings, storage: str, study_name: str, index: int) -> None:
+def _worker(settings: SearchSettings, storage: str, study_name: str, index: int, ready: Any) -> None:
     """A worker process: the same loop against the shared storage, sampler seeded seed + index."""
     ctx = prepare(settings)
     quality, _, _ = _load_quality(ctx.settings, ctx.space)
-    _loop(ctx, quality, storage=storage, study_name=study_name, seed=settings.seed + index, progress=None)
+    ready.set()
+    try:
+        _loop(ctx, quality, _latency_model(ctx), storage=storage, study_name=study_name, seed=settings.seed + index,
+              progress=None)
+    except KeyboardInterrupt:
+        return
 
 
-def _loop(ctx: _Context, quality: QualityModel, *, storage: str, study_name: str, seed: int,
-          progress: Any) -> tuple[LatencyModel, float]:
+def _latency_model(ctx: _Context) -> LatencyModel:
+    s = ctx.settings
+    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
+                        guidance=s.guidance)  # type: ignore[arg-type]
+
+
+def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
+          progress: Any) -> LoopStats:
     s = ctx.settings
     sampler = make_sampler(s.sampler, seed=seed, population_size=s.population_size)
     study = open_study(storage=storage, name=study_name, sampler=sampler)
-    latency = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
-                           guidance=s.guidance)  # type: ignore[arg-type]
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         return run_trial(trial, space=ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
                          confidence=s.confidence)
 
-    stats = run_loop(study, objective, n_trials=s.n_trials, on_trial=progress, on_complete=quality.seed_cache)
-    return latency, stats.wall_s
+    return run_loop(study, objective, n_trials=s.n_trials, on_trial=progress, on_complete=quality.seed_cache,
+                    timeout_s=s.timeout_s)
 
 
-def _settings_record(ctx: _Context, *, run_dir: Path, storage: str, study_name: str, quality_source: str,
-                     proxy_experiment: str) -> dict[str, Any]:
+def _settings_record(ctx: _Context, *, identity: dict[str, Any], run_dir: Path, storage: str, study_name: str,
+                     quality_source: str, proxy_experiment: str) -> dict[str, Any]:
+    """settings.json: paths relative to the checkout where inside it, the storage URL without its password."""
     s = ctx.settings
-    pred = LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
-                        guidance=s.guidance)(ctx.space.smallest())  # type: ignore[arg-type]
+    pred = _latency_model(ctx)(ctx.space.smallest())
+    storage = redact_url(storage)
     return {
-        **s.to_dict(), "identity": s.identity(), "run_dir": str(run_dir), "storage": storage, "study": study_name,
+        **s.to_dict(), "experiment": display_path(s.experiment), "checkpoint": display_path(_checkpoint_path(s)),
+        "profile_dir": display_path(s.profile_dir), "table_dir": display_path(s.table_dir),
+        "identity": identity, "run_dir": display_path(run_dir), "storage": storage, "study": study_name,
         "experiment_name": ctx.space.name, "proxy_experiment": proxy_experiment,
-        "latency_table": f"{s.table_dir}/{s.device}/{ctx.space.name}.csv",
+        "latency_table": display_path(table_paths(s.device, ctx.space.name, table_dir=_repo_path(s.table_dir))[0]),
         "latency_table_source": ctx.table.source_label,
         "latency_provenance": pred.provenance, "quality_source": quality_source,
         "latency_interval": pred.error.describe(s.confidence) if pred.error else "",
@@ -168,58 +308,96 @@ def _settings_record(ctx: _Context, *, run_dir: Path, storage: str, study_name: 
 
 
 def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports", out: str | Path | None = None,
-               console: Any = None, report: bool = True) -> dict[str, Any]:
-    """Run (or resume) a search; write the run directory; return {"run_dir", "best", "settings", "cost"}.
+               console: Any = None, report: bool = True, force: bool = False,
+               today: _dt.date | None = None) -> dict[str, Any]:
+    """Run (or resume) a search; write the run directory; return {"run_dir", "best", "settings", "cost",
+    "notes", "timed_out", "failed"}.
 
-    `console` (a rich Console) shows progress bars; None runs silently.
+    `console` (a rich Console) shows progress bars and notes; None runs silently. `today` names a new
+    run directory (default: the local date). Raises RunConflictError, StorageError (both ValueError),
+    AllTrialsFailedError, or SearchInterrupted on Ctrl-C after writing the partial results.
     """
     from hwnas.search.extras import evaluate_presets, progress_bar, sample_grids, update_cost
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     ctx = prepare(settings)
     s = ctx.settings
-    run_dir = resolve_run_dir(s, reports_dir=Path(reports_dir), out=Path(out) if out else None)
+    identity = run_identity(ctx)
+    quality, quality_source, proxy_name = _load_quality(s, ctx.space)
+    run_dir, note = resolve_run_dir(s, identity, reports_dir=Path(reports_dir), out=Path(out) if out else None,
+                                    force=force, today=today)
+    notes = [note] if note else []
+    if note and console is not None:
+        console.print(note)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = s.storage or sqlite_url(run_dir / "study.db")
     study_name = s.study or s.default_study_name(ctx.space.name)
-    study = open_study(storage=storage, name=study_name, sampler=optuna.samplers.RandomSampler())
-    recovered = recover_stale_trials(study)
-    if not study.get_trials(deepcopy=False):  # a fresh study starts from the fastest sub-DiT: always feasible
-        study.enqueue_trial(params_from_config(ctx.feasibility.fastest, ctx.space))
-    quality, quality_source, proxy_name = _load_quality(s, ctx.space)
-    record = _settings_record(ctx, run_dir=run_dir, storage=storage, study_name=study_name,
+    record = _settings_record(ctx, identity=identity, run_dir=run_dir, storage=storage, study_name=study_name,
                               quality_source=quality_source, proxy_experiment=proxy_name)
-    atomic_write_json(run_dir / "settings.json", record)
-    study.set_user_attr("hwnas_settings", record)
+    with _run_lock(run_dir):
+        study = open_study(storage=storage, name=study_name, sampler=optuna.samplers.RandomSampler())
+        stored = study.user_attrs.get("hwnas_settings", {}).get("identity", {})
+        if stored.get("identity_hash") not in (None, identity["identity_hash"]):
+            raise RunConflictError(f"study {study_name!r} in {redact_url(storage)} holds another search "
+                                   f"({identity_diff(stored, identity)}); give another --study")
+        recovered = recover_stale_trials(study)
+        if not study.get_trials(deepcopy=False):  # a fresh study starts from the fastest sub-DiT: always feasible
+            study.enqueue_trial(params_from_config(ctx.feasibility.fastest, ctx.space))
+        atomic_write_json(run_dir / "settings.json", record)
+        study.set_user_attr("hwnas_settings", record)
 
     procs = []
     if s.workers > 1:
         mp = multiprocessing.get_context("spawn")
-        procs = [mp.Process(target=_worker, args=(s, storage, study_name, i), daemon=False) for i in range(1, s.workers)]
+        ready = [mp.Event() for _ in range(1, s.workers)]
+        procs = [mp.Process(target=_worker, args=(s, storage, study_name, i, ready[i - 1]), daemon=False)
+                 for i in range(1, s.workers)]
         for p in procs:
             p.start()
-    with progress_bar(console, total=s.n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
-        latency, loop_wall = _loop(ctx, quality, storage=storage, study_name=study_name, seed=s.seed, progress=advance)
+        for p, event in zip(procs, ready):  # start together: a worker loads its supernet first
+            while not event.wait(0.2) and p.is_alive():
+                pass
+    latency = _latency_model(ctx)
+    stats, interrupted = LoopStats(), False
+    try:
+        with progress_bar(console, total=s.n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
+            stats = _loop(ctx, quality, latency, storage=storage, study_name=study_name, seed=s.seed,
+                          progress=advance)
+    except KeyboardInterrupt:
+        interrupted = True
     for p in procs:
+        if interrupted:
+            p.terminate()  # its trial in progress stays RUNNING under a dead pid: the rerun recovers it
         p.join()
-    bad = [p.exitcode for p in procs if p.exitcode]
+    bad = [p.exitcode for p in procs if p.exitcode and not interrupted]
     if bad:
         raise RuntimeError(f"{len(bad)} search worker(s) failed (exit codes {bad}); rerun the command to resume")
 
-    trials = trials_frame(study.get_trials(deepcopy=False))
-    q0 = quality.cpu_s
-    presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
-                               fastest=ctx.feasibility.fastest, confidence=s.confidence)
-    atomic_write_text(run_dir / "presets.csv", presets.to_csv(index=False))
-    best = write_results(trials, run_dir=run_dir, settings=record)
-    grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console)
-    cost = update_cost(run_dir, trials=trials, study=study, session={
-        "wall_s": time.perf_counter() - wall0, "search_loop_wall_s": loop_wall, "cpu_s": time.process_time() - cpu0,
-        "workers": s.workers, "recovered_trials": recovered, "preset_quality_cpu_s": quality.cpu_s - q0,
-        "sample_grid_cpu_s": grid_cpu,
-    })
-    if report:
-        from hwnas.report import build_report
+    partial = interrupted or stats.timed_out
+    with _run_lock(run_dir):
+        trials = trials_frame(study.get_trials(deepcopy=False))
+        reasons = failed_reasons(study)
+        q0 = quality.cpu_s
+        if not partial and len(trials):
+            presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
+                                       fastest=ctx.feasibility.fastest, confidence=s.confidence)
+            atomic_write_text(run_dir / "presets.csv", presets.to_csv(index=False))
+        best = write_results(trials, run_dir=run_dir, settings=record)
+        grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console) if not partial else 0.0
+        cost = update_cost(run_dir, trials=trials, study=study, session={
+            "wall_s": time.perf_counter() - wall0, "search_loop_wall_s": stats.wall_s,
+            "cpu_s": time.process_time() - cpu0, "workers": s.workers, "recovered_trials": recovered,
+            "preset_quality_cpu_s": quality.cpu_s - q0, "sample_grid_cpu_s": grid_cpu,
+            "stopped": "interrupted" if interrupted else "timeout" if stats.timed_out else "done",
+        })
+        if report:
+            from hwnas.report import build_report
 
-        build_report(run_dir)
-    return {"run_dir": str(run_dir), "best": best, "settings": record, "cost": cost}
+            build_report(run_dir)
+    if interrupted:
+        raise SearchInterrupted(run_dir, done=len(trials) + len(reasons), n_trials=s.n_trials)
+    if reasons and not (len(trials) and trials["quality_evaluated"].any()):
+        raise AllTrialsFailedError(f"every evaluation failed ({len(reasons)} trials), no sub-DiT was scored; "
+                                   f"the first: {reasons[0]}")
+    return {"run_dir": str(run_dir), "best": best, "settings": record, "cost": cost, "notes": notes,
+            "timed_out": stats.timed_out, "failed": reasons}

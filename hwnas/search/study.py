@@ -8,7 +8,10 @@ Crash recovery: every trial records the worker (`host:pid`) that runs it. A RUNN
 worker is a dead process on this host (a SIGKILLed search) is marked FAIL and its parameters are
 enqueued again, so rerunning the command finishes exactly `n_trials` COMPLETE trials: none lost,
 none duplicated. So is a trial still untagged a few seconds after it started (killed between `ask`
-and tagging).
+and tagging). Ctrl-C fails the trial in progress and enqueues its parameters again at once.
+
+A trial whose latency or quality is not a finite number fails with a `fail_reason` (`TrialFailed`);
+it counts towards `n_trials`, so a search whose every evaluation fails still ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
 
 SamplerName = Literal["nsga2", "tpe", "gp", "random"]
@@ -62,6 +66,8 @@ class SearchSettings:
     sample_steps: int = 8
     sample_prompts: int = 4
     max_grids: int = 8
+    timeout_s: float | None = None
+    """Stop asking for new trials once this session has run this long (checked after each trial)."""
     profile_dir: str = "device_profiles"
     table_dir: str = "latency_tables"
 
@@ -77,6 +83,8 @@ class SearchSettings:
             raise ValueError(f"budget must be positive, got {self.budget_ms!r} ms")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {self.confidence!r}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout_s!r} s")
         if self.guidance not in ("distilled", "cfg", "none"):
             raise ValueError(f"guidance must be one of distilled, cfg, none, got {self.guidance!r}")
 
@@ -84,17 +92,26 @@ class SearchSettings:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that make two runs the same search (not: workers, storage location)."""
-        skip = {"workers", "threads", "storage", "study", "profile_dir", "table_dir", "max_grids"}
+        """The settings that make two runs the same search (not: how many trials or how long, workers,
+        storage location). `hwnas.search.run.run_identity` adds the content hashes of the inputs."""
+        skip = {"n_trials", "timeout_s", "workers", "threads", "storage", "study", "profile_dir", "table_dir",
+                "max_grids"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def default_study_name(self, experiment_name: str) -> str:
         return (f"{self.device}-{experiment_name}-{format_ms(self.budget_ms)}-{self.steps}steps-{self.precision}-"
                 f"{self.sampler}-seed{self.seed}")
 
-    def run_dir_stem(self, *, date: _dt.date | None = None) -> str:
-        day = (date or _dt.date.today()).isoformat()
-        return f"{self.device}-{format_ms(self.budget_ms)}-{day}"
+    def run_dir_stem(self, *, date: _dt.date) -> str:
+        return f"{self.device}-{format_ms(self.budget_ms)}-{date.isoformat()}"
+
+
+class TrialFailed(Exception):
+    """A trial that cannot be scored (a non-finite latency or quality); the message is its reason."""
+
+
+class StorageError(ValueError):
+    """The study storage cannot be opened or written (one line, the URL redacted)."""
 
 
 def make_sampler(name: SamplerName, *, seed: int, population_size: int = 16) -> optuna.samplers.BaseSampler:
@@ -189,10 +206,18 @@ def recover_stale_trials(study: optuna.Study, *, tag_grace_s: float = 5.0) -> li
 
 
 def count_trials(study: optuna.Study) -> tuple[int, int, list[optuna.trial.FrozenTrial]]:
-    """(COMPLETE trials, RUNNING trials, the COMPLETE trials)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    """(COMPLETE trials and those failed with a reason, RUNNING trials, the COMPLETE trials)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return len(complete), len(trials) - len(complete), complete
+    failed = [t for t in trials if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    return len(complete) + len(failed), len(running), complete
+
+
+def failed_reasons(study: optuna.Study) -> list[str]:
+    """The reasons of the trials that failed with one (`TrialFailed`), in trial order."""
+    return [str(t.user_attrs["fail_reason"]) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if "fail_reason" in t.user_attrs]
 
 
 @dataclass
@@ -200,18 +225,23 @@ class LoopStats:
     trials_run: int = 0
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    timed_out: bool = False
 
 
 def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[float, float]], *, n_trials: int,
              on_trial: Callable[[int], None] | None = None,
-             on_complete: Callable[[list[optuna.trial.FrozenTrial]], None] | None = None) -> LoopStats:
-    """Ask/tell until the study holds `n_trials` COMPLETE trials (counting others' RUNNING ones).
+             on_complete: Callable[[list[optuna.trial.FrozenTrial]], None] | None = None,
+             timeout_s: float | None = None, clock: Callable[[], float] = time.perf_counter) -> LoopStats:
+    """Ask/tell until the study holds `n_trials` finished trials (counting others' RUNNING ones), or
+    until `timeout_s` seconds of `clock` have passed (checked after each trial).
 
-    With several workers the total can overshoot by at most (workers - 1). An exception inside
-    `objective` fails that trial and is re-raised (a bug, not a bad sub-DiT).
+    Finished: COMPLETE, or failed with a reason (`TrialFailed`: recorded as `fail_reason`). With
+    several workers the total can overshoot by at most (workers - 1). Ctrl-C fails the trial in
+    progress, enqueues its parameters again and re-raises. Any other exception inside `objective`
+    fails that trial and is re-raised (a bug, not a bad sub-DiT).
     """
     stats = LoopStats()
-    start = time.perf_counter()
+    start = clock()
     tag = worker_tag()
     while True:
         done, running, complete = count_trials(study)
@@ -221,24 +251,63 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
             on_trial(done)
         if done + running >= n_trials:
             break
+        if timeout_s is not None and stats.trials_run and clock() - start >= timeout_s:
+            stats.timed_out = True
+            break
         trial = study.ask()
         trial.set_user_attr("worker", tag)
         try:
             values = objective(trial)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            stats.errors.append(str(exc))
+            stats.trials_run += 1
+            continue
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            raise
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
         study.tell(trial, list(values))
         stats.trials_run += 1
-    stats.wall_s = time.perf_counter() - start
+    stats.wall_s = clock() - start
     return stats
 
 
 def open_study(*, storage: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create or load study `name`. A storage that cannot be reached, read or written (a bad URL, a
+    truncated SQLite file, a read-only directory) raises `StorageError`; two processes creating the
+    same study at once both get it (the loser of the race retries the load)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=make_storage(storage), study_name=name, sampler=sampler,
-                               directions=list(DIRECTIONS), load_if_exists=True)
+    for attempt in range(3):
+        try:
+            return optuna.create_study(storage=make_storage(storage), study_name=name, sampler=sampler,
+                                       directions=list(DIRECTIONS), load_if_exists=True)
+        except Exception as exc:  # sqlalchemy's and the drivers' errors have no common base but Exception
+            if attempt < 2 and _is_race(exc):
+                time.sleep(0.5)
+                continue
+            raise StorageError(f"storage {redact_url(storage)}: {storage_reason(exc)}") from None
+    raise AssertionError("unreachable")
+
+
+def _is_race(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("unique constraint", "already exists", "database is locked",
+                                   "duplicatedstudy"))
+
+
+def storage_reason(exc: BaseException) -> str:
+    """The first line of a storage error, without the SQL and the URL (which may hold a password)."""
+    orig = getattr(exc, "orig", None) or exc
+    line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    line = line.split("[SQL:")[0].strip()
+    return redact_passwords(line) or type(orig).__name__
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
+

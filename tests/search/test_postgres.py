@@ -77,16 +77,22 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_search_on_postgresql_with_two_workers(tiny_env, postgres_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    res = run_search(tiny_env.settings(storage=postgres_url, study="pg-test", workers=2, n_trials=16),
-                     out=tmp_path / "pg", report=False)
-    assert res["settings"]["storage"] == postgres_url
+    # the test cluster trusts every login, so a password is accepted and ignored: it must not be written
+    with_password = postgres_url.replace("hwnas@", "hwnas:S3cretPW@")
+    res = run_search(tiny_env.settings(storage=with_password, study="pg-test", workers=2, n_trials=16),
+                     out=tmp_path / "pg", report=True)
+    assert res["settings"]["storage"] == postgres_url.replace("hwnas@", "hwnas:***@")
     assert not (tmp_path / "pg" / "study.db").exists()
+    for path in (tmp_path / "pg").rglob("*"):
+        assert not path.is_file() or b"S3cretPW" not in path.read_bytes(), path
     study = optuna.load_study(study_name="pg-test", storage=postgres_url)
+    assert "S3cretPW" not in str(study.user_attrs)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert 16 <= len(complete) <= 17
     assert len({t.number for t in complete}) == len(complete)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers ran trials
     assert res["best"] is not None and res["best"]["latency_ms"] <= tiny_env.budget_ms
     # a rerun resumes the same study: no new trials
-    again = run_search(tiny_env.settings(storage=postgres_url, study="pg-test", n_trials=16), out=tmp_path / "pg",
+    again = run_search(tiny_env.settings(storage=with_password, study="pg-test", n_trials=16), out=tmp_path / "pg",
                        report=False)
     assert again["cost"]["trials"] == len(complete)

@@ -89,3 +89,54 @@ def test_untagged_trial_of_a_worker_killed_right_after_ask_is_recovered() -> Non
     retry = study.ask()
     assert retry.user_attrs["retry_of"] == orphan.number
     assert retry.suggest_int("x", 0, 9) == orphan.params["x"]  # the enqueued parameters
+
+
+def test_ctrl_c_exits_130_with_partial_results_and_the_resume_command(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_dir = tmp_path / "run"
+    n_trials = 40
+    cmd = [sys.executable, "-m", "hwnas.cli", "search", *tiny_env.cli_args(), "--trials", str(n_trials),
+           "--out", str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = run_dir / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and _states(db).get("COMPLETE", 0) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "resume with: hwnas search" in line and f"--out {run_dir}" in line
+    rows = len((run_dir / "trials.csv").read_text().strip().splitlines()) - 1
+    assert 5 <= rows < n_trials and (run_dir / "report.html").is_file()
+    rebuilt = subprocess.run([sys.executable, "-m", "hwnas.cli", "report", str(run_dir)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+    resume = subprocess.run([sys.executable, "-m", "hwnas.cli", *line.split("resume with: hwnas ")[1].split()],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    storage = f"sqlite:///{db}"
+    trials = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials
+    retried = [t.user_attrs["retry_of"] for t in complete if "retry_of" in t.user_attrs]
+    assert len(retried) == len(set(retried)) <= 1  # the trial Ctrl-C stopped, run again once
+
+
+def test_the_same_search_started_twice_at_once_joins_as_a_worker(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hwnas.cli", "search", *tiny_env.cli_args(), "--trials", "16", "--out", str(run_dir),
+           "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    assert optuna.get_all_study_names(storage) and len(optuna.get_all_study_names(storage)) == 1
+    trials = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 16 <= len(complete) <= 17 and len({t.number for t in trials}) == len(trials)

@@ -102,8 +102,8 @@ def test_local_workers_share_one_study(tiny_env, tmp_path: Path) -> None:  # typ
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert 16 <= len(complete) <= 17  # may overshoot by workers - 1
     assert len({t.number for t in complete}) == len(complete)
-    # (on a problem this small the spawned worker may start after the main one has finished them all)
-    assert all(t.user_attrs["worker"] for t in complete)
+    # the main process waits for the spawned worker to load its supernet: both run trials
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
 
 
 def test_pareto_and_hypervolume() -> None:

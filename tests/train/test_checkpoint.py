@@ -59,6 +59,7 @@ def test_eval_exits_non_zero_on_a_nan_result(monkeypatch: pytest.MonkeyPatch) ->
     from hwnas.metrics import evaluate as evaluate_mod
 
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **k: {"value": math.nan, "source": "test"})
-    res = CliRunner().invoke(main, ["eval", "--metric", "val_loss", "--n", "2", "--json"])
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(ROOT / "checkpoints" / "shapes-32"),  # not the default
+                                    "--metric", "val_loss", "--n", "2", "--json"])
     assert res.exit_code == 2 and "val_loss of" in res.output and "not a number" in res.output
     assert '"value"' not in res.output  # no JSON result printed
