@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwnas.io import sha256_bytes, atomic_write_json
+from hwnas.io import atomic_write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
