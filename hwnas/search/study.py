@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -243,7 +246,21 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
     stats = LoopStats()
     start = clock()
     tag = worker_tag()
+    with _remembered_interrupts() as interrupts:
+        _ask_tell(study, objective, n_trials=n_trials, on_trial=on_trial, on_complete=on_complete,
+                  timeout_s=timeout_s, clock=clock, start=start, tag=tag, stats=stats, interrupts=interrupts)
+    stats.wall_s = clock() - start
+    return stats
+
+
+def _ask_tell(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[float, float]], *, n_trials: int,
+              on_trial: Callable[[int], None] | None,
+              on_complete: Callable[[list[optuna.trial.FrozenTrial]], None] | None,
+              timeout_s: float | None, clock: Callable[[], float], start: float, tag: str,
+              stats: LoopStats, interrupts: list[int]) -> None:
     while True:
+        if interrupts:  # a Ctrl-C that Python swallowed (e.g. inside a GC callback)
+            raise KeyboardInterrupt
         done, running, complete = count_trials(study)
         if on_complete is not None:
             on_complete(complete)
@@ -273,8 +290,27 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
             raise
         study.tell(trial, list(values))
         stats.trials_run += 1
-    stats.wall_s = clock() - start
-    return stats
+
+
+@contextmanager
+def _remembered_interrupts() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered in the yielded list, so one
+    that Python swallowed (raised inside a garbage-collection callback, say) is raised again at the
+    next trial boundary. Only the main thread can install the handler; elsewhere nothing changes."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def open_study(*, storage: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
