@@ -51,9 +51,11 @@ def test_id_is_stable_and_short(space: SearchSpace) -> None:
 
 def test_shared_choices_give_same_id_across_scales() -> None:
     deploy = load_space(ROOT / "experiments/snapgenpp-1024.toml")
-    proxy = load_space(ROOT / "experiments/shapes-32.toml")
-    for name in ("tiny", "small", "full"):
-        assert deploy.preset(name) == proxy.preset(name)
+    for other in ("shapes-32", "snapgenpp-256"):
+        scaled = load_space(ROOT / f"experiments/{other}.toml")
+        assert scaled.stages == deploy.stages
+        for name in ("tiny", "small", "full"):
+            assert deploy.preset(name) == scaled.preset(name)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,365 @@
+"""Few-shot transfer of the per-op-kind cost model to runtimes the latency tables were not built on.
+
+Usage (from the repository root):
+
+    PYTHONPATH=. .venv/bin/python benchmarks/transfer.py [--n 60] [--seed 0] [--rounds 9]
+        [--targets onnxruntime-1t,torch-eager-1t,torch-eager-2t] [--json reports/transfer.json]
+
+Targets, all fp32 on this machine's CPU, none of which any table was built with: onnxruntime (CPU
+provider, 1 thread), PyTorch eager at 1 and at 2 threads. Each times one denoising step (batch 1) of
+`n` random sub-DiTs of `experiments/snapgenpp-256.toml` (`StaticDiT`, random weights; onnxruntime runs
+its `export_onnx` graph), in `rounds` rounds; each round times every (target, sub-DiT) pair once, in
+a fresh random order, so slow spells of this shared machine fall on all of them alike. A pair's time
+is the median over rounds. One-thread targets are timed in thread CPU time, the 2-thread one in wall
+time with `OMP_WAIT_POLICY=PASSIVE`: with OpenMP's default spin-waiting, a thread that waits at a
+barrier for its descheduled partner burns its time slice, and on this shared 2-core machine (load
+average 4-10) one 60 ms step took 0.2-7.7 s (median 583 ms against 89 ms passive, measured here). Timings are cached in `runs/transfer/` (keyed by CPU, library versions and the experiment),
+so a rerun only redoes the analysis.
+
+Prior per target: the host profile (`device_profiles/host.toml`: peaks of the machine the host table
+was measured on, 2 threads) with the target's thread count (the fp32 peak scaled by threads / 2) and
+its attention lowering (`fused` for PyTorch's scaled_dot_product_attention, `materialized` for the
+exported graph's MatMul-Softmax-MatMul). For each k in {1, 3, 5, 10}, `draws` random sets of k
+measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the other n - k are predicted with
+the calibrated table's `predict_latency_ms`. Reported per target and k, averaged over draws: MAPE,
+the share within +-10%, Spearman, and the share inside the prediction's 90% interval.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see the module docstring
+
+import argparse
+import hashlib
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from hwnas.latency import (
+    COST_KINDS, Figure, Lowering, Measurement, MeasurementError, build_estimated_table, calibrate, kernel_counts,
+    load_profile, predict_latency_ms, prior_params,
+)
+from hwnas.latency.estimate import PARAM_NAMES
+from hwnas.latency.profile import DeviceProfile, host_cpu
+from hwnas.latency.validate import accuracy, sample_subnets
+from hwnas.space import SearchSpace, SubnetConfig, load_space
+
+EXPERIMENT = "experiments/snapgenpp-256.toml"
+KS = (1, 3, 5, 10)
+CONFIDENCE = 0.9
+CACHE_DIR = Path("runs/transfer")
+GOALS = {"within_10pct_k5": 0.90, "spearman_k5": 0.95, "within_10pct_k1": 0.70, "coverage_lo": 0.85,
+         "coverage_hi": 0.95}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A runtime on this machine's CPU: `threads` intra-op threads, attention lowered as `attention`."""
+
+    name: str
+    runtime: Literal["onnxruntime", "torch"]
+    threads: int
+    attention: Literal["fused", "materialized"]
+    attention_source: str
+
+
+TARGETS = (
+    Target("onnxruntime-1t", "onnxruntime", 1, "materialized",
+           "derived: the TorchScript ONNX export writes scaled_dot_product_attention as MatMul, Softmax, MatMul"),
+    Target("torch-eager-1t", "torch", 1, "fused",
+           "derived: StaticDiT calls torch's scaled_dot_product_attention (a fused CPU kernel)"),
+    Target("torch-eager-2t", "torch", 2, "fused",
+           "derived: StaticDiT calls torch's scaled_dot_product_attention (a fused CPU kernel)"),
+)
+
+
+# Prior and fit (pure) --------------------------------------------------------------------------
+
+
+def target_profile(host: DeviceProfile, target: Target) -> DeviceProfile:
+    """`host` as a prior for `target`: same CPU figures, the target's threads and attention lowering."""
+    peak = host.peak_gflops["fp32"]
+    return replace(host, name=f"host-{target.name}", threads=target.threads, runtime=target.runtime,
+                   description=f"{host.description}; runtime {target.runtime}, {target.threads} thread(s)",
+                   peak_gflops={"fp32": Figure(peak.value * target.threads / 2,
+                                               f"assumed: host fp32 peak x {target.threads}/2 threads ({peak.source})")},
+                   attention=Lowering(target.attention, target.attention_source))
+
+
+def fit_and_predict(profile: DeviceProfile, space: SearchSpace, calib: list[tuple[SubnetConfig, float]],
+                    held_out: list[SubnetConfig], *, confidence: float = CONFIDENCE
+                    ) -> list[tuple[float, float, float]]:
+    """Calibrate `profile`'s prior on `calib` (config, measured step ms; none: the prior alone); (predicted,
+    lo, hi) step ms of each of `held_out` at the central `confidence` interval."""
+    params = prior_params(profile)
+    if calib:
+        measurements = [Measurement(cfg, ms, "step", None, "fp32", line=i + 2) for i, (cfg, ms) in enumerate(calib)]
+        params = calibrate(profile, space, measurements, prior=params, source=f"{len(calib)} timed sub-DiTs").params
+    keys = list(dict.fromkeys(key for cfg in held_out for key, _ in kernel_counts(cfg, space, precision="fp32")))
+    table = build_estimated_table(profile, space, params, experiment_path=EXPERIMENT, precisions=("fp32",),
+                                  keys=keys, date="-")
+    out = []
+    for cfg in held_out:
+        pred = predict_latency_ms(cfg, table, steps=1, precision="fp32", space=space)
+        iv = pred.interval(confidence)
+        out.append((pred.step_ms, iv.step_ms_lo, iv.step_ms_hi))
+    return out
+
+
+def score(predicted: list[tuple[float, float, float]], measured: list[float]) -> dict[str, float]:
+    """MAPE (%), share within +-10%, Spearman, and share of measurements inside [lo, hi]."""
+    acc = accuracy([p for p, _, _ in predicted], measured, budget_ms=statistics.median(measured))
+    inside = sum(lo <= m <= hi for (_, lo, hi), m in zip(predicted, measured))
+    return {"mape": acc["mape"], "within_10pct": acc["within_10pct"], "spearman": acc["spearman"],
+            "bias_pct": acc["bias_pct"], "coverage_90": inside / len(measured)}
+
+
+def evaluate(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig], measured: list[float], *,
+             k: int, draws: int, seed: int) -> dict[str, Any]:
+    """Metrics for k calibration sub-DiTs, averaged over `draws` random draws (the rest held out). A draw
+    whose calibration refuses a time (over `IMPLAUSIBLE_RATIO` from the prior) counts in `refused`."""
+    rng = random.Random(f"hwnas-transfer-{seed}-{profile.name}-{k}")
+    per_draw, refused = [], 0
+    for _ in range(draws):
+        idx = rng.sample(range(len(cfgs)), k)
+        rest = [i for i in range(len(cfgs)) if i not in idx]
+        try:
+            pred = fit_and_predict(profile, space, [(cfgs[i], measured[i]) for i in idx], [cfgs[i] for i in rest])
+        except MeasurementError:
+            refused += 1
+            continue
+        per_draw.append(score(pred, [measured[i] for i in rest]))
+    names = ("mape", "within_10pct", "spearman", "bias_pct", "coverage_90")
+    out: dict[str, Any] = {m: statistics.fmean(d[m] for d in per_draw) if per_draw else None for m in names}
+    out["within_10pct_min"] = min((d["within_10pct"] for d in per_draw), default=None)
+    out.update(draws=draws, refused=refused, held_out=len(cfgs) - k)
+    return out
+
+
+def in_sample_fit(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig],
+                  measured: list[float]) -> dict[str, Any]:
+    """A diagnosis, not a prediction: calibrate on all `cfgs` and report each kind's fitted parameters
+    over their priors (which op kind's prior is off on this target) and the in-sample MAPE."""
+    params = prior_params(profile)
+    measurements = [Measurement(c, ms, "step", None, "fp32", line=i + 2) for i, (c, ms) in enumerate(zip(cfgs, measured))]
+    try:
+        fit = calibrate(profile, space, measurements, prior=params, source=f"all {len(cfgs)} timed sub-DiTs")
+    except MeasurementError as exc:
+        return {"refused": str(exc)}
+    ratio = {k: {n: round(getattr(fit.params.kinds[k], n) / getattr(params.kinds[k], n), 3) for n in PARAM_NAMES}
+             for k in COST_KINDS}
+    mape = statistics.fmean(abs(r["residual_pct"]) for r in fit.rows)
+    return {"fitted_over_prior": ratio, "in_sample_mape": mape, "loo_mape": fit.loo_mape_pct}
+
+
+# Measurement -----------------------------------------------------------------------------------
+
+
+def _provenance(space_path: str) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    return {"cpu": host_cpu()[0], "machine": platform.machine(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "experiment_sha256": hashlib.sha256(Path(space_path).read_bytes()).hexdigest()}
+
+
+def _load_cache(path: Path, provenance: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data["samples_ms"] if data.get("provenance") == provenance else {}
+
+
+def _save_cache(path: Path, provenance: dict[str, Any], samples: dict[str, dict[str, list[float]]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"provenance": provenance, "samples_ms": samples}))
+    tmp.replace(path)
+
+
+def _callables(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Target, ...]) -> dict[tuple[str, str], Any]:
+    """A zero-argument call per (target, config id) that runs one step; ONNX files cached under CACHE_DIR."""
+    import onnxruntime as ort
+    import torch
+
+    from hwnas.model import StaticDiT, example_inputs, export_onnx
+    from hwnas.model.export import INPUT_NAMES
+
+    args = example_inputs(space)
+    feed = {name: a.numpy() for name, a in zip(INPUT_NAMES, args)}
+    calls: dict[tuple[str, str], Any] = {}
+    for i, cfg in enumerate(cfgs):
+        torch.manual_seed(i)
+        model = StaticDiT(space, cfg).eval()
+        if any(t.runtime == "onnxruntime" for t in targets):
+            path = CACHE_DIR / "onnx" / space.name / f"{cfg.id}.onnx"
+            if not path.exists():
+                print(f"export {i + 1}/{len(cfgs)} {cfg.id}", file=sys.stderr, flush=True)
+                tmp = export_onnx(model, path.with_suffix(".tmp.onnx"))
+                tmp.replace(path)
+        for t in targets:
+            if t.runtime == "torch":
+                def run(model: Any = model, threads: int = t.threads) -> None:
+                    torch.set_num_threads(threads)
+                    with torch.inference_mode():
+                        model(*args)
+            else:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads, options.inter_op_num_threads = t.threads, 1
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+                def run(session: Any = session) -> None:
+                    session.run(None, feed)
+            calls[(t.name, cfg.id)] = run
+    return calls
+
+
+def measure(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Target, ...], *, rounds: int,
+            cache: Path, seed: int) -> dict[str, dict[str, list[float]]]:
+    """Per target and config id, at least `rounds` step times in ms (cached samples are kept and topped
+    up; see the module docstring)."""
+    provenance = _provenance(EXPERIMENT)
+    samples = _load_cache(cache, provenance)
+    todo = [(t, c) for t in targets for c in cfgs if len(samples.get(t.name, {}).get(c.id, [])) < rounds]
+    if not todo:
+        return samples
+    calls = _callables(space, sorted({c for _, c in todo}, key=cfgs.index), tuple({t for t, _ in todo}))
+    for t, c in todo:  # warm up: first call allocates, loads weights into cache, picks kernels
+        samples.setdefault(t.name, {}).setdefault(c.id, [])
+        calls[(t.name, c.id)]()
+    rng = random.Random(f"hwnas-transfer-order-{seed}")
+    start = time.perf_counter()
+    for r in range(rounds):
+        order = [(t, c) for t, c in todo if len(samples[t.name][c.id]) < rounds]
+        if not order:
+            break
+        rng.shuffle(order)
+        for t, c in order:
+            clock = time.thread_time if t.threads == 1 else time.perf_counter
+            t0 = clock()
+            calls[(t.name, c.id)]()
+            samples[t.name][c.id].append(1e3 * (clock() - t0))
+        _save_cache(cache, provenance, samples)
+        print(f"round {r + 1}/{rounds} done, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return samples
+
+
+# Report ----------------------------------------------------------------------------------------
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for t in report["targets"]:
+        ks = [int(k) for k in t["k"]]
+        nan = float("nan")
+        mape = [t["k"][str(k)]["mape"] for k in ks]
+        within = [t["k"][str(k)]["within_10pct"] for k in ks]
+        ax1.plot(ks, [nan if m is None else m for m in mape], marker="o", label=t["name"])
+        ax2.plot(ks, [nan if w is None else 100 * w for w in within], marker="o", label=t["name"])
+    ax1.set(xlabel="calibration sub-DiTs k", ylabel="MAPE on held-out sub-DiTs (%)", xticks=list(KS))
+    ax2.set(xlabel="calibration sub-DiTs k", ylabel="held-out within +-10% (%)", xticks=list(KS), ylim=(0, 100))
+    ax2.axhline(90, color="grey", ls=":", lw=1)
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"Few-shot transfer of the per-op-kind cost model ({report['experiment']}, n = {report['n']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=60, help="sub-DiTs timed per target")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=9, help="timed calls per (target, sub-DiT)")
+    ap.add_argument("--targets", default=",".join(t.name for t in TARGETS),
+                    help="targets to time now (comma-separated); every target with cached timings is analysed")
+    ap.add_argument("--draws", type=int, default=20, help="random calibration sets per k")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="report path (default runs/transfer/transfer.json); the plot goes beside it (.png)")
+    opts = ap.parse_args()
+    if opts.n <= max(KS) + 2:
+        raise SystemExit(f"--n must exceed {max(KS) + 2}, got {opts.n}")
+    out = opts.json or CACHE_DIR / "transfer.json"
+    space = load_space(EXPERIMENT)
+    cfgs = sample_subnets(space, opts.n, seed=opts.seed, purpose="transfer")
+    cache = CACHE_DIR / f"timings-{space.name}-seed{opts.seed}.json"
+    wall = time.perf_counter()
+    chosen = tuple(t for t in TARGETS if t.name in opts.targets.split(","))
+    samples = measure(space, cfgs, chosen, rounds=opts.rounds, cache=cache, seed=opts.seed)
+    measure_s = time.perf_counter() - wall
+    host = load_profile("host")
+    report: dict[str, Any] = {"experiment": space.name, "n": opts.n, "seed": opts.seed, "rounds": opts.rounds,
+                              "draws": opts.draws, "confidence": CONFIDENCE, "cpu": host_cpu()[0],
+                              "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                              "goals": GOALS, "targets": []}
+    for t in TARGETS:
+        have = samples.get(t.name, {})
+        if not all(have.get(c.id) for c in cfgs):
+            print(f"{t.name}: not timed on all {len(cfgs)} sub-DiTs; skipped (time it with --targets {t.name})",
+                  file=sys.stderr)
+            continue
+        runs = [have[c.id][:opts.rounds] for c in cfgs]
+        measured = [statistics.median(r) for r in runs]
+        profile = target_profile(host, t)
+        row: dict[str, Any] = {"name": t.name, "n": len(cfgs), "runtime": t.runtime, "threads": t.threads,
+                               "attention": t.attention, "rounds": min(len(r) for r in runs),
+                               "clock": "thread CPU time" if t.threads == 1 else "wall",
+                               "step_ms_min": min(measured), "step_ms_max": max(measured),
+                               "round_spread_median": statistics.median((max(r) - min(r)) / statistics.median(r)
+                                                                        for r in runs),
+                               "prior": score(fit_and_predict(profile, space, [], cfgs), measured),
+                               "diagnosis": in_sample_fit(profile, space, cfgs, measured), "k": {}}
+        for k in KS:
+            row["k"][str(k)] = evaluate(profile, space, cfgs, measured, k=k, draws=opts.draws, seed=opts.seed)
+        report["targets"].append(row)
+    report["measure_wall_s"] = round(measure_s, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, out.with_suffix(".png"))
+    print(f"{'target':<16} {'k':>5} {'MAPE%':>7} {'<=10%':>6} {'worst':>6} {'rho':>6} {'cov90':>6} {'refused':>7}")
+    for row in report["targets"]:
+        for k, m in [("prior", {**row["prior"], "within_10pct_min": None, "refused": 0}), *row["k"].items()]:
+            if m["mape"] is None:
+                print(f"{row['name']:<16} {k:>5} {'(every draw refused by the implausibility check)':>40}")
+                continue
+            worst = "" if m["within_10pct_min"] is None else f"{m['within_10pct_min']:.2f}"
+            print(f"{row['name']:<16} {k:>5} {m['mape']:7.1f} {m['within_10pct']:6.2f} {worst:>6} "
+                  f"{m['spearman']:6.3f} {m['coverage_90']:6.2f} {m['refused']:>7}")
+    print(f"SUMMARY {summary(report)}; wrote {out}")
+
+
+def summary(report: dict[str, Any]) -> str:
+    """One line: each target's k=5 and k=1 share within 10%, k=5 Spearman, coverage range, against GOALS."""
+    parts = []
+    for row in report["targets"]:
+        k1, k5 = row["k"]["1"], row["k"]["5"]
+        cov = [m["coverage_90"] for m in row["k"].values() if m["coverage_90"] is not None]
+        if k5["mape"] is None:
+            parts.append(f"{row['name']}: calibration refused")
+            continue
+        ok = (k5["within_10pct"] >= GOALS["within_10pct_k5"] and k5["spearman"] >= GOALS["spearman_k5"]
+              and (k1["within_10pct"] or 0) >= GOALS["within_10pct_k1"]
+              and all(GOALS["coverage_lo"] <= c <= GOALS["coverage_hi"] for c in cov))
+        parts.append(f"{row['name']}: k5 within10 {k5['within_10pct']:.2f} rho {k5['spearman']:.3f}, k1 within10 "
+                     f"{(k1['within_10pct'] or 0):.2f}, cov90 {min(cov):.2f}-{max(cov):.2f} "
+                     f"({'meets' if ok else 'misses'} goals)")
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
