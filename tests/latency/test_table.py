@@ -22,6 +22,7 @@ from hwnas.latency import (
     load_table,
     write_table,
 )
+from hwnas.latency import table as table_mod
 from hwnas.latency.table import table_paths, tvm_version
 from hwnas.space import load_space
 
