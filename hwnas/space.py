@@ -3,7 +3,7 @@
 Pure Python, no torch. The same `SubnetConfig` goes to the model forward, to `extract_subnet`,
 to the cost functions in `hwnas.cost`, to the latency predictor, into search trials and reports.
 
-Architecture (SnapGen++, arXiv 2601.08303; see DESIGN.md sections 2-4): three stages Down /
+Architecture (SnapGen++, arXiv 2601.08303; see docs/platform-notes.md): three stages Down /
 Middle / Up. Down and Up run at the patch-token resolution with adaptive sparse self-attention
 (ASSA), the Middle runs at half the token-grid side with full self-attention. Each stage has its
 own width ratio, depth and FFN ratio; Down and Up also choose their attention kind and, for the

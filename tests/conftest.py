@@ -17,3 +17,17 @@ def tiny_experiment(tmp_path: Path) -> Path:
     path = tmp_path / "tiny-16.toml"
     path.write_text(TINY_EXPERIMENT)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 16x16 supernet trained for 2 steps, saved as a checkpoint dir (quality irrelevant;
+    `tiny_net` in tests/compress gives its adaLN-zero weights random values)."""
+    from hwnas.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    exp = root / "tiny-16.toml"
+    exp.write_text(TINY_EXPERIMENT)
+    out = root / "ckpt"
+    train(exp, out=out, steps=2, progress=False)
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from hwnas import __version__
@@ -58,3 +59,56 @@ def test_space_sample_is_seeded(tmp_path: Path) -> None:
     _, second = _run("space", "sample", "--n", "3", "--seed", "4")
     assert first == second
     assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+# Model commands on the tiny checkpoint (tests/conftest.py), never the default one ----------------
+
+
+def test_sample_writes_the_grid(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    code, text = _run("sample", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--prompt", "a red circle",
+                      "--prompt", "a blue square", "--n", "2", "--steps", "1", "-o", str(out))
+    assert code == 0, text
+    assert text.startswith(f"wrote {out} (4 images") and "1 euler steps" in text
+    assert Image.open(out).size[0] > 0
+
+
+def test_eval_prints_the_metric_as_json(tiny_checkpoint: Path) -> None:
+    code, text = _run("eval", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--metric", "compositional",
+                      "--n", "2", "--steps", "1", "--json")
+    assert code == 0, text
+    result = json.loads(text)
+    assert result["metric"] == "compositional" and result["n"] == 2 and 0.0 <= result["value"] <= 1.0
+
+
+def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    onnx_path = tmp_path / "int4.onnx"
+    code, text = _run("quantize", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--group", "16",
+                      "--n", "2", "--steps", "1", "--onnx", str(onnx_path), "--json")
+    assert code == 0, text
+    result = json.loads(text)
+    assert result["method"] == "rtn" and result["group"] == 16 and 4.0 <= result["avg_bits"] < 8.0
+    assert 0 < result["bytes"] < result["bytes_fp16"]
+    assert 0.0 <= result["acc_fp32"] <= 1.0 and 0.0 <= result["acc_quant"] <= 1.0
+    assert onnx_path.stat().st_size > 0 and result["parity"]["max_abs_diff"] < 1e-2
+
+
+def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import hwnas.compress.pipeline as pipeline
+
+    # host TVM timing of a pick is tested in hwnas.latency; the tiny experiment has no LUT
+    monkeypatch.setattr(pipeline, "measure_latency", lambda model, *, experiment, precision="fp32": {
+        "device": "host", "precision": precision, "predicted_ms": None, "measured_ms": None, "how": "skipped in test"})
+    out = tmp_path / "c"
+    code, text = _run("compress", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--out", str(out),
+                      "--distill-steps", "1", "--n", "2", "--quiet")
+    assert code == 0, text
+    printed = json.loads(text)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert printed["results"] == str(out / "results.json")
+    assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")
+    assert printed["quality_rows"] == on_disk["quality_rows"]
+    assert (out / "int4.onnx").stat().st_size > 0 and (out / "fp32.onnx").stat().st_size > 0

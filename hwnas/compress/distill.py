@@ -10,7 +10,7 @@ without gradients from noise to x_k, then predict x0_g = x_k - t_k v_student(x_k
   is (x0_fake - x0_real) / mean|x0_g - x0_real| (DMD eq. 7-8's normaliser), applied through the
   surrogate loss 0.5 ||x0_g - sg(x0_g - grad)||^2.
 - **KD output**: MSE of x0_g to the teacher's ODE solution from the same x_k (`kd_teacher_steps`
-  Euler steps with CFG): the "few-step teacher" target where none exists (DESIGN.md section 8).
+  Euler steps with CFG): the "few-step teacher" target where none exists (proxy scale has none).
 - **KD feature**: MSE of a small linear projector of the student's final-layer input tokens to
   the teacher's (conditional branch at the same x_k, t_k).
 

@@ -7,7 +7,7 @@ MatMulNBits' layout), so the runtime executes exactly the weights PyTorch's qual
 on. A quantized patch conv (kernel = stride p) becomes the same matmul over patches:
 `SpaceToDepth(p)` -> NHWC -> `MatMulNBits` -> NCHW for a Conv, NHWC -> `MatMulNBits` -> NCHW ->
 `DepthToSpace(p)` for a ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4` (int8 activations inside the kernel) is what makes it faster than fp32 on
-x86 CPUs (DESIGN.md section 11); it also makes the outputs differ slightly from the dequantized
+x86 CPUs (measured: docs/platform-notes.md); it also makes the outputs differ slightly from the dequantized
 PyTorch model, which `check_parity` measures. k-means palettes have no onnxruntime kernel; that
 method is refused here (its codes would have to be re-quantized, which is not the model measured).
 """

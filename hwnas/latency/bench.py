@@ -1,6 +1,6 @@
 """Measure kernels and whole sub-DiT steps with TVM 0.27 (Relax), locally or through `tvm.rpc`.
 
-Path (DESIGN.md sections 6 and 11): PyTorch module -> `torch.export` -> Relax
+Path (the one seen working with TVM 0.27, docs/platform-notes.md): PyTorch module -> `torch.export` -> Relax
 (`from_exported_program`) -> `tvm.compile` for the profile's target (CPU targets: operator fusion and
 hwnas's hand-written TensorIR schedules, `hwnas.latency.schedule`; other targets: TVM's default
 pipeline; no tuning) -> `relax.VirtualMachine` -> warm-up calls -> `repeat` repeats of

@@ -5,7 +5,7 @@ sample with `random.Random(f"hwnas-calibrate-{seed}")` (held-out configs removed
 whole denoiser step is compiled and timed with `time_subnet_tvm` (same compiler, target, threads
 and batch 1 as the LUT kernels) and compared with the LUT prediction `predict_latency_ms(...).step_ms`.
 
-Reported (DESIGN.md section 6): share within +-5 % and +-10 %, MAPE, max |error|, signed bias,
+Reported: share within +-5 % and +-10 %, MAPE, max |error|, signed bias,
 Spearman and Kendall (tau-b), and the false-feasible rate at a budget (the median predicted latency
 of the held-out sample): of the sub-DiTs predicted to fit the budget, the share that do not. The
 same for the LUT after a linear correction `a * pred + b` and for a FLOPs-linear baseline

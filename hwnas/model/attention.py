@@ -4,7 +4,7 @@ The math lives in functions that take projected tensors (`self_attention`, `cros
 the elastic modules here and the static modules in `hwnas.model.static` only differ in how they
 project, so both run exactly the same attention code.
 
-Self-attention kinds (SnapGen++ section 3.2, DESIGN.md section 2):
+Self-attention kinds (SnapGen++, arXiv 2601.08303, section 3.2; docs/platform-notes.md):
 - "full": dense attention over all tokens (Middle stage).
 - "global": keys/values compressed `kv_compress`-fold per side by a strided conv on the token grid;
   queries stay at full resolution.

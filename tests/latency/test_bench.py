@@ -102,7 +102,7 @@ def test_kernel_module_rejects_other_precisions(space: SearchSpace, keys: dict[s
 
 @pytest.mark.tvm
 def test_tvm_import_and_json_round_trip() -> None:
-    """Import + IR JSON round trip (tvm-ffi 0.1.15.post2 segfaulted here; DESIGN.md section 11)."""
+    """Import + IR JSON round trip (tvm-ffi 0.1.15.post2 segfaults in IR serialisation)."""
     _tvm()
     import tvm
 

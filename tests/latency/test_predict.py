@@ -4,7 +4,6 @@ import dataclasses
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest

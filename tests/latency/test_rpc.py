@@ -1,7 +1,7 @@
 """The RPC path for real on one machine: a tracker and a server on 127.0.0.1, a small LUT built through them.
 
 Both run in their own process groups and are killed at teardown, also when a test fails (the
-server's worker child survives a killed launcher otherwise; DESIGN.md section 11).
+server's worker child survives a killed launcher otherwise).
 """
 
 from __future__ import annotations
