@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -86,10 +87,19 @@ def main() -> None:
     The pipeline:
       hwnas space show --preset small               sizes of a sub-DiT (params, FLOPs)
       hwnas train / sample / eval                   proxy supernet: train, images, quality
+      hwnas vae train|eval                          the latent proxy's autoencoder
       hwnas devices / predict / lut build|validate  device profiles and latency tables
       hwnas search / report                         Optuna search and its report
       hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
     """
+    warnings.showwarning = _warning_line
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings (e.g. a host table timed on another CPU) as one line on stderr, without the
+    source location Python adds."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _config_by_name(space: SearchSpace, value: str) -> SubnetConfig:
