@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from hwnas.compress import (
-    QuantSpec, check_parity, export_int4_onnx, from_supernet, quality_row, quantize_subdit, resolve_pick, time_onnx,
+    QuantSpec,
+    check_parity,
+    export_int4_onnx,
+    from_supernet,
+    quality_row,
+    quantize_subdit,
+    resolve_pick,
+    time_onnx,
 )
 from hwnas.io import atomic_write_json
 from hwnas.model import export_onnx

@@ -44,8 +44,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hwnas.latency import (
-    COST_KINDS, Figure, Lowering, Measurement, MeasurementError, build_estimated_table, calibrate, kernel_counts,
-    load_profile, predict_latency_ms, prior_params,
+    COST_KINDS,
+    Figure,
+    Lowering,
+    Measurement,
+    MeasurementError,
+    build_estimated_table,
+    calibrate,
+    kernel_counts,
+    load_profile,
+    predict_latency_ms,
+    prior_params,
 )
 from hwnas.latency.estimate import PARAM_NAMES
 from hwnas.latency.profile import DeviceProfile, host_cpu

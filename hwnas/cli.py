@@ -535,7 +535,12 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
               precisions: tuple[str, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency import (
-        borrow_params, build_estimated_table, load_table, params_from_meta, prior_params, write_table,
+        borrow_params,
+        build_estimated_table,
+        load_table,
+        params_from_meta,
+        prior_params,
+        write_table,
     )
 
     prof = _load_profile(device, profiles)

@@ -22,15 +22,33 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.latency.bench import (
-    DEFAULT_MIN_REPEAT_MS, DEFAULT_REPEAT, DEFAULT_ROUNDS, DEFAULT_WARMUP, TrackerError, compile_kernel_library,
-    connect_tracker, load_local, measure_kernel, run_parallel, time_interleaved,
+    DEFAULT_MIN_REPEAT_MS,
+    DEFAULT_REPEAT,
+    DEFAULT_ROUNDS,
+    DEFAULT_WARMUP,
+    TrackerError,
+    compile_kernel_library,
+    connect_tracker,
+    load_local,
+    measure_kernel,
+    run_parallel,
+    time_interleaved,
 )
 from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import KernelKey, enumerate_kernels
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.table import (
-    DEFAULT_TABLE_DIR, KERNEL_CODE_FILES, CorruptTableError, LatencyTable, TableMeta, Timing, code_hash,
-    read_table, table_paths, tvm_version, write_table,
+    DEFAULT_TABLE_DIR,
+    KERNEL_CODE_FILES,
+    CorruptTableError,
+    LatencyTable,
+    TableMeta,
+    Timing,
+    code_hash,
+    read_table,
+    table_paths,
+    tvm_version,
+    write_table,
 )
 from hwnas.space import SearchSpace
 

@@ -34,7 +34,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from hwnas.latency.estimate import (
-    PARAM_NAMES, PRIOR_LOG_SD, EstimatorParams, build_estimated_table, kernel_terms, prior_params,
+    PARAM_NAMES,
+    PRIOR_LOG_SD,
+    EstimatorParams,
+    build_estimated_table,
+    kernel_terms,
+    prior_params,
 )
 from hwnas.latency.interval import ErrorModel, calibrated_error
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts

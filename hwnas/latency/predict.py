@@ -20,7 +20,6 @@ from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
 from hwnas.latency.table import LatencyTable, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
 
-
 Guidance = Literal["distilled", "cfg", "none"]
 GUIDANCE: tuple[Guidance, ...] = get_args(Guidance)
 PASSES: dict[Guidance, int] = {"distilled": 1, "cfg": 2, "none": 1}

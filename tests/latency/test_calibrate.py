@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from hwnas.cli import main
 from hwnas.latency import (
-    KindParams, calibrate, calibrated_error, kernel_counts, load_profile, prior_error, prior_params,
+    KindParams,
+    calibrate,
+    calibrated_error,
+    kernel_counts,
+    load_profile,
+    prior_error,
+    prior_params,
     read_measurements,
 )
 from hwnas.latency.calibrate import Measurement, MeasurementError

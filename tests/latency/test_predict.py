@@ -1,15 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from hwnas.cli import main
 from hwnas.latency import (
     Correction,
     LatencyTable,
