@@ -89,7 +89,8 @@ def measured_meta(profile: DeviceProfile, space: SearchSpace, *, experiment_path
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         code_hash=code_hash(MEASURED_CODE_FILES), code_files=MEASURED_CODE_FILES, host_cpu=cpu, host_cores=cores,
         calibration=(f"none: TVM {tvm_version()} Relax, " + ("hwnas CPU schedules (hwnas/latency/schedule.py)"
-                     if profile.target.get("kind") == "llvm" else "default pipeline") + f" (no tuning), {warmup} warm-up calls, "
+                     if profile.target.get("kind") == "llvm" else "default pipeline")
+                     + f" (no tuning), {warmup} warm-up calls, "
                      f"{repeat} repeats of >= {min_repeat_ms} ms, batch 1, {profile.threads} thread(s), "
                      + ("time_evaluator wall clock through tvm.rpc" if remote else
                         f"thread CPU time, median of {DEFAULT_ROUNDS} rounds interleaved over {CHUNK} kernels"

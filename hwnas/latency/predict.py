@@ -96,7 +96,8 @@ class LatencyPrediction:
 
 
 def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, precision: Precision,
-                       space: SearchSpace, correct: bool = False, guidance: Guidance = "distilled") -> LatencyPrediction:
+                       space: SearchSpace, correct: bool = False,
+                       guidance: Guidance = "distilled") -> LatencyPrediction:
     """Latency of generating one image with `cfg` at `steps` denoising steps (batch 1; `guidance`
     "cfg" doubles the denoiser, see `PASSES`).
 
