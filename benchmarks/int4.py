@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from hwnas.compress import (
-    QuantSpec, check_parity, export_int4_onnx, from_supernet, quality_row, quantize_subdit, resolve_pick, time_onnx,
+    QuantSpec,
+    check_parity,
+    export_int4_onnx,
+    from_supernet,
+    quality_row,
+    quantize_subdit,
+    resolve_pick,
+    time_onnx,
 )
 from hwnas.io import atomic_write_json
 from hwnas.model import export_onnx
@@ -25,7 +32,8 @@ from hwnas.space import load_config
 from hwnas.train import load_supernet
 
 SPECS = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False), ("rtn", 32, False, False),
-         ("rtn", 128, False, False), ("kmeans", None, True, False), ("rtn", 32, True, True), ("kmeans", None, True, True)]
+         ("rtn", 128, False, False), ("kmeans", None, True, False), ("rtn", 32, True, True),
+         ("kmeans", None, True, True)]
 
 
 def main() -> None:
@@ -99,8 +107,9 @@ def main() -> None:
     rtn = [r for r in rows if r["method"] == "rtn" and not r["mixed"]]
     small = min(rtn, key=lambda r: r["avg_bits"])
     fast = min(rtn, key=lambda r: r[f"int4_over_fp32_b{b0}"])
-    print(f"summary: smallest rtn (g{small['group']}) {small['avg_bits']:.2f} bits, {small['compression_vs_fp16']:.2f}x "
-          f"smaller than fp16, accuracy {100 * (small['acc_quant'] - small['acc_fp32']):+.1f} points; "
+    print(f"summary: smallest rtn (g{small['group']}) {small['avg_bits']:.2f} bits, "
+          f"{small['compression_vs_fp16']:.2f}x smaller than fp16, "
+          f"accuracy {100 * (small['acc_quant'] - small['acc_fp32']):+.1f} points; "
           f"ORT int4 / fp32 step time {small[f'int4_over_fp32_b{b0}']:.2f} (best g{fast['group']}: "
           f"{fast[f'int4_over_fp32_b{b0}']:.2f})")
 

@@ -54,7 +54,8 @@ def _graph(node: Any, inits: list[Any], m: int, k: int, n: int) -> Any:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])
     graph = helper.make_graph([node], "linear", [x], [y], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
 
 
 def _median_s(sess: ort.InferenceSession, feed: dict[str, np.ndarray], *, min_total_s: float = 1.0) -> float:
@@ -151,8 +152,9 @@ def main() -> None:
     best = min((r for r in sizes if r["method"] == "rtn"), key=lambda r: r["avg_bits"])
     km = next(r for r in sizes if r["method"] == "kmeans")
     print(f"summary: rtn g{best['group']} sym {best['avg_bits']:.3f} bits, {best['compression_vs_fp16']:.2f}x smaller "
-          f"than fp16; kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x; matmul time int4 (level 4) / "
-          f"fp32: " + ", ".join(f"{b} block {v['int4_l4'] / v['fp32']:.2f}" for b, v in per_block.items())
+          f"than fp16; kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x; "
+          f"matmul time int4 (level 4) / fp32: "
+          + ", ".join(f"{b} block {v['int4_l4'] / v['fp32']:.2f}" for b, v in per_block.items())
           + "; level 0: " + ", ".join(f"{b} {v['int4_l0'] / v['fp32']:.2f}" for b, v in per_block.items()))
 
 

@@ -20,8 +20,15 @@ import torch
 
 from hwnas.metrics.val_loss import make_val_set
 from hwnas.search import (
-    LatencyModel, QualityModel, SearchSettings, hypervolume_2d, make_sampler, params_from_config, parse_budget_ms,
-    prepare, run_trial,
+    LatencyModel,
+    QualityModel,
+    SearchSettings,
+    hypervolume_2d,
+    make_sampler,
+    params_from_config,
+    parse_budget_ms,
+    prepare,
+    run_trial,
 )
 from hwnas.train import load_supernet
 

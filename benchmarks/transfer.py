@@ -13,8 +13,9 @@ a fresh random order, so slow spells of this shared machine fall on all of them 
 is the median over rounds. One-thread targets are timed in thread CPU time, the 2-thread one in wall
 time with `OMP_WAIT_POLICY=PASSIVE`: with OpenMP's default spin-waiting, a thread that waits at a
 barrier for its descheduled partner burns its time slice, and on this shared 2-core machine (load
-average 4-10) one 60 ms step took 0.2-7.7 s (median 583 ms against 89 ms passive, measured here). Timings are cached in `runs/transfer/` (keyed by CPU, library versions and the experiment),
-so a rerun only redoes the analysis.
+average 4-10) one 60 ms step took 0.2-7.7 s (median 583 ms against 89 ms passive, measured here).
+Timings are cached in `runs/transfer/` (keyed by CPU, library versions and the experiment), so a
+rerun only redoes the analysis.
 
 Prior per target: the host profile (`device_profiles/host.toml`: peaks of the machine the host table
 was measured on, 2 threads) with the target's thread count (the fp32 peak scaled by threads / 2) and
@@ -44,8 +45,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hwnas.latency import (
-    COST_KINDS, Figure, Lowering, Measurement, MeasurementError, build_estimated_table, calibrate, kernel_counts,
-    load_profile, predict_latency_ms, prior_params,
+    COST_KINDS,
+    Figure,
+    Lowering,
+    Measurement,
+    MeasurementError,
+    build_estimated_table,
+    calibrate,
+    kernel_counts,
+    load_profile,
+    predict_latency_ms,
+    prior_params,
 )
 from hwnas.latency.estimate import PARAM_NAMES
 from hwnas.latency.profile import DeviceProfile, host_cpu
@@ -90,7 +100,8 @@ def target_profile(host: DeviceProfile, target: Target) -> DeviceProfile:
     return replace(host, name=f"host-{target.name}", threads=target.threads, runtime=target.runtime,
                    description=f"{host.description}; runtime {target.runtime}, {target.threads} thread(s)",
                    peak_gflops={"fp32": Figure(peak.value * target.threads / 2,
-                                               f"assumed: host fp32 peak x {target.threads}/2 threads ({peak.source})")},
+                                               f"assumed: host fp32 peak x {target.threads}/2 threads "
+                                               f"({peak.source})")},
                    attention=Lowering(target.attention, target.attention_source))
 
 
@@ -149,7 +160,8 @@ def in_sample_fit(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetC
     """A diagnosis, not a prediction: calibrate on all `cfgs` and report each kind's fitted parameters
     over their priors (which op kind's prior is off on this target) and the in-sample MAPE."""
     params = prior_params(profile)
-    measurements = [Measurement(c, ms, "step", None, "fp32", line=i + 2) for i, (c, ms) in enumerate(zip(cfgs, measured))]
+    measurements = [Measurement(c, ms, "step", None, "fp32", line=i + 2)
+                    for i, (c, ms) in enumerate(zip(cfgs, measured))]
     try:
         fit = calibrate(profile, space, measurements, prior=params, source=f"all {len(cfgs)} timed sub-DiTs")
     except MeasurementError as exc:
@@ -167,7 +179,8 @@ def _provenance(space_path: str) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    return {"cpu": host_cpu()[0], "machine": platform.machine(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+    return {"cpu": host_cpu()[0], "machine": platform.machine(), "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
             "experiment_sha256": hashlib.sha256(Path(space_path).read_bytes()).hexdigest()}
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tvm_vs_ort import torch_thread_ms  # benchmarks/ is on sys.path when run as a script
 
 from hwnas.latency import enumerate_kernels, kernel_flops, load_profile
 from hwnas.latency.bench import (
@@ -40,7 +41,6 @@ from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import KernelKey
 from hwnas.latency.schedule import compile_relax_scheduled, schedule_module
 from hwnas.space import load_space
-from tvm_vs_ort import torch_thread_ms  # benchmarks/ is on sys.path when run as a script
 
 
 def _vm_output(ex: Any, args: tuple[torch.Tensor, ...]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""TVM (as the LUT compiles: hwnas CPU schedules, no tuning) vs onnxruntime vs PyTorch eager per block kind, with roofline efficiency.
+"""TVM (as the LUT compiles: hwnas CPU schedules, no tuning) vs onnxruntime vs PyTorch eager per block kind,
+with roofline efficiency.
 
 Usage (from the repository root):
 
@@ -8,8 +9,9 @@ Usage (from the repository root):
 For each kernel kind of the space, the kernel(s) at the median FLOPs of that kind are built once and timed
 side by side in this run: TVM exactly as the LUT does (`hwnas.latency.bench`), onnxruntime (CPU provider,
 all graph optimisations) and torch eager, each with the host profile's thread count (one thread: thread
-CPU time, robust to the other jobs on this shared machine). Roofline time = max(FLOPs / peak, bytes / bandwidth) with the host profile's peak scaled to the
-thread count (the profile's peak is for all cores) and its bandwidth; efficiency = roofline / measured.
+CPU time, robust to the other jobs on this shared machine). Roofline time = max(FLOPs / peak, bytes / bandwidth)
+with the host profile's peak scaled to the thread count (the profile's peak is for all cores) and its
+bandwidth; efficiency = roofline / measured.
 Also prints the TVM compile time per kernel and the full LUT build time it implies.
 The last line is the summary: median TVM/ORT ratio over kinds and median roofline efficiencies.
 """

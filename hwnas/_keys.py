@@ -7,7 +7,7 @@ defaults used without a word.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 
@@ -21,6 +21,7 @@ def check_keys(table: Mapping[str, Any], known: Collection[str], *, where: str =
         if key in known:
             continue
         prefix = f"{where}." if where else ""
+        show: Callable[[object], str]
         if isinstance(table[key], Mapping):
             what, show = f"table [{prefix}{key}]", f"[{prefix}{{}}]".format
         elif where:

@@ -359,7 +359,8 @@ def _profile_option(f):  # type: ignore[no-untyped-def]
 
 def _table_option(f):  # type: ignore[no-untyped-def]
     return click.option("--tables", "tables", default=TABLE_DIR, show_default=True,
-                        type=click.Path(file_okay=False), help="Directory of latency tables (<device>/<experiment>.csv).")(f)
+                        type=click.Path(file_okay=False),
+                        help="Directory of latency tables (<device>/<experiment>.csv).")(f)
 
 
 def _load_profile(name: str, profiles: str):  # -> hwnas.latency.DeviceProfile
@@ -536,7 +537,8 @@ def lut() -> None:
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "w8a16", "w4a16"]),
               help="Repeat for several; default: every precision the profile has a peak for.")
 @click.option("--prior-from", "prior_from",
-              help="Estimates: take this device's calibrated per-kind parameters as the priors (an assumption: alike hardware).")
+              help="Estimates: take this device's calibrated per-kind parameters as the priors "
+                   "(an assumption: alike hardware).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Local builds: compile this many kernels at once (timing runs alone, after each chunk).")
 @_profile_option
@@ -545,7 +547,12 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
               precisions: tuple[str, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency import (
-        borrow_params, build_estimated_table, load_table, params_from_meta, prior_params, write_table,
+        borrow_params,
+        build_estimated_table,
+        load_table,
+        params_from_meta,
+        prior_params,
+        write_table,
     )
 
     prof = _load_profile(device, profiles)
@@ -723,7 +730,8 @@ def _pick_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--config", "config", help="tiny|small|full|largest|smallest or a SubnetConfig JSON file.")(f)
     f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
     f = click.option("--run", "run", type=click.Path(file_okay=False), help="A search run directory.")(f)
-    return click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")(f)
+    return click.option("--checkpoint", type=click.Path(),
+                        help="Supernet checkpoint dir (default: the shipped proxy).")(f)
 
 
 @main.command("export")
@@ -886,7 +894,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 
 @main.command()
 @click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
-@click.option("--budget", required=True, help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8).")
+@click.option("--budget", required=True,
+              help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8).")
 @click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True,
               help="Experiment whose LUT gives latency (the supernet gives quality on the same choices).")
 @click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
@@ -908,14 +917,16 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True),
               help="Seconds: stop asking for new trials after this long; rerun the command to continue.")
 @click.option("--out", "out", type=click.Path(file_okay=False),
-              help="Run directory (default: the run of the same search under --reports, or reports/<device>-<budget>-<date>).")
+              help="Run directory (default: the run of the same search under --reports, "
+                   "or reports/<device>-<budget>-<date>).")
 @click.option("--force", is_flag=True, help="With --out: replace the run of another search there.")
 @click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print {run_dir, best} as JSON on stdout.")
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
-           resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int, storage: str | None, study: str | None,
+           resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int,
+           storage: str | None, study: str | None,
            workers: int, threads: int, timeout_s: float | None, out: str | None, force: bool, reports: str,
            as_json: bool, profiles: str, tables: str) -> None:
     """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency).
@@ -935,7 +946,8 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
     try:
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
-                                  confidence=confidence, guidance=guidance, sampler=sampler, n_trials=n_trials, seed=seed, storage=storage, study=study,  # type: ignore[arg-type]
+                                  confidence=confidence, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
+                                  n_trials=n_trials, seed=seed, storage=storage, study=study,
                                   workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
                                   table_dir=tables)
         console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)

@@ -92,7 +92,8 @@ class SubnetConfig:
                 )
 
     def stage(self, name: Stage) -> StageConfig:
-        return getattr(self, name)
+        stage: StageConfig = getattr(self, name)
+        return stage
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: asdict(self.stage(name)) for name in STAGES}

@@ -68,8 +68,9 @@ def test_sample_writes_the_grid(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    code, text = _run("sample", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--prompt", "a red circle",
-                      "--prompt", "a blue square", "--n", "2", "--steps", "1", "-o", str(out))
+    code, text = _run("sample", "--checkpoint", str(tiny_checkpoint), "--config", "smallest",
+                      "--prompt", "a red circle", "--prompt", "a blue square", "--n", "2", "--steps", "1",
+                      "-o", str(out))
     assert code == 0, text
     assert text.startswith(f"wrote {out} (4 images") and "1 euler steps" in text
     assert Image.open(out).size[0] > 0

@@ -58,5 +58,6 @@ def test_shipped_files_hold_no_absolute_paths_of_the_machine_that_made_them() ->
     pattern = re.compile(rb"(/work/|/home/|/root/|" + re.escape(str(root).encode()) + rb")")
     leaks = [str(p.relative_to(root)) for folder in ("reports", "latency_tables", "checkpoints")
              for p in (root / folder).rglob("*")
-             if p.is_file() and p.suffix in (".json", ".html", ".csv", ".md", ".txt") and pattern.search(p.read_bytes())]
+             if p.is_file() and p.suffix in (".json", ".html", ".csv", ".md", ".txt")
+             and pattern.search(p.read_bytes())]
     assert leaks == []

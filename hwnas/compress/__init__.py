@@ -17,8 +17,14 @@ from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_p
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
 from hwnas.compress.pipeline import compress_pick, measure_latency, quality_row, quantize_subdit
 from hwnas.compress.quant import (
-    PackedWeight, QuantizedModel, QuantSpec, finetune_biases_norms, layer_sensitivity, mixed_bits,
-    quantize_model, quantized_model,
+    PackedWeight,
+    QuantizedModel,
+    QuantSpec,
+    finetune_biases_norms,
+    layer_sensitivity,
+    mixed_bits,
+    quantize_model,
+    quantized_model,
 )
 
 __all__ = [

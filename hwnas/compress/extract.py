@@ -21,10 +21,10 @@ import torch
 from hwnas.data import Tokenizer
 from hwnas.io import atomic_write, atomic_write_json
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
+from hwnas.model.vae import Autoencoder, to_image, to_latent
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import check_finite, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
-from hwnas.model.vae import Autoencoder, to_image, to_latent
 from hwnas.train.supernet import Supernet, space_vae
 
 WEIGHTS = "model.safetensors"

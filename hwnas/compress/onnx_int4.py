@@ -6,10 +6,11 @@ the *same packed codes, scales and zero points* as `hwnas.compress.quant` (its r
 MatMulNBits' layout), so the runtime executes exactly the weights PyTorch's quality was measured
 on. A quantized patch conv (kernel = stride p) becomes the same matmul over patches:
 `SpaceToDepth(p)` -> NHWC -> `MatMulNBits` -> NCHW for a Conv, NHWC -> `MatMulNBits` -> NCHW ->
-`DepthToSpace(p)` for a ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4` (int8 activations inside the kernel) is what makes it faster than fp32 on
-x86 CPUs (measured: docs/platform-notes.md); it also makes the outputs differ slightly from the dequantized
-PyTorch model, which `check_parity` measures. k-means palettes have no onnxruntime kernel; that
-method is refused here (its codes would have to be re-quantized, which is not the model measured).
+`DepthToSpace(p)` for a ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4`
+(int8 activations inside the kernel) is what makes it faster than fp32 on x86 CPUs (measured:
+docs/platform-notes.md); it also makes the outputs differ slightly from the dequantized PyTorch model,
+which `check_parity` measures. k-means palettes have no onnxruntime kernel; that method is refused here
+(its codes would have to be re-quantized, which is not the model measured).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def _match(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     if node.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0:
-            key = np.ascontiguousarray(w).tobytes() if attrs.get("transB", 0) else b"T" + np.ascontiguousarray(w).tobytes()
+            raw = np.ascontiguousarray(w).tobytes()
+            key = raw if attrs.get("transB", 0) else b"T" + raw
             name = by_value.get(key)
             if name is not None:
                 return name, bias

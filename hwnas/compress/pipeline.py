@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from hwnas.compress.distill import DistillConfig, distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx

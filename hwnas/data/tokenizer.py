@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hwnas.io import atomic_write_text
+
 PAD_ID, BOS_ID, UNK_ID = 0, 1, 2
 SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<unk>")
 _WORD = re.compile(r"[a-z0-9]+")

@@ -18,27 +18,71 @@ Measuring (needs torch and TVM, so imported explicitly, not from here): `hwnas.l
 from __future__ import annotations
 
 from hwnas.latency.calibrate import (
-    Calibration, Measurement, MeasurementError, calibrate, calibrated_table, calibration_source, file_sha256,
+    Calibration,
+    Measurement,
+    MeasurementError,
+    calibrate,
+    calibrated_table,
+    calibration_source,
+    file_sha256,
     read_measurements,
 )
 from hwnas.latency.estimate import (
-    EstimatorParams, KindParams, borrow_params, build_estimated_table, default_params, estimate_kernel_ms,
-    params_from_meta, prior_params,
+    EstimatorParams,
+    KindParams,
+    borrow_params,
+    build_estimated_table,
+    default_params,
+    estimate_kernel_ms,
+    params_from_meta,
+    prior_params,
 )
 from hwnas.latency.interval import ErrorModel, LatencyInterval, calibrated_error, prior_error, validated_error
 from hwnas.latency.kernels import (
-    KEY_COLUMNS, PRECISIONS, KernelKey, Precision, enumerate_kernels, kernel_activation_bytes, kernel_bytes,
-    kernel_counts, kernel_flops, kernel_weight_bytes, kernels, key_from_row, key_to_row,
+    KEY_COLUMNS,
+    PRECISIONS,
+    KernelKey,
+    Precision,
+    enumerate_kernels,
+    kernel_activation_bytes,
+    kernel_bytes,
+    kernel_counts,
+    kernel_flops,
+    kernel_weight_bytes,
+    kernels,
+    key_from_row,
+    key_to_row,
 )
 from hwnas.latency.predict import GUIDANCE, Guidance, LatencyPrediction, MissingKernelError, predict_latency_ms
 from hwnas.latency.primitives import ATTENTION_LOWERINGS, COST_KINDS, AttentionLowering, CostKind, op_primitives
 from hwnas.latency.profile import (
-    NATIVE_CPU, DeviceKind, DeviceProfile, Figure, Lowering, PipelinePart, host_cpu, host_llvm_cpu, list_profiles,
-    load_profile, scaffold_profile,
+    NATIVE_CPU,
+    DeviceKind,
+    DeviceProfile,
+    Figure,
+    Lowering,
+    PipelinePart,
+    host_cpu,
+    host_llvm_cpu,
+    list_profiles,
+    load_profile,
+    scaffold_profile,
 )
 from hwnas.latency.table import (
-    CorruptTableError, Correction, HostMismatchWarning, LatencyTable, StaleTableError, TableMeta, Timing,
-    check_fresh, code_hash, cpu_note, label_source, load_table, table_kinds, write_table,
+    Correction,
+    CorruptTableError,
+    HostMismatchWarning,
+    LatencyTable,
+    StaleTableError,
+    TableMeta,
+    Timing,
+    check_fresh,
+    code_hash,
+    cpu_note,
+    label_source,
+    load_table,
+    table_kinds,
+    write_table,
 )
 
 __all__ = [
@@ -47,7 +91,8 @@ __all__ = [
     "HostMismatchWarning", "KEY_COLUMNS", "KernelKey", "KindParams", "LatencyInterval", "LatencyPrediction",
     "LatencyTable", "Lowering", "Measurement", "MeasurementError", "MissingKernelError", "NATIVE_CPU",
     "PRECISIONS", "PipelinePart", "Precision", "StaleTableError", "TableMeta", "Timing", "borrow_params",
-    "build_estimated_table", "calibrate", "calibrated_error", "calibrated_table", "calibration_source", "check_fresh", "code_hash",
+    "build_estimated_table", "calibrate", "calibrated_error", "calibrated_table", "calibration_source", "check_fresh",
+    "code_hash",
     "cpu_note", "default_params", "enumerate_kernels", "estimate_kernel_ms", "file_sha256", "host_cpu",
     "host_llvm_cpu", "kernel_activation_bytes", "kernel_bytes", "kernel_counts", "kernel_flops",
     "kernel_weight_bytes", "kernels", "key_from_row", "key_to_row", "label_source", "list_profiles", "load_profile",

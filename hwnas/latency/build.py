@@ -22,15 +22,33 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.latency.bench import (
-    DEFAULT_MIN_REPEAT_MS, DEFAULT_REPEAT, DEFAULT_ROUNDS, DEFAULT_WARMUP, TrackerError, compile_kernel_library,
-    connect_tracker, load_local, measure_kernel, run_parallel, time_interleaved,
+    DEFAULT_MIN_REPEAT_MS,
+    DEFAULT_REPEAT,
+    DEFAULT_ROUNDS,
+    DEFAULT_WARMUP,
+    TrackerError,
+    compile_kernel_library,
+    connect_tracker,
+    load_local,
+    measure_kernel,
+    run_parallel,
+    time_interleaved,
 )
 from hwnas.latency.blocks import kernel_module
 from hwnas.latency.kernels import KernelKey, enumerate_kernels
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.table import (
-    DEFAULT_TABLE_DIR, KERNEL_CODE_FILES, CorruptTableError, LatencyTable, TableMeta, Timing, code_hash,
-    read_table, table_paths, tvm_version, write_table,
+    DEFAULT_TABLE_DIR,
+    KERNEL_CODE_FILES,
+    CorruptTableError,
+    LatencyTable,
+    TableMeta,
+    Timing,
+    code_hash,
+    read_table,
+    table_paths,
+    tvm_version,
+    write_table,
 )
 from hwnas.space import SearchSpace
 
@@ -71,7 +89,8 @@ def measured_meta(profile: DeviceProfile, space: SearchSpace, *, experiment_path
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         code_hash=code_hash(MEASURED_CODE_FILES), code_files=MEASURED_CODE_FILES, host_cpu=cpu, host_cores=cores,
         calibration=(f"none: TVM {tvm_version()} Relax, " + ("hwnas CPU schedules (hwnas/latency/schedule.py)"
-                     if profile.target.get("kind") == "llvm" else "default pipeline") + f" (no tuning), {warmup} warm-up calls, "
+                     if profile.target.get("kind") == "llvm" else "default pipeline")
+                     + f" (no tuning), {warmup} warm-up calls, "
                      f"{repeat} repeats of >= {min_repeat_ms} ms, batch 1, {profile.threads} thread(s), "
                      + ("time_evaluator wall clock through tvm.rpc" if remote else
                         f"thread CPU time, median of {DEFAULT_ROUNDS} rounds interleaved over {CHUNK} kernels"

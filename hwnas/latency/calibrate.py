@@ -34,7 +34,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from hwnas.latency.estimate import (
-    PARAM_NAMES, PRIOR_LOG_SD, EstimatorParams, build_estimated_table, kernel_terms, prior_params,
+    PARAM_NAMES,
+    PRIOR_LOG_SD,
+    EstimatorParams,
+    build_estimated_table,
+    kernel_terms,
+    prior_params,
 )
 from hwnas.latency.interval import ErrorModel, calibrated_error
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
@@ -273,7 +278,8 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
             f"{k} measurement(s) for {len(theta)} parameters: a regularised fit, the priors set what the "
             f"measurements cannot")
     error: ErrorModel = calibrated_error(loo, source=source)
-    kinds_text = ", ".join(f"{kd} x{math.exp(theta[j * 3] - theta0[j * 3]):.2f}/x{math.exp(theta[j * 3 + 1] - theta0[j * 3 + 1]):.2f}"
+    kinds_text = ", ".join(f"{kd} x{math.exp(theta[j * 3] - theta0[j * 3]):.2f}"
+                           f"/x{math.exp(theta[j * 3 + 1] - theta0[j * 3 + 1]):.2f}"
                            for j, kd in enumerate(COST_KINDS))
     loo_text = (f"the prior alone was {rows[0]['loo_residual_pct']:+.1f}% off" if k == 1
                 else f"leave-one-out MAPE {sum(loo_pct) / k:.1f}%")
@@ -286,7 +292,8 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
 def calibration_source(path: str | Path, *, k: int, sha256: str, date: str | None = None) -> str:
     """"calibrated on k measurements (file, sha256, date)"."""
     date = date or _dt.date.today().isoformat()
-    return f"calibrated on {k} measurement{'s' if k != 1 else ''} ({Path(path).as_posix()}, sha256 {sha256[:16]}, {date})"
+    return (f"calibrated on {k} measurement{'s' if k != 1 else ''} "
+            f"({Path(path).as_posix()}, sha256 {sha256[:16]}, {date})")
 
 
 def calibrated_table(profile: DeviceProfile, space: SearchSpace, measurements_path: str | Path, *,

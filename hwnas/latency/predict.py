@@ -20,7 +20,6 @@ from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
 from hwnas.latency.table import LatencyTable, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
 
-
 Guidance = Literal["distilled", "cfg", "none"]
 GUIDANCE: tuple[Guidance, ...] = get_args(Guidance)
 PASSES: dict[Guidance, int] = {"distilled": 1, "cfg": 2, "none": 1}
@@ -97,7 +96,8 @@ class LatencyPrediction:
 
 
 def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, precision: Precision,
-                       space: SearchSpace, correct: bool = False, guidance: Guidance = "distilled") -> LatencyPrediction:
+                       space: SearchSpace, correct: bool = False,
+                       guidance: Guidance = "distilled") -> LatencyPrediction:
     """Latency of generating one image with `cfg` at `steps` denoising steps (batch 1; `guidance`
     "cfg" doubles the denoiser, see `PASSES`).
 

@@ -36,7 +36,12 @@ from hwnas.io import atomic_write_text, sha256_bytes
 from hwnas.latency.interval import ErrorModel, prior_error
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
-    DEFAULT_PROFILE_DIR, NATIVE_CPU, DeviceProfile, PipelinePart, host_cpu, load_profile,
+    DEFAULT_PROFILE_DIR,
+    NATIVE_CPU,
+    DeviceProfile,
+    PipelinePart,
+    host_cpu,
+    load_profile,
 )
 
 Source = Literal["measured", "estimated"]

@@ -138,7 +138,7 @@ def load_autoencoder(path: str | Path, *, channels: int | None = None,
     diffusers_logging.set_verbosity_error()  # its "install accelerate" advice is noise here
     try:
         model = AutoencoderKL.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: cannot load the VAE ({first})") from None
     model.eval().requires_grad_(False)

@@ -10,7 +10,6 @@ from hwnas.io import atomic_write
 from hwnas.report.frames import RunData, breakdown_frame
 
 
-
 def _plt():  # type: ignore[no-untyped-def]
     import matplotlib
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from hwnas.search.budget import Feasibility, check_budget, format_ms, parse_budget_ms
 from hwnas.search.objective import (
-    LatencyModel, QualityModel, config_from_params, params_from_config, run_trial, same_choices, suggest_config,
+    LatencyModel,
+    QualityModel,
+    config_from_params,
+    params_from_config,
+    run_trial,
+    same_choices,
+    suggest_config,
 )
 from hwnas.search.results import hypervolume_2d, pareto_frame, trials_frame
 from hwnas.search.run import InfeasibleBudgetError, prepare, run_search

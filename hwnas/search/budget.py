@@ -96,7 +96,8 @@ def fastest_candidates(space: SearchSpace) -> list[SubnetConfig]:
 
 
 def check_budget(budget_ms: float, *, table: LatencyTable, space: SearchSpace, steps: int,
-                 precision: Precision, confidence: float | None = None, guidance: Guidance = "distilled") -> Feasibility:
+                 precision: Precision, confidence: float | None = None,
+                 guidance: Guidance = "distilled") -> Feasibility:
     """The fastest achievable latency on the table's device, and whether `budget_ms` admits it.
 
     With `confidence`, latencies are one-sided `confidence` upper bounds (as the search constrains them)."""

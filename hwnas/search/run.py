@@ -38,10 +38,16 @@ from hwnas.search.budget import Feasibility, check_budget
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
 from hwnas.search.study import (
-    LoopStats, SearchSettings, failed_reasons, make_sampler, open_study, recover_stale_trials, run_loop, sqlite_url,
+    LoopStats,
+    SearchSettings,
+    failed_reasons,
+    make_sampler,
+    open_study,
+    recover_stale_trials,
+    run_loop,
+    sqlite_url,
 )
 from hwnas.space import SearchSpace, load_space
-
 
 
 class InfeasibleBudgetError(ValueError):

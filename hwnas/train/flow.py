@@ -7,7 +7,8 @@ dx/dt = v from t = 1 down to t = 0.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 

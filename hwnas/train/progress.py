@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 ProgressUpdate = Callable[..., None]
 """`update(step, loss)` after a step; `update(None)` when done."""

@@ -41,7 +41,8 @@ def test_symmetric_keeps_the_largest_weight_exact() -> None:
     assert torch.allclose(deq[torch.arange(4), idx], w[torch.arange(4), idx].half().float(), atol=1e-6)
 
 
-@pytest.mark.parametrize("k,group,expected", [(32, 128, 32), (96, 128, 32), (256, 128, 128), (24, 128, 32), (64, 16, 16)])
+@pytest.mark.parametrize("k,group,expected",
+                         [(32, 128, 32), (96, 128, 32), (256, 128, 128), (24, 128, 32), (64, 16, 16)])
 def test_block_size(k: int, group: int, expected: int) -> None:
     assert block_size(k, group) == expected
 
@@ -106,7 +107,8 @@ def test_quantized_model_uses_the_packed_weights_and_finetune_moves_only_biases(
     assert torch.equal(qm[0].weight, q.packed["0"].dequantize())
     weight = qm[2].weight.clone()
     bias = qm[2].bias.clone()
-    losses = finetune_biases_norms(qm, model, lambda i: (torch.randn(16, 64, generator=torch.Generator().manual_seed(i)),),
+    losses = finetune_biases_norms(qm, model,
+                                   lambda i: (torch.randn(16, 64, generator=torch.Generator().manual_seed(i)),),
                                    steps=30, lr=1e-3)
     assert torch.equal(qm[2].weight, weight) and not torch.equal(qm[2].bias, bias)
     assert losses[-1] < losses[0]

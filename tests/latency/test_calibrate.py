@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from hwnas.cli import main
 from hwnas.latency import (
-    KindParams, calibrate, calibrated_error, kernel_counts, load_profile, prior_error, prior_params,
+    KindParams,
+    calibrate,
+    calibrated_error,
+    kernel_counts,
+    load_profile,
+    prior_error,
+    prior_params,
     read_measurements,
 )
 from hwnas.latency.calibrate import Measurement, MeasurementError
@@ -109,7 +115,8 @@ def test_bad_measurements(tmp_path: Path, space, iphone, body: str, needle: str)
 
 def test_config_by_json_and_id(tmp_path: Path, space, iphone) -> None:  # type: ignore[no-untyped-def]
     cfg = space.preset("tiny")
-    body = f"{space.preset('small').id},360,step,,,,\n\"{cfg.to_json().replace(chr(34), chr(34) * 2)}\",1200,image,4,,,\n"
+    body = (f"{space.preset('small').id},360,step,,,,\n"
+            f"\"{cfg.to_json().replace(chr(34), chr(34) * 2)}\",1200,image,4,,,\n")
     rows = read_measurements(_write(tmp_path, body), space=space, profile=iphone)
     assert [r.config for r in rows] == [space.preset("small"), cfg] and rows[1].steps == 4
 

@@ -1,15 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from hwnas.cli import main
 from hwnas.latency import (
     Correction,
     LatencyTable,
@@ -42,7 +38,8 @@ def _configs(space, n: int = 30):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def iphone(space) -> LatencyTable:  # type: ignore[no-untyped-def]
-    """The iPhone's estimator calibrated on the paper's point, over the kernels of the presets and some random sub-DiTs."""
+    """The iPhone's estimator calibrated on the paper's point, over the kernels of the presets and some random
+    sub-DiTs."""
     prof = load_profile("iphone16promax", profile_dir=PROFILES)
     rows = read_measurements(PROFILES / "measurements" / "iphone16promax.csv", space=space, profile=prof)
     params = calibrate(prof, space, rows, prior=prior_params(prof), source="calibrated on the paper's point").params

@@ -75,7 +75,8 @@ def test_stale_fields(dirs, space, changes: dict, field: str) -> None:  # type: 
     _rewrite_meta(_table(space, profiles), tables, **changes)
     with pytest.raises(StaleTableError, match=field) as err:
         load_table("pixel8-cpu", space.name, table_dir=tables, profile_dir=profiles)
-    assert "hwnas lut build --device pixel8-cpu --experiment experiments/snapgenpp-1024.toml --estimate" in str(err.value)
+    rebuild = "hwnas lut build --device pixel8-cpu --experiment experiments/snapgenpp-1024.toml --estimate"
+    assert rebuild in str(err.value)
 
 
 @pytest.mark.skipif(tvm_version() is None, reason="apache-tvm not installed")
@@ -263,7 +264,8 @@ def test_atomic_write_leaves_no_partial_file(dirs, space, monkeypatch) -> None: 
     write_table(table, table_dir=tables)
     before = csv_path.read_bytes()
     monkeypatch.setattr(os, "fsync", boom)
-    bigger = dataclasses.replace(table, entries={k: Timing.estimated(2 * t.median_ms) for k, t in table.entries.items()})
+    bigger = dataclasses.replace(table,
+                                 entries={k: Timing.estimated(2 * t.median_ms) for k, t in table.entries.items()})
     with pytest.raises(OSError):
         write_table(bigger, table_dir=tables)
     assert csv_path.read_bytes() == before and sorted(os.listdir(csv_path.parent)) == sorted(
