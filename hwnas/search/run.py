@@ -37,6 +37,7 @@ from hwnas.paths import display_path, redact_url, repo_path
 from hwnas.search.budget import Feasibility, check_budget
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
+from hwnas.search.start import feasible_start, startup_trials
 from hwnas.search.study import (
     LoopStats,
     SearchSettings,
@@ -47,7 +48,7 @@ from hwnas.search.study import (
     run_loop,
     sqlite_url,
 )
-from hwnas.space import SearchSpace, load_space
+from hwnas.space import SearchSpace, SubnetConfig, load_space
 
 
 class InfeasibleBudgetError(ValueError):
@@ -277,6 +278,14 @@ def _latency_model(ctx: _Context) -> LatencyModel:
                         guidance=s.guidance)  # type: ignore[arg-type]
 
 
+def _first_generation(ctx: _Context) -> list[SubnetConfig]:
+    """The sub-DiTs a fresh study enqueues: the sampler's startup trials, all predicted within the budget."""
+    s = ctx.settings
+    return feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.feasibility.fastest, budget_ms=s.budget_ms,
+                          confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
+                          seed=s.seed)
+
+
 def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
           progress: Any) -> LoopStats:
     s = ctx.settings
@@ -347,8 +356,9 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
             raise RunConflictError(f"study {study_name!r} in {redact_url(storage)} holds another search "
                                    f"({identity_diff(stored, identity)}); give another --study")
         recovered = recover_stale_trials(study)
-        if not study.get_trials(deepcopy=False):  # a fresh study starts from the fastest sub-DiT: always feasible
-            study.enqueue_trial(params_from_config(ctx.feasibility.fastest, ctx.space))
+        if not study.get_trials(deepcopy=False):  # a fresh study: the first generation fits the budget
+            for cfg in _first_generation(ctx):
+                study.enqueue_trial(params_from_config(cfg, ctx.space))
         atomic_write_json(run_dir / "settings.json", record)
         study.set_user_attr("hwnas_settings", record)
 
@@ -396,7 +406,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
             "preset_quality_cpu_s": quality.cpu_s - q0, "sample_grid_cpu_s": grid_cpu,
             "stopped": "interrupted" if interrupted else "timeout" if stats.timed_out else "done",
         })
-        if report:
+        if report and len(trials):  # no report of a search whose every trial failed (nothing to plot)
             from hwnas.report import build_report
 
             build_report(run_dir)

@@ -273,6 +273,10 @@ def _ask_tell(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[flo
             break
         trial = study.ask()
         trial.set_user_attr("worker", tag)
+        if isinstance(study.sampler, optuna.samplers.BaseGASampler):
+            # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
+            # every population (NSGA-II would never breed from the feasible start)
+            study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
         try:
             values = objective(trial)
         except TrialFailed as exc:
