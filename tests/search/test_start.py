@@ -5,12 +5,12 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from search_tiny import PROFILES
 
 from hwnas.latency import load_profile, load_table, predict_latency_ms
 from hwnas.search import config_from_params, prepare, run_search
 from hwnas.search.start import feasible_start, startup_trials
 from hwnas.space import load_space
-from search_tiny import PROFILES
 
 
 def _latency(tiny_env):  # type: ignore[no-untyped-def]
