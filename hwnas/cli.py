@@ -92,14 +92,14 @@ def main() -> None:
       hwnas search / report                         Optuna search and its report
       hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
     """
-    warnings.showwarning = _warning_line
+    warnings.formatwarning = _warning_line
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: object = None, line: str | None = None) -> None:
-    """Warnings (e.g. a host table timed on another CPU) as one line on stderr, without the
-    source location Python adds."""
-    click.echo(f"warning: {message}", err=True)
+                  line: str | None = None) -> str:
+    """Warnings (e.g. a host table timed on another CPU) as one line, without the source location
+    Python adds."""
+    return f"warning: {message}\n"
 
 
 def _config_by_name(space: SearchSpace, value: str) -> SubnetConfig:
