@@ -247,53 +247,44 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
     start = clock()
     tag = worker_tag()
     with _remembered_interrupts() as interrupts:
-        _ask_tell(study, objective, n_trials=n_trials, on_trial=on_trial, on_complete=on_complete,
-                  timeout_s=timeout_s, clock=clock, start=start, tag=tag, stats=stats, interrupts=interrupts)
+        while True:
+            if interrupts:  # a Ctrl-C that Python swallowed (e.g. inside a GC callback)
+                raise KeyboardInterrupt
+            done, running, complete = count_trials(study)
+            if on_complete is not None:
+                on_complete(complete)
+            if on_trial is not None:
+                on_trial(done)
+            if done + running >= n_trials:
+                break
+            if timeout_s is not None and stats.trials_run and clock() - start >= timeout_s:
+                stats.timed_out = True
+                break
+            trial = study.ask()
+            trial.set_user_attr("worker", tag)
+            if isinstance(study.sampler, optuna.samplers.BaseGASampler):
+                # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
+                # every population (NSGA-II would never breed from the feasible start)
+                study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
+            try:
+                values = objective(trial)
+            except TrialFailed as exc:
+                trial.set_user_attr("fail_reason", str(exc))
+                study.tell(trial, state=TrialState.FAIL)
+                stats.errors.append(str(exc))
+                stats.trials_run += 1
+                continue
+            except KeyboardInterrupt:
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                raise
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            study.tell(trial, list(values))
+            stats.trials_run += 1
     stats.wall_s = clock() - start
     return stats
-
-
-def _ask_tell(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[float, float]], *, n_trials: int,
-              on_trial: Callable[[int], None] | None,
-              on_complete: Callable[[list[optuna.trial.FrozenTrial]], None] | None,
-              timeout_s: float | None, clock: Callable[[], float], start: float, tag: str,
-              stats: LoopStats, interrupts: list[int]) -> None:
-    while True:
-        if interrupts:  # a Ctrl-C that Python swallowed (e.g. inside a GC callback)
-            raise KeyboardInterrupt
-        done, running, complete = count_trials(study)
-        if on_complete is not None:
-            on_complete(complete)
-        if on_trial is not None:
-            on_trial(done)
-        if done + running >= n_trials:
-            break
-        if timeout_s is not None and stats.trials_run and clock() - start >= timeout_s:
-            stats.timed_out = True
-            break
-        trial = study.ask()
-        trial.set_user_attr("worker", tag)
-        if isinstance(study.sampler, optuna.samplers.BaseGASampler):
-            # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
-            # every population (NSGA-II would never breed from the feasible start)
-            study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
-        try:
-            values = objective(trial)
-        except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            study.tell(trial, state=TrialState.FAIL)
-            stats.errors.append(str(exc))
-            stats.trials_run += 1
-            continue
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-            raise
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        study.tell(trial, list(values))
-        stats.trials_run += 1
 
 
 @contextmanager
