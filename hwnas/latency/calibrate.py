@@ -37,8 +37,10 @@ from hwnas.latency.estimate import (
     PARAM_NAMES,
     PRIOR_LOG_SD,
     EstimatorParams,
+    borrow_params,
     build_estimated_table,
     kernel_terms,
+    params_from_meta,
     prior_params,
 )
 from hwnas.latency.interval import ErrorModel, calibrated_error
@@ -46,7 +48,7 @@ from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
 from hwnas.latency.primitives import COST_KINDS
 from hwnas.latency.profile import DeviceProfile
 from hwnas.latency.table import LatencyTable
-from hwnas.space import SearchSpace, SubnetConfig
+from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 Per = Literal["step", "image"]
 COLUMNS_REQUIRED: tuple[str, ...] = ("config", "ms", "per")
@@ -73,22 +75,6 @@ class Measurement:
     runtime: str = ""
     note: str = ""
     line: int = 0
-
-
-def _resolve(text: str, space: SearchSpace) -> SubnetConfig:
-    text = text.strip()
-    if text.startswith("{"):
-        cfg = SubnetConfig.from_json(text)
-        space.validate(cfg)
-        return cfg
-    known = {**space.presets(), "smallest": space.smallest(), "largest": space.largest()}
-    if text in known:
-        return known[text]
-    by_id = {c.id: c for c in known.values()}
-    if text in by_id:
-        return by_id[text]
-    raise ValueError(f"unknown config {text!r}: not a preset ({', '.join(space.presets())}), smallest, largest, "
-                     f"the id of one of those, nor config JSON")
 
 
 def read_measurements(path: str | Path, *, space: SearchSpace, profile: DeviceProfile) -> list[Measurement]:
@@ -126,7 +112,7 @@ def read_measurements(path: str | Path, *, space: SearchSpace, profile: DevicePr
 
 
 def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProfile, line: int) -> Measurement:
-    cfg = _resolve(row["config"], space)
+    cfg = resolve_config(space, row["config"])
     try:
         ms = float(row["ms"])
     except ValueError:
@@ -309,3 +295,39 @@ def calibrated_table(profile: DeviceProfile, space: SearchSpace, measurements_pa
     table = build_estimated_table(profile, space, fit.params, experiment_path=experiment_path, date=date)
     record = fit.record(file=Path(measurements_path).as_posix(), sha256=sha, date=date)
     return replace(table, meta=replace(table.meta, calibration_fit=record)), fit
+
+
+def estimated_table(profile: DeviceProfile, space: SearchSpace, *, experiment_path: str,
+                    precisions: tuple[Precision, ...] = (), donor: LatencyTable | None = None) -> LatencyTable:
+    """`profile`'s roofline-estimated table at `precisions` (default: every precision it has a peak
+    for), from its priors, or from `donor`'s calibrated parameters where given (an assumption: the two
+    devices are alike). Writes nothing."""
+    missing = [p for p in precisions if p not in profile.peak_gflops]
+    if missing:
+        raise ValueError(f"device {profile.name!r} has no peak for precision {missing[0]!r} "
+                         f"(it has {list(profile.precisions)})")
+    params = prior_params(profile)
+    if donor is not None:
+        if donor.meta.source != "estimated":
+            raise ValueError(f"the {donor.meta.device}/{donor.meta.experiment} table is {donor.meta.source}; "
+                             "--prior-from needs an estimated (ideally calibrated) table")
+        params = borrow_params(profile, params_from_meta(donor.meta), donor_name=donor.meta.device)
+    return build_estimated_table(profile, space, params, experiment_path=experiment_path,
+                                 precisions=precisions or None)
+
+
+def calibration_lines(table: LatencyTable, fit: Calibration) -> list[str]:
+    """What `hwnas lut calibrate` prints: one line per measurement (measured, prior, fitted, residual,
+    left-out residual), the leave-one-out error, the fit's note and the interval it gives."""
+    lines = [f"line {r['line']:>3}  {r['describe']:<44s} measured {r['measured_step_ms']:>10,.2f}  prior "
+             f"{r['prior_step_ms']:>10,.2f}  fitted {r['fitted_step_ms']:>10,.2f} ms/step  "
+             f"({r['residual_pct']:+.1f}%; left out {r['loo_residual_pct']:+.1f}%)" for r in fit.rows]
+    k = len(fit.rows)
+    lines.append(f"leave-one-out error: MAPE {fit.loo_mape_pct:.1f}%, max {fit.loo_max_pct:.1f}% over {k} "
+                 f"measurement{'s' if k != 1 else ''}"
+                 + (" (with one row: the uncalibrated prior's error)" if k == 1 else ""))
+    if fit.note:
+        lines.append(f"note: {fit.note}")
+    lines.append(f"interval: {table.error_model.describe(0.9)}")
+    return lines
+

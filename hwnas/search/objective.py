@@ -17,7 +17,7 @@ import optuna
 
 from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
 from hwnas.search.study import TrialFailed
-from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
+from hwnas.space import LOCAL_ATTNS, STAGES, SearchSpace, StageConfig, SubnetConfig
 
 
 def _param_choices(space: SearchSpace) -> dict[str, list[Any]]:
@@ -29,7 +29,7 @@ def _param_choices(space: SearchSpace) -> dict[str, list[Any]]:
         out[f"{stage}.ffn_ratio"] = list(ch.ffn_ratio)
         if len(ch.attn) > 1:
             out[f"{stage}.attn"] = list(ch.attn)
-        if ch.radius and any(a in ("assa", "bna") for a in ch.attn):
+        if ch.radius and any(a in LOCAL_ATTNS for a in ch.attn):
             out[f"{stage}.radius"] = list(ch.radius)
     return out
 
@@ -46,7 +46,7 @@ def config_from_params(params: dict[str, Any], space: SearchSpace) -> SubnetConf
     for stage in STAGES:
         ch = space.stages[stage]
         attn = params.get(f"{stage}.attn", ch.attn[0])
-        radius = int(params.get(f"{stage}.radius", min(ch.radius, default=0))) if attn in ("assa", "bna") else 0
+        radius = int(params.get(f"{stage}.radius", min(ch.radius, default=0))) if attn in LOCAL_ATTNS else 0
         stages[stage] = StageConfig(width=float(params[f"{stage}.width"]), depth=int(params[f"{stage}.depth"]),
                                     ffn_ratio=int(params[f"{stage}.ffn_ratio"]), attn=attn, radius=radius)
     return SubnetConfig(**stages)
