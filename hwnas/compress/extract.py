@@ -1,4 +1,4 @@
-"""Turn a search pick into a standalone sub-DiT: `export_subnet` / `load_subdit`.
+"""Turn a search pick into a standalone sub-DiT: `from_supernet`, `save_subdit` / `load_subdit`.
 
 A sub-DiT directory holds `model.safetensors` (the static DiT as `dit.*` and the text encoder as
 `text.*`) and `model.json` (format, the `SubnetConfig`, the experiment TOML, the tokenizer and

@@ -28,8 +28,8 @@ from onnx import helper, numpy_helper
 from hwnas.compress.quant import (
     PackedWeight,
     QuantizedModel,
+    dequantized_copy,
     pack,
-    quantized_model,
     weight_layers,
 )
 from hwnas.io import atomic_write
@@ -47,7 +47,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
         raise ValueError("MatMulNBits runs group-wise rtn codes only; quantize with method='rtn' for ONNX")
     path = Path(path)
     fp32_path = path.with_name(path.stem + ".dequant-fp32.onnx")
-    deq = quantized_model(model, q).eval()
+    deq = dequantized_copy(model, q).eval()
     export_onnx(deq, fp32_path, batch=batch)
     graph_model = onnx.load(str(fp32_path))
     fp32_path.unlink()

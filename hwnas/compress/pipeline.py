@@ -23,10 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwnas.compress.distill import DistillConfig, distill
+from hwnas.compress.distill import distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
-from hwnas.compress.quant import QuantSpec, layer_sensitivity, mixed_bits, quantize_model, quantized_model
+from hwnas.compress.quant import (
+    dequantized_copy,
+    finetune_biases_norms,
+    layer_sensitivity,
+    mixed_bits,
+    quantize_model,
+)
+from hwnas.compress.settings import DistillConfig, QuantSpec
 from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import evaluate
 from hwnas.model import example_inputs, export_onnx
@@ -60,7 +67,29 @@ def quantize_subdit(model: SubDiT, spec: QuantSpec, *, mixed: bool = False, extr
         sens = layer_sensitivity(dit, spec, lambda m: m(*inputs))
         bits = mixed_bits(dit, spec, sens, extra_bits=extra_bits)
     q = quantize_model(dit, spec, bits=bits)
-    return model.with_dit(quantized_model(dit, q).eval(), quant=q.summary()), q
+    return model.with_dit(dequantized_copy(dit, q).eval(), quant=q.summary()), q
+
+
+def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, finetune_steps: int = 0,
+                       n: int = 100, steps: int = 28, cfg_scale: float = 4.0, checkpoint: str | Path | None = None,
+                       onnx_out: str | Path | None = None) -> dict[str, Any]:
+    """Quantize `sub` (`quantize_subdit`), optionally fine-tune its biases and norms against the fp32
+    sub-DiT, and score both on the same prompts and noises (compositional accuracy); with `onnx_out`,
+    also export the int4 ONNX model (rtn) and check its parity. Returns the summary `hwnas quantize` prints."""
+    qsub, q = quantize_subdit(sub, spec, mixed=mixed)
+    if finetune_steps:
+        finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
+                              steps=finetune_steps)
+    kw: dict[str, Any] = dict(metric="compositional", n=n, steps=steps, cfg_scale=cfg_scale, checkpoint=checkpoint)
+    before, after = quality_row(sub, sub.cfg, stage="fp32", **kw), quality_row(qsub, sub.cfg, stage="quantized", **kw)
+    assert before is not None and after is not None  # compositional is always available
+    result = {"config_id": sub.cfg.id, "method": spec.method, "group": spec.group, "symmetric": spec.symmetric,
+              "mixed": mixed, "finetune_steps": finetune_steps, **q.summary(), "acc_fp32": before["value"],
+              "acc_quant": after["value"], "source": after["source"], "n": n, "steps": steps, "cfg_scale": cfg_scale}
+    if onnx_out is not None:
+        result["onnx"] = export_int4_onnx(sub.dit, q, onnx_out)
+        result["parity"] = check_parity(onnx_out, qsub.dit)
+    return result
 
 
 def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") -> dict[str, Any]:

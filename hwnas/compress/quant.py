@@ -19,7 +19,7 @@ layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to
 average bits rise by `mixed_extra_bits`. Everything else (biases, norms, adaLN tables, any other
 conv) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
 
-PyTorch quality uses the dequantized weights from the packed codes (`quantized_model`), which
+PyTorch quality uses the dequantized weights from the packed codes (`dequantized_copy`), which
 are the weights the int4 ONNX model (`hwnas.compress.onnx_int4`) runs.
 """
 
@@ -29,35 +29,12 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-Method = Literal["rtn", "kmeans"]
-Bits = Literal[4, 8]
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
-    palette (kmeans; None = one palette per tensor)."""
-
-    method: Method = "rtn"
-    bits: Bits = 4
-    group: int | None = 32
-    symmetric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in ("rtn", "kmeans"):
-            raise ValueError(f"method must be 'rtn' or 'kmeans', got {self.method!r}")
-        if self.bits not in (4, 8):
-            raise ValueError(f"bits must be 4 or 8, got {self.bits!r}")
-        if self.method == "rtn" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
-            raise ValueError(f"rtn needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
-        if self.group is not None and self.group < 1:
-            raise ValueError(f"group must be positive, got {self.group!r}")
+from hwnas.compress.settings import QuantSpec
 
 
 @dataclass
@@ -303,7 +280,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | 
 
 
 @torch.no_grad()
-def quantized_model(model: nn.Module, q: QuantizedModel) -> nn.Module:
+def dequantized_copy(model: nn.Module, q: QuantizedModel) -> nn.Module:
     """A copy of `model` whose weight layers hold the dequantized packed weights and whose other
     parameters are rounded to fp16 (as stored), in fp32 for PyTorch."""
     out = copy.deepcopy(model)

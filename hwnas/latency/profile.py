@@ -33,6 +33,7 @@ from hwnas.latency.kernels import PRECISIONS, Precision
 from hwnas.latency.primitives import ATTENTION_LOWERINGS, AttentionLowering
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
 SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
 DEFAULT_PROFILE_DIR = Path("device_profiles")
 NATIVE_CPU = "native"

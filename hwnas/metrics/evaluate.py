@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -71,5 +72,8 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
                             f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}")
     else:
         raise ValueError(f"metric must be one of compositional, fd_ref, val_loss; got {metric!r}")
+    if not math.isfinite(result["value"]):
+        raise ValueError(f"{metric} of {cfg.describe()} is {result['value']} (not a number): the checkpoint "
+                         f"or the sampling diverged; no result reported")
     result["wall_s"] = round(time.perf_counter() - start, 2)
     return result

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hwnas.io import atomic_write_json
+from hwnas.space import SearchSpace
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -219,6 +220,25 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
                "train_wall_s": round(time.perf_counter() - start, 1), "log": log, **quality}
     atomic_write_json(out / "train_summary.json", summary)
     return summary
+
+
+def train_autoencoder_for(space: SearchSpace, *, out: str | Path, steps: int = 1500, batch_size: int = 32,
+                          device: str = "cpu") -> dict[str, Any]:
+    """`train_autoencoder` shaped by a latent experiment: its dataset, resolution and latent channels,
+    one down-sampling level per factor of 2 of `latent_downsample` (32, 64, 128, 128... channels).
+    Refuses a pixel-space experiment and an `out` that already holds files."""
+    down = space.latent_downsample
+    if down == 1:
+        raise ValueError(f"{space.name}: a pixel-space experiment (latent_downsample 1) has no VAE")
+    levels = down.bit_length()
+    if 2 ** (levels - 1) != down:
+        raise ValueError(f"{space.name}: latent_downsample must be a power of 2, got {down}")
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"{out} is not empty; choose a new --out")
+    block_out = tuple(min(32 * 2**i, 128) for i in range(levels))
+    return train_autoencoder(dataset=space.dataset, resolution=space.resolution, out=out,
+                             channels=space.latent_channels, block_out=block_out,
+                             steps=steps, batch_size=batch_size, device=device)
 
 
 def evaluate_autoencoder(vae: Autoencoder, *, dataset: str, resolution: int, n: int = 200,

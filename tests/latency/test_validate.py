@@ -185,12 +185,17 @@ def test_validate_cli_without_table_is_one_line(tmp_path: Path) -> None:
     assert "no latency table for device 'host'" in res.output
 
 
-def test_write_correction_round_trip(space: SearchSpace, tmp_path: Path) -> None:
+def test_record_validation_writes_correction_and_interval_together(space: SearchSpace, tmp_path: Path) -> None:
     from hwnas.latency import load_table
-    from hwnas.latency.validate import write_correction
+    from hwnas.latency.validate import record_validation
 
     table = _synthetic_table(space)
     write_table(table, table_dir=tmp_path)
-    write_correction(table, a=1.1, b_ms=0.2, source="measured: test", table_dir=tmp_path)
+    rows = [{"predicted_ms": p, "measured_ms": p * f} for p, f in zip((1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+                                                                       (1.1, 0.9, 1.2, 1.05, 0.95, 1.15))]
+    report = {"seed": 0, "rows": rows, "n_calibration": 20, "corrected": {"a": 1.1, "b_ms": 0.2}}
+    assert record_validation(table, report, interval=False, correction=False, table_dir=tmp_path) is None
+    record_validation(table, report, interval=True, correction=True, table_dir=tmp_path)
     loaded = load_table("host", space.name, table_dir=tmp_path, profile_dir=ROOT / "device_profiles")
     assert loaded.meta.correction is not None and loaded.meta.correction.a == 1.1
+    assert loaded.meta.error is not None and loaded.meta.error.n == 6  # both in one rewrite: neither lost
