@@ -113,3 +113,12 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
     assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")
     assert printed["quality_rows"] == on_disk["quality_rows"]
     assert (out / "int4.onnx").stat().st_size > 0 and (out / "fp32.onnx").stat().st_size > 0
+
+
+def test_cli_choices_are_the_library_s() -> None:
+    from typing import get_args
+
+    from hwnas.cli.quality import METRICS
+    from hwnas.metrics.evaluate import Metric
+
+    assert METRICS == get_args(Metric)
