@@ -60,7 +60,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def _compress_results(run_dir: Path, pareto: pd.DataFrame) -> list[dict[str, Any]]:
-    """Results of `hwnas export` per processed pick, if any (schema in the distillation contract)."""
+    """Results of `hwnas compress` per processed pick, if any (schema in the distillation contract)."""
     order = {cid: i for i, cid in enumerate(pareto.get("config_id", []))}
     out = []
     for path in sorted((run_dir / "compress").glob("*/results.json")):

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,7 @@ DIRECTIONS = ("minimize", "minimize")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything that defines a search. Resolved (no None left) by `hwnas.search.resolve`."""
+    """Everything that defines a search. `hwnas.search.prepare` resolves its defaults (device precision, resolution)."""
 
     device: str
     budget_ms: float
@@ -227,7 +227,6 @@ def failed_reasons(study: optuna.Study) -> list[str]:
 class LoopStats:
     trials_run: int = 0
     wall_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
     timed_out: bool = False
 
 
@@ -271,7 +270,6 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
             except TrialFailed as exc:
                 trial.set_user_attr("fail_reason", str(exc))
                 study.tell(trial, state=TrialState.FAIL)
-                stats.errors.append(str(exc))
                 stats.trials_run += 1
                 continue
             except KeyboardInterrupt:
