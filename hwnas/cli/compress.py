@@ -12,7 +12,7 @@ import click
 
 from hwnas.cli._app import main, user_errors
 from hwnas.cli._options import CONFIG_HELP, checkpoint_option, config_option, json_option, load_supernet
-from hwnas.compress.settings import METHODS, MODES, DistillConfig, QuantSpec
+from hwnas.compress.settings import METHODS, MODES, DistillConfig, Method, Mode, QuantSpec
 from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,7 +27,8 @@ def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str 
         raise click.UsageError("give --run RUN_DIR (with --pick) or --config NAME|FILE.json, not both")
     if config is not None:
         return resolve_config(space, config)
-    cfg = resolve_pick(run, pick or "best")  # type: ignore[arg-type]  # run is set (checked above)
+    assert run is not None
+    cfg = resolve_pick(run, pick or "best")
     space.validate(cfg)
     return cfg
 
@@ -84,7 +85,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
 @click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, mode: str,
+def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, mode: Mode,
                 no_feature: bool, resume: bool, quiet: bool, **settings: Any) -> None:
     """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
     from hwnas.compress import distill, from_supernet, terms
@@ -93,7 +94,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     if not resume and (Path(out) / "distill_state.pt").exists():
         raise click.UsageError(f"{out} already holds a distillation; pass --resume or choose another --out")
-    dc = terms(mode, DistillConfig(**settings))  # type: ignore[arg-type]  # click.Choice(MODES)
+    dc = terms(mode, DistillConfig(**settings))
     if no_feature:
         dc = replace(dc, feat_weight=0.0)
     click.echo(json.dumps(distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)))
@@ -116,7 +117,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 @click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Write the int4 ONNX model here (rtn).")
 @json_option
 @user_errors
-def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: str, group: int,
+def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: Method, group: int,
                  asymmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
                  onnx_out: str | None, as_json: bool) -> None:
     """Weight-only int4 quantization; accuracy before/after on the quantized weights."""
@@ -127,7 +128,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
     else:
         net = load_supernet(checkpoint)
         sub = from_supernet(net, resolve_config(net.space, config))
-    spec = QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, not asymmetric)  # type: ignore[arg-type]
+    spec = QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, not asymmetric)
     r = quantize_and_score(sub, spec, mixed=mixed, finetune_steps=finetune_steps, n=n, steps=steps,
                            cfg_scale=cfg_scale, checkpoint=checkpoint, onnx_out=onnx_out)
     click.echo(json.dumps(r, indent=2) if as_json else

@@ -24,8 +24,16 @@ from hwnas.cli._options import (
     steps_option,
     table_option,
 )
-from hwnas.latency import PRECISIONS, DeviceProfile, load_table, predict_latency_ms, write_table
-from hwnas.latency.profile import DEVICE_KINDS
+from hwnas.latency import (
+    PRECISIONS,
+    DeviceProfile,
+    Guidance,
+    Precision,
+    load_table,
+    predict_latency_ms,
+    write_table,
+)
+from hwnas.latency.profile import DEVICE_KINDS, DeviceKind
 from hwnas.paths import repo_path
 from hwnas.space import SearchSpace
 
@@ -66,11 +74,11 @@ def devices_show(name: str, profiles: str, tables: str) -> None:
 @click.option("--kind", "kind", type=click.Choice(DEVICE_KINDS), default="cpu", show_default=True)
 @profile_option
 @user_errors
-def devices_add(name: str, target: str, description: str, kind: str, profiles: str) -> None:
+def devices_add(name: str, target: str, description: str, kind: DeviceKind, profiles: str) -> None:
     """Scaffold device_profiles/NAME.toml with every field (TODO sources); never overwrites."""
     from hwnas.latency.devices import add_profile
 
-    path = add_profile(name, target=target, description=description, kind=kind, profile_dir=profiles)  # type: ignore[arg-type]
+    path = add_profile(name, target=target, description=description, kind=kind, profile_dir=profiles)
     click.echo(f"wrote {path}: fill in the TODO figures and sources, then `hwnas devices show {name}`")
 
 
@@ -88,14 +96,14 @@ def devices_add(name: str, target: str, description: str, kind: str, profiles: s
 @table_option
 @user_errors
 def predict(device: str, experiment: str, preset: str | None, config: str | None, steps: int,
-            precision: str | None, correct: bool, guidance: str, confidence: float, as_json: bool, profiles: str,
-            tables: str) -> None:
+            precision: Precision | None, correct: bool, guidance: Guidance, confidence: float, as_json: bool,
+            profiles: str, tables: str) -> None:
     """End-to-end latency of one image of a sub-DiT on a device, from the device's LUT, with an interval."""
     prof, sp = load_device(device, profiles), load_experiment(experiment)
     cfg = one_config(sp, preset=preset, config=config)
     table = load_table(prof, sp.name, table_dir=repo_path(tables))
-    pred = predict_latency_ms(cfg, table, steps=steps, precision=precision or prof.default_precision,  # type: ignore[arg-type]
-                              space=sp, correct=correct, guidance=guidance)  # type: ignore[arg-type]
+    pred = predict_latency_ms(cfg, table, steps=steps, precision=precision or prof.default_precision,
+                              space=sp, correct=correct, guidance=guidance)
     if as_json:
         click.echo(json.dumps(pred.report(confidence), indent=2))
     else:
@@ -123,7 +131,7 @@ def lut() -> None:
 @table_option
 @user_errors
 def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
-              precisions: tuple[str, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
+              precisions: tuple[Precision, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency.calibrate import estimated_table
 
@@ -135,7 +143,7 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
     if tracker is not None or rpc_key is not None:
         raise click.UsageError("--tracker/--key are for measured builds; an --estimate build needs no device")
     donor = load_table(load_device(prior_from, profiles), sp.name, table_dir=table_dir) if prior_from else None
-    table = estimated_table(prof, sp, experiment_path=experiment, precisions=precisions, donor=donor)  # type: ignore[arg-type]
+    table = estimated_table(prof, sp, experiment_path=experiment, precisions=precisions, donor=donor)
     csv_path, meta_path = write_table(table, table_dir=table_dir)
     _echo_lines([f"wrote {csv_path} ({len(table.entries)} kernels, {', '.join(table.meta.precisions)}; estimated)",
                  f"      {meta_path}", f"calibration: {table.meta.calibration}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +23,10 @@ from hwnas.cli._options import (
 )
 from hwnas.io import atomic_write_json
 from hwnas.space import resolve_config
+
+if TYPE_CHECKING:  # torch modules: imported by the commands that need them
+    from hwnas.metrics.evaluate import Metric
+    from hwnas.train.flow import Solver
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp")
 METRICS = ("compositional", "fd_ref", "val_loss")
@@ -47,7 +52,7 @@ def space_show(experiment: str, preset: str | None, config: str | None, as_json:
     from hwnas.cost import summary
 
     sp = load_experiment(experiment)
-    info = summary(one_config(sp, preset=preset, config=config), sp)
+    info: dict[str, Any] = summary(one_config(sp, preset=preset, config=config), sp)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -170,7 +175,7 @@ def vae_eval(folder: str, experiment: str, n: int) -> None:
 @click.option("-o", "--output", "output", default="grid.png", show_default=True, type=click.Path(dir_okay=False))
 @user_errors
 def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int, steps: int,
-           cfg_scale: float, solver: str, seed: int, output: str) -> None:
+           cfg_scale: float, solver: Solver, seed: int, output: str) -> None:
     """Generate an image grid from one sub-DiT of a trained supernet."""
     from hwnas.train import generate, save_grid
 
@@ -180,7 +185,7 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     net = load_supernet(checkpoint)
     cfg = resolve_config(net.space, config)
     batch = [p for p in prompts for _ in range(n)]
-    images = generate(net, batch, cfg, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)  # type: ignore[arg-type]
+    images = generate(net, batch, cfg, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)
     save_grid(images, output, ncol=n, labels=batch)
     click.echo(f"wrote {output} ({len(batch)} images, sub-DiT {cfg.describe()}, {steps} {solver} steps, "
                f"CFG {cfg_scale})")
@@ -197,7 +202,7 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
 @torch_device_option
 @json_option
 @user_errors
-def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_scale: float, n: int,
+def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cfg_scale: float, n: int,
              seed: int, device: str, as_json: bool) -> None:
     """Quality of one sub-DiT: compositional accuracy, fd_ref or validation loss."""
     from hwnas.metrics.evaluate import evaluate
@@ -207,7 +212,7 @@ def eval_cmd(checkpoint: str | None, config: str, metric: str, steps: int, cfg_s
         net.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise click.UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
-    result = evaluate(net, resolve_config(net.space, config), metric=metric, n=n, steps=steps,  # type: ignore[arg-type]
+    result = evaluate(net, resolve_config(net.space, config), metric=metric, n=n, steps=steps,
                       cfg_scale=cfg_scale, seed=seed, checkpoint=checkpoint)
     if as_json:
         click.echo(json.dumps(result, indent=2))
