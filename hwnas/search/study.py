@@ -269,20 +269,32 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
                 values = objective(trial)
             except TrialFailed as exc:
                 trial.set_user_attr("fail_reason", str(exc))
-                study.tell(trial, state=TrialState.FAIL)
-                stats.trials_run += 1
+                stats.trials_run += _tell(study, trial, state=TrialState.FAIL)
                 continue
             except KeyboardInterrupt:
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                if _tell(study, trial, state=TrialState.FAIL):
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
                 raise
             except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
+                _tell(study, trial, state=TrialState.FAIL)
                 raise
-            study.tell(trial, list(values))
-            stats.trials_run += 1
+            stats.trials_run += _tell(study, trial, list(values))
     stats.wall_s = clock() - start
     return stats
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None = None, *,
+          state: TrialState | None = None) -> bool:
+    """`study.tell`; False where another worker already finished this trial. Optuna's RDB storage can
+    hand one enqueued trial to two workers that ask at the same instant (SQLite reads it as WAITING in
+    both before either writes); the first to finish records it and the other's result is dropped."""
+    try:
+        study.tell(trial, values, state=state)
+    except ValueError:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return False
+        raise
+    return True
 
 
 @contextmanager
