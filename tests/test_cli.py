@@ -122,3 +122,16 @@ def test_cli_choices_are_the_library_s() -> None:
     from hwnas.metrics.evaluate import Metric
 
     assert METRICS == get_args(Metric)
+
+
+def test_the_command_line_loads_without_torch() -> None:
+    """`hwnas --help` and the option defaults need no torch (seconds saved on every command); the
+    compress package exports the rest of its names lazily, all of them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hwnas.cli, hwnas.compress as c; "
+            "assert set(c.__all__) == {'DistillConfig', 'QuantSpec', 'terms'} | set(c._MODULE_OF); "
+            "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

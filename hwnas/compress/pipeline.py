@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwnas.compress.distill import distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
+from hwnas.compress.kdmd import distill
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
 from hwnas.compress.quant import (
     dequantized_copy,
