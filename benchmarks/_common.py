@@ -76,7 +76,7 @@ def user_input() -> Iterator[None]:
         yield
     except (OSError, ValueError) as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message or type(exc).__name__}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {message or type(exc).__name__}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
