@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hwnas.io import atomic_write_json
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
+    def error(self, message: str) -> NoReturn:
         """A bad flag: one line on stderr, exit code 2 (argparse's own adds the usage block)."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
