@@ -40,7 +40,7 @@ from hwnas.compress import (
     resolve_pick,
     terms,
 )
-from hwnas.space import load_config
+from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
 METRICS = (("compositional", 1.0), ("fd_ref", 200 / 346))  # metric, share of --n (fd_ref is ~2x costlier)
@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--run", help="a search run directory (with --pick)")
     ap.add_argument("--pick", default="best")
-    ap.add_argument("--config", default="small", help="tiny|small|full or a SubnetConfig JSON file (without --run)")
+    ap.add_argument("--config", default="small",
+                    help="tiny|small|full|largest|smallest, an id, config JSON or a JSON file (without --run)")
     ap.add_argument("--students", help="score the students under this directory instead of distilling")
     ap.add_argument("--steps", type=positive_int, default=60, help="student updates per mode")
     ap.add_argument("--batch-size", type=positive_int, default=8)
@@ -70,10 +71,8 @@ def main() -> None:
     torch.set_num_threads(1)
     with user_input():
         net = load_supernet(args.checkpoint)
-    if args.run:
-        cfg = resolve_pick(args.run, args.pick)
-    else:
-        cfg = net.space.preset(args.config) if args.config in ("tiny", "small", "full") else load_config(args.config)
+        cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
+        net.space.validate(cfg)
     rows: list[dict] = []
     seeds = list(range(args.seed, args.seed + args.eval_seeds))
     print(f"{cfg.describe()} ({cfg.id}), supernet step {net.meta.get('step')}; evaluation seeds {seeds}")

@@ -30,7 +30,7 @@ from hwnas.compress import (
     time_onnx,
 )
 from hwnas.model import export_onnx
-from hwnas.space import load_config
+from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
 SPECS = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False), ("rtn", 32, False, False),
@@ -41,7 +41,8 @@ SPECS = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, 
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--config", default="small")
+    ap.add_argument("--config", default="small",
+                    help="tiny|small|full|largest|smallest, an id, config JSON or a JSON file (without --run)")
     ap.add_argument("--run", help="a search run directory: quantize its --pick")
     ap.add_argument("--pick", default="best")
     ap.add_argument("--n", type=positive_int, default=48, help="held-out prompts for compositional accuracy")
@@ -57,10 +58,8 @@ def main() -> None:
     torch.set_num_threads(1)
     with user_input():
         net = load_supernet(args.checkpoint)
-    if args.run:
-        cfg = resolve_pick(args.run, args.pick)
-    else:
-        cfg = net.space.preset(args.config) if args.config in ("tiny", "small", "full") else load_config(args.config)
+        cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
+        net.space.validate(cfg)
     sub = from_supernet(net, cfg)
     kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint, seed=args.seed)
     metrics = [("compositional", args.n)] + ([("fd_ref", args.fd_n)] if args.fd_n else [])
