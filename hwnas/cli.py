@@ -922,13 +922,18 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @click.option("--force", is_flag=True, help="With --out: replace the run of another search there.")
 @click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print {run_dir, best} as JSON on stdout.")
+@click.option("--max-params", "max_params", help="Constraint: parameters of the denoiser, e.g. 300M, 0.3B.")
+@click.option("--max-size", "max_size", help="Constraint: bytes of its weights at the precision, e.g. 150MB, 1.2GB.")
+@click.option("--max-memory", "max_memory",
+              help="Constraint: peak weights + activations of one denoising step at the precision, e.g. 1.2GB.")
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
            resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int,
            storage: str | None, study: str | None,
            workers: int, threads: int, timeout_s: float | None, out: str | None, force: bool, reports: str,
-           as_json: bool, profiles: str, tables: str) -> None:
+           as_json: bool, max_params: str | None, max_size: str | None, max_memory: str | None, profiles: str,
+           tables: str) -> None:
     """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency).
 
     Rerunning the same command resumes the run (a larger --trials extends it). Ctrl-C writes the
@@ -938,18 +943,19 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
 
     from hwnas.latency import MissingKernelError
     from hwnas.report import load_run, print_summary
-    from hwnas.search import SearchSettings, parse_budget_ms, run_search
+    from hwnas.search import SearchSettings, parse_bounds, parse_budget_ms, run_search
     from hwnas.search.run import SearchInterrupted
 
     if force and out is None:
         raise click.UsageError("--force replaces the run in --out; give --out DIR")
     try:
+        bounds = parse_bounds(max_params=max_params, max_size=max_size, max_memory=max_memory)
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   confidence=confidence, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
                                   n_trials=n_trials, seed=seed, storage=storage, study=study,
                                   workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
-                                  table_dir=tables)
+                                  table_dir=tables, **bounds.active)
         console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
         result = run_search(settings, reports_dir=reports, out=out, console=console, force=force)
     except (ValueError, FileNotFoundError, MissingKernelError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hwnas.report.frames import RunData, summary_frame
+from hwnas.search.constraints import format_bytes, format_count
 
 
 def print_summary(data: RunData, console: Any) -> None:
@@ -29,6 +30,13 @@ def print_summary(data: RunData, console: Any) -> None:
                       f"({b['latency_source']}), val loss {b['quality']:.5f}")
     else:
         console.print("[yellow]no sub-DiT within the budget was evaluated[/yellow]")
+    if s.get("constraints"):
+        fp = ""
+        if data.best and "params" in data.best:
+            b = data.best
+            fp = (f" (best: {format_count(b['params'])} params, {format_bytes(b['size_bytes'])} on disk, "
+                  f"{format_bytes(b['memory_bytes'])} peak memory)")
+        console.print(f"constraints: {', '.join(s['constraints'])}{fp}")
     console.print(f"latency: {s['latency_table']} ({s['latency_table_source']})")
     console.print(f"quality: {s['quality_source']}")
     c = data.cost
