@@ -24,7 +24,7 @@ import multiprocessing
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -294,10 +294,13 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _worker(settings: SearchSettings, storage: str, study_name: str, index: int, ready: Any) -> None:
-    """A worker process: the same loop against the shared storage, sampler seeded seed + index."""
+def _worker(settings: SearchSettings, storage: str, study_name: str, index: int, ready: Any,
+            cache: dict[str, float] | None = None) -> None:
+    """A worker process: the same loop against the shared storage, sampler seeded seed + index; `cache`
+    seeds its quality cache (a sweep's earlier evaluations)."""
     ctx = prepare(settings)
     quality, _, _ = _load_quality(ctx.settings, ctx.space)
+    quality.cache.update(cache or {})
     ready.set()
     try:
         _loop(ctx, quality, _latency_model(ctx), storage=storage, study_name=study_name, seed=settings.seed + index,
@@ -312,17 +315,22 @@ def _latency_model(ctx: _Context) -> LatencyModel:
                         guidance=s.guidance)  # type: ignore[arg-type]
 
 
-def _first_generation(ctx: _Context) -> list[SubnetConfig]:
-    """The sub-DiTs a fresh study enqueues: the sampler's startup trials, all predicted within the budget."""
+def _first_generation(ctx: _Context, carry: Sequence[SubnetConfig] = ()) -> list[SubnetConfig]:
+    """The sub-DiTs a fresh study enqueues: `carry` (a sweep's evaluations that fit this budget), then the
+    sampler's startup trials where `carry` has fewer, all predicted within the budget and the bounds."""
+    if len(carry) >= startup_trials(ctx.settings.sampler, population_size=ctx.settings.population_size):
+        return list(carry)
     s = ctx.settings
     bounds = s.bounds
 
     def within_bounds(cfg: SubnetConfig) -> bool:
         return footprint(cfg, ctx.space, precision=s.precision).within(bounds)  # type: ignore[arg-type]
 
-    return feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.start, budget_ms=s.budget_ms,
-                          confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
-                          seed=s.seed, within_bounds=within_bounds if bounds.active else None)
+    start = feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.start, budget_ms=s.budget_ms,
+                           confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
+                           seed=s.seed, within_bounds=within_bounds if bounds.active else None)
+    carried = {cfg.id for cfg in carry}
+    return [*carry, *(cfg for cfg in start if cfg.id not in carried)]
 
 
 def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
@@ -367,7 +375,8 @@ def _settings_record(ctx: _Context, *, identity: dict[str, Any], run_dir: Path, 
 
 def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports", out: str | Path | None = None,
                console: Any = None, report: bool = True, force: bool = False,
-               today: _dt.date | None = None) -> dict[str, Any]:
+               today: _dt.date | None = None, shared_quality: tuple[QualityModel, str, str] | None = None,
+               carry: Sequence[SubnetConfig] = ()) -> dict[str, Any]:
     """Run (or resume) a search; write the run directory; return {"run_dir", "best", "settings", "cost",
     "notes", "timed_out", "failed"}.
 
@@ -381,7 +390,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     ctx = prepare(settings)
     s = ctx.settings
     identity = run_identity(ctx)
-    quality, quality_source, proxy_name = _load_quality(s, ctx.space)
+    quality, quality_source, proxy_name = shared_quality or _load_quality(s, ctx.space)
     run_dir, note = resolve_run_dir(s, identity, reports_dir=Path(reports_dir), out=Path(out) if out else None,
                                     force=force, today=today)
     notes = [note] if note else []
@@ -400,8 +409,13 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
                                    f"({identity_diff(stored, identity)}); give another --study")
         recovered = recover_stale_trials(study)
         if not study.get_trials(deepcopy=False):  # a fresh study: the first generation fits the budget
-            for cfg in _first_generation(ctx):
+            for cfg in _first_generation(ctx, carry):
                 study.enqueue_trial(params_from_config(cfg, ctx.space))
+            if carry:
+                study.set_user_attr("hwnas_carried", len(carry))
+        carried = int(study.user_attrs.get("hwnas_carried", 0))
+        n_trials = carried + s.n_trials  # a sweep member asks n_trials beyond the trials it carries over
+        record["carried_trials"] = carried
         atomic_write_json(run_dir / "settings.json", record)
         study.set_user_attr("hwnas_settings", record)
 
@@ -409,7 +423,8 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     if s.workers > 1:
         mp = multiprocessing.get_context("spawn")
         ready = [mp.Event() for _ in range(1, s.workers)]
-        procs = [mp.Process(target=_worker, args=(s, storage, study_name, i, ready[i - 1]), daemon=False)
+        procs = [mp.Process(target=_worker, args=(replace(s, n_trials=n_trials), storage, study_name, i,
+                                                      ready[i - 1], dict(quality.cache)), daemon=False)
                  for i in range(1, s.workers)]
         for p in procs:
             p.start()
@@ -419,9 +434,9 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     latency = _latency_model(ctx)
     stats, interrupted = LoopStats(), False
     try:
-        with progress_bar(console, total=s.n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
-            stats = _loop(ctx, quality, latency, storage=storage, study_name=study_name, seed=s.seed,
-                          progress=advance)
+        with progress_bar(console, total=n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
+            stats = _loop(replace(ctx, settings=replace(s, n_trials=n_trials)), quality, latency, storage=storage,
+                          study_name=study_name, seed=s.seed, progress=advance)
     except KeyboardInterrupt:
         interrupted = True
     for p in procs:
@@ -454,7 +469,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
 
             build_report(run_dir)
     if interrupted:
-        raise SearchInterrupted(run_dir, done=len(trials) + len(reasons), n_trials=s.n_trials)
+        raise SearchInterrupted(run_dir, done=len(trials) + len(reasons), n_trials=n_trials)
     if reasons and not (len(trials) and trials["quality_evaluated"].any()):
         raise AllTrialsFailedError(f"every evaluation failed ({len(reasons)} trials), no sub-DiT was scored; "
                                    f"the first: {reasons[0]}")
