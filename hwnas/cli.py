@@ -89,7 +89,7 @@ def main() -> None:
       hwnas train / sample / eval                   proxy supernet: train, images, quality
       hwnas vae train|eval                          the latent proxy's autoencoder
       hwnas devices / predict / lut build|validate  device profiles and latency tables
-      hwnas search / report                         Optuna search and its report
+      hwnas search / report / runs                  Optuna search, its report, the runs so far
       hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
     """
     warnings.formatwarning = _warning_line
@@ -895,7 +895,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @main.command()
 @click.option("--device", required=True, help="Device profile name (see `hwnas devices`).")
 @click.option("--budget", required=True,
-              help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8).")
+              help="End-to-end latency budget: 1.8s, 1800ms, or a bare number of seconds up to 60 (1.8); "
+                   "a list 1.2s,1.8s,2.4s is one sweep sharing quality evaluations.")
 @click.option("--experiment", "experiment", default=LATENCY_EXPERIMENT, show_default=True,
               help="Experiment whose LUT gives latency (the supernet gives quality on the same choices).")
 @click.option("--checkpoint", type=click.Path(), help="Supernet checkpoint dir (default: the shipped proxy).")
@@ -943,21 +944,26 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
 
     from hwnas.latency import MissingKernelError
     from hwnas.report import load_run, print_summary
-    from hwnas.search import SearchSettings, parse_bounds, parse_budget_ms, run_search
+    from hwnas.search import SearchSettings, parse_bounds, run_search
     from hwnas.search.run import SearchInterrupted
+    from hwnas.search.sweep import parse_budgets_ms, run_sweep
 
     if force and out is None:
         raise click.UsageError("--force replaces the run in --out; give --out DIR")
     try:
         bounds = parse_bounds(max_params=max_params, max_size=max_size, max_memory=max_memory)
-        settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
+        budgets = parse_budgets_ms(budget)
+        settings = SearchSettings(device=device, budget_ms=max(budgets), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   confidence=confidence, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
                                   n_trials=n_trials, seed=seed, storage=storage, study=study,
                                   workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
                                   table_dir=tables, **bounds.active)
         console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
-        result = run_search(settings, reports_dir=reports, out=out, console=console, force=force)
+        if len(budgets) > 1:
+            sweep = run_sweep(settings, budgets, reports_dir=reports, out=out, console=console, force=force)
+        else:
+            result = run_search(settings, reports_dir=reports, out=out, console=console, force=force)
     except (ValueError, FileNotFoundError, MissingKernelError) as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
@@ -967,6 +973,16 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
         what = str(exc) if isinstance(exc, SearchInterrupted) else "interrupted"
         click.echo(f"{what}; resume with: {_resume_command(click.get_current_context(), run_dir)}", err=True)
         sys.exit(130)
+    if len(budgets) > 1:
+        from hwnas.report import print_sweep
+
+        if sweep.timed_out:
+            click.echo(f"stopped after --timeout {timeout_s:g} s; rerun the command to continue", err=True)
+        if as_json:
+            click.echo(json.dumps(sweep.to_dict(), indent=2))
+        else:
+            print_sweep(sweep, console)
+        return
     if result["timed_out"]:
         click.echo(f"stopped after --timeout {timeout_s:g} s with {result['cost']['trials']}/{n_trials} trials; "
                    f"rerun the command to continue", err=True)
@@ -1009,18 +1025,51 @@ def _resume_command(ctx: click.Context, run_dir: Path | None) -> str:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-def report(run_dir: str) -> None:
-    """Rebuild report.html and its figures from the files of a search run directory."""
-    from hwnas.report import build_report
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--compare", is_flag=True,
+              help="Overlay the Pareto fronts of several runs (or a sweep) in one HTML page with a CSV beside it.")
+@click.option("--out", "out", default="compare.html", show_default=True, type=click.Path(dir_okay=False),
+              help="With --compare: the page to write (the CSV and PNG get its name).")
+def report(run_dirs: tuple[str, ...], compare: bool, out: str) -> None:
+    """Rebuild report.html and its figures from the files of a search run directory.
 
+    `hwnas report --compare RUN_DIR...` overlays the fronts of runs of one experiment and one quality
+    source (devices, budgets, samplers).
+    """
+    from hwnas.report import build_comparison, build_report
+
+    if not compare and len(run_dirs) > 1:
+        raise click.UsageError("give one RUN_DIR, or --compare RUN_DIR... to overlay several")
     try:
-        path = build_report(run_dir)
+        if compare:
+            page, table = build_comparison(run_dirs, out=out)
+            click.echo(f"wrote {page} and {table}")
+            return
+        path = build_report(run_dirs[0])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
         raise click.UsageError(_os_error(exc)) from None
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--reports", "reports", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+def runs(reports: str, as_json: bool) -> None:
+    """List search runs: device, budget, best sub-DiT and state (finished or interrupted)."""
+    from rich.console import Console
+
+    from hwnas.report import list_runs, print_runs
+
+    try:
+        frame = list_runs(reports)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(frame.to_json(orient="records", indent=2))
+    else:
+        print_runs(frame, Console(width=None if sys.stdout.isatty() else 160), reports_dir=reports)
 
 
 if __name__ == "__main__":
