@@ -29,8 +29,8 @@ from hwnas.search.results import hypervolume_2d
 VARYING = ("device", "budget_ms", "sampler", "steps", "precision", "guidance", "confidence", "seed", "constraints",
            "latency_table_source")
 """Settings that may differ between overlaid runs; the labels name those that do."""
-QUALITY_KEYS = ("quality_metric", "quality_source", "quality_fidelity")
-"""Settings that must agree: the quality of one run is comparable with another's only when these do."""
+QUALITY_KEYS = ("quality_metric", "quality_source", "quality_fidelity", "checkpoint_sha256")
+"""What must agree for the quality of one run to be comparable with another's (`_quality_basis`)."""
 FRONT_COLUMNS = ("run", "run_dir", "device", "budget_ms", "sampler", "pick", "config_id", "describe", "latency_ms",
                  "latency_ms_hi", "latency_source", "quality", "params", "size_bytes", "memory_bytes")
 
@@ -90,6 +90,15 @@ def _where_they_differ(a: str, b: str, *, context: int = 40) -> tuple[str, str]:
     return cut(a), cut(b)
 
 
+def _quality_basis(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run's quality rests on: metric, source (without the proxy's caveat, a remark the
+    code adds, not part of the measurement), fidelity where recorded, and the checkpoint's content hash."""
+    return {"quality_metric": settings.get("quality_metric"),
+            "quality_source": str(settings.get("quality_source", "")).split("; caveat:")[0],
+            "quality_fidelity": settings.get("quality_fidelity"),
+            "checkpoint_sha256": (settings.get("identity") or {}).get("checkpoint_sha256")}
+
+
 def check_comparable(runs: Sequence[RunData]) -> None:
     """Raise NotComparableError (one line, saying why) unless all runs share experiment and quality source."""
     first = runs[0]
@@ -100,9 +109,12 @@ def check_comparable(runs: Sequence[RunData]) -> None:
             raise NotComparableError(f"cannot overlay {pair}: they search different experiments "
                                      f"({a.get('experiment_name')!r} vs {b.get('experiment_name')!r}), so their "
                                      f"sub-DiTs are not the same candidates; compare runs of one experiment")
+        qa, qb = _quality_basis(a), _quality_basis(b)
         for key in QUALITY_KEYS:
-            if a.get(key) != b.get(key):
-                da, db = _where_they_differ(str(a.get(key)), str(b.get(key)))
+            if key == "checkpoint_sha256" and None in (qa[key], qb[key]):
+                continue  # a run from before the hash was recorded: the source's path and step must do
+            if qa.get(key) != qb.get(key):
+                da, db = _where_they_differ(str(qa.get(key)), str(qb.get(key)))
                 raise NotComparableError(f"cannot overlay {pair}: their quality comes from different sources "
                                          f"({key}: {da!r} vs {db!r}), so their val losses are not on one scale; "
                                          f"compare runs rated by one quality source")

@@ -5,8 +5,9 @@ supernet once and shares one quality cache (by `SubnetConfig.id`) across its bud
 from the loosest to the tightest: a multi-objective search under the loosest budget already
 explores the front below it. Each tighter budget's study starts from the sub-DiTs evaluated so
 far that fit it (enqueued first, answered from the cache: no evaluation), then asks
-`refine_trials` new trials around its own budget. By default the tighter budgets share half of
-`--trials` between them, so a sweep asks at most 1.5x the trials of one search.
+`refine_trials` new trials around its own budget. By default the tighter budgets share a quarter
+of `--trials` between them (`REFINE_SHARE`), so a sweep asks at most 1.25x the trials of one
+search (`benchmarks/budget_sweep.py` measures evaluations and fronts against standalone searches).
 
 Layout: `<reports>/<device>-<b1>-<b2>-...-<date>/` holds `sweep.json` (the quality evaluations per
 budget and in total), `compare.html` and `compare.csv` (the fronts overlaid), and one ordinary run
@@ -59,9 +60,13 @@ def parse_budgets_ms(text: str) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
+REFINE_SHARE = 0.25
+"""The tighter budgets' new trials together, as a share of `--trials` (the loosest budget's)."""
+
+
 def default_refine_trials(n_trials: int, n_budgets: int) -> int:
-    """New trials per budget after the loosest: together half of `n_trials` (at least 1 each)."""
-    return max(1, n_trials // (2 * (n_budgets - 1)))
+    """New trials per budget after the loosest: together `REFINE_SHARE` of `n_trials` (at least 1 each)."""
+    return max(1, int(n_trials * REFINE_SHARE) // (n_budgets - 1))
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,8 @@ def run_sweep(settings: SearchSettings, budgets_ms: Sequence[float], *, refine_t
     budgets = tuple(sorted(set(float(b) for b in budgets_ms)))
     if len(budgets) < 2:
         raise ValueError(f"a sweep needs at least two distinct budgets, got {[format_ms(b) for b in budgets]}")
+    if settings.study is not None:
+        raise ValueError(f"a sweep names one study per budget itself; drop --study {settings.study!r}")
     refine = refine_trials if refine_trials is not None else default_refine_trials(settings.n_trials, len(budgets))
     if refine < 1:
         raise ValueError(f"refine_trials must be >= 1, got {refine}")

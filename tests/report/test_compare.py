@@ -94,3 +94,16 @@ def test_compare_page_renders_in_headless_chromium(runs: dict[str, Path], tmp_pa
     probe = json.loads(match.group(1).replace("&quot;", '"'))
     assert probe["images"] == 1 and probe["broken"] == 0 and probe["errors"] == [], probe
     assert "Pareto fronts" in dom.stdout and "nsga2" in dom.stdout and "random" in dom.stdout
+
+
+def test_quality_basis_ignores_the_caveat_but_not_the_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(runs["random"], other)
+    settings = json.loads((other / "settings.json").read_text())
+    remark = {**settings, "quality_source": settings["quality_source"] + "; caveat: a remark the code adds"}
+    (other / "settings.json").write_text(json.dumps(remark))
+    assert load_comparison([runs["nsga2"], other]).labels == ("nsga2", "random")
+    retrained = {**remark, "identity": {**settings["identity"], "checkpoint_sha256": "0" * 64}}
+    (other / "settings.json").write_text(json.dumps(retrained))
+    with pytest.raises(NotComparableError, match="checkpoint_sha256"):
+        load_comparison([runs["nsga2"], other])

@@ -45,11 +45,12 @@ def test_cli_bad_budget_list_is_one_line_exit_2(budget: str, tmp_path: Path) -> 
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
-def test_default_refine_trials_keeps_the_sweep_within_one_and_a_half_searches() -> None:
+def test_default_refine_trials_keeps_the_sweep_within_a_quarter_more_trials() -> None:
     for n in (1, 7, 24, 96, 97):
         for k in (2, 3, 5):
             refine = default_refine_trials(n, k)
-            assert refine >= 1 and (n + (k - 1) * refine <= 1.5 * n or refine == 1)
+            assert refine >= 1 and (n + (k - 1) * refine <= 1.25 * n or refine == 1)
+    assert default_refine_trials(96, 3) == 12
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def test_sweep_evaluates_each_subdit_once_across_budgets(sweep) -> None:  # type
     assert any(m.carried_trials > 0 for m in rest)
     refine = default_refine_trials(8, 3)
     assert all(m.trials == m.carried_trials + refine for m in rest)
-    # the sweep asks at most 1.5x the trials of one search beyond what it carries over
-    assert sum(m.trials - m.carried_trials for m in result.members) <= 1.5 * 8
+    # the sweep asks at most 1.25x the trials of one search beyond what it carries over (8 + 2 x 1)
+    assert sum(m.trials - m.carried_trials for m in result.members) == 10
     recorded = json.loads((result.sweep_dir / "sweep.json").read_text())
     assert recorded["quality_evaluations"]["total"] == result.quality_evaluations
     assert recorded["quality_evaluations"]["per_budget"] == {format_ms(m.budget_ms): m.quality_evaluations
@@ -106,3 +107,9 @@ def test_a_sweep_member_is_not_a_standalone_search(tiny_env, sweep, tmp_path: Pa
         run_search(tiny_env.settings(budget_ms=member.budget_ms, n_trials=8), out=member.run_dir, report=False)
     with pytest.raises(RunConflictError, match="a single search"):
         run_sweep(tiny_env.settings(n_trials=8), budgets[:2], out=member.run_dir)
+
+
+def test_a_sweep_refuses_one_study_name_for_every_budget(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="drop --study 'mine'"):
+        run_sweep(tiny_env.settings(study="mine"), [tiny_env.budget_ms, tiny_env.largest_ms], out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
