@@ -184,28 +184,40 @@ def load_comparison(run_dirs: Sequence[str | Path]) -> Comparison:
 
 
 def plot_comparison(cmp: Comparison, path: Path) -> Path:
-    """The Pareto fronts as steps, one colour per run, each run's budget as a dashed line of its colour."""
+    """The Pareto fronts as steps, one colour and marker per run, each run's budget a dashed line of its colour.
+
+    The x axis is the latency the budgets constrain: the one-sided upper bound (`latency_ms_hi`) where
+    every run constrains it, so each front ends left of its budget line. Looser budgets are drawn first
+    with larger markers, so fronts that share picks stay visible.
+    """
     from hwnas.report.plots import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
     colors = plt.get_cmap("tab10")
+    markers = ("o", "s", "^", "D", "v", "P")
     budgets_vary = "budget_ms" in cmp.varies
-    for i, (run, label) in enumerate(zip(cmp.runs, cmp.labels)):
-        color = colors(i % 10)
+    confidences = {r.settings.get("confidence") for r in cmp.runs}
+    bound = None not in confidences and cmp.fronts["latency_ms_hi"].notna().all()
+    x = "latency_ms_hi" if bound else "latency_ms"
+    order = sorted(range(len(cmp.runs)), key=lambda i: -cmp.runs[i].budget_ms)
+    for rank, i in enumerate(order):
+        run, label, color = cmp.runs[i], cmp.labels[i], colors(i % 10)
         p = cmp.fronts[cmp.fronts["run"] == label]
         if len(p):
-            ax.step(p["latency_ms"], p["quality"], where="post", color=color, lw=1.6)
-            ax.scatter(p["latency_ms"], p["quality"], s=30, color=color, zorder=3,
+            ax.step(p[x], p["quality"], where="post", color=color, lw=1.4, alpha=0.8)
+            ax.scatter(p[x], p["quality"], s=max(14, 70 - 22 * rank), marker=markers[i % len(markers)],
+                       color=color, zorder=3 + rank, edgecolors="white", linewidths=0.5,
                        label=f"{label}: {len(p)} Pareto picks")
-        if budgets_vary or i == 0:
+        if budgets_vary or rank == 0:
             ax.axvline(run.budget_ms, color=color if budgets_vary else "black", ls="--", lw=1.0,
-                       label=f"budget {format_ms(run.budget_ms)}" if budgets_vary else
-                       f"budget {format_ms(run.budget_ms)} (all runs)")
+                       label=f"budget {format_ms(run.budget_ms)}" + ("" if budgets_vary else " (all runs)"))
     s = cmp.runs[0].settings
-    devices = sorted({str(r.settings["device"]) for r in cmp.runs})
-    sources = sorted({str(r.settings.get("latency_table_source", "")) for r in cmp.runs})
-    ax.set_xlabel(f"predicted latency (ms) on {', '.join(devices)} ({', '.join(sources)} LUT)")
+    sources = ", ".join(sorted({str(r.settings.get("latency_table_source", "")) for r in cmp.runs}))
+    what = (f"predicted latency, one-sided {'/'.join(f'{c:.0%}' for c in sorted(confidences))} upper bound (ms)"
+            if bound else "predicted latency (ms)")
+    where = "" if "device" in cmp.varies else f" on {s['device']}"  # else the legend names the devices
+    ax.set_xlabel(f"{what}{where}, {sources} LUT{'s' if len(cmp.runs) > 1 else ''}")
     ax.set_ylabel(f"val loss on {s.get('proxy_experiment', '?')} (lower is better)")
     ax.set_title(f"{s['experiment_name']}: Pareto fronts by {', '.join(_NAMES.get(k, k) for k in cmp.varies) or 'run'}")
     ax.grid(alpha=0.3)
@@ -227,9 +239,9 @@ def render_comparison(cmp: Comparison, *, figure_png: Path, csv_name: str) -> st
     shared = [k for k in VARYING if k not in cmp.varies]
     shared_rows = pd.DataFrame({"setting": [_NAMES.get(k, k) for k in shared],
                                 "value": [_value(s, k) for k in shared]})
-    summary = cmp.summary.copy()
+    summary = cmp.summary.drop(columns=[k for k in cmp.varies if k in cmp.summary])  # the run label says them
     summary["latency_source"] = [_source(v) for v in summary["latency_source"]]
-    fronts = cmp.fronts.drop(columns=["run_dir"]).copy()
+    fronts = cmp.fronts.drop(columns=["run_dir", "device", "budget_ms", "sampler"])  # in the run label
     for col, fmt in (("params", format_count), ("size_bytes", format_bytes), ("memory_bytes", format_bytes)):
         fronts[col] = [fmt(v) if isinstance(v, (int, float)) and math.isfinite(v) else "" for v in fronts[col]]
     fronts["latency_source"] = [_source(v) for v in fronts["latency_source"]]
@@ -252,17 +264,18 @@ better; fronts under a tighter budget cover less by construction.</li>
 <h2>Pareto fronts</h2>
 {_img(figure_png, "Pareto fronts overlaid")}
 <h2>Runs</h2>
-{_table(summary, left=("run", "best", "run_dir", "state", "latency_source"), raw=("latency_source",))}
+<div class="wide">{_table(summary, left=("run", "best", "run_dir", "state", "latency_source"),
+                          raw=("latency_source",))}</div>
 <h2>Shared settings</h2>
 {_table(shared_rows, left=("setting", "value"))}
 <h2>Every Pareto pick</h2>
-{_table(fronts, left=("run", "device", "sampler", "config_id", "describe", "latency_source"),
-        raw=("latency_source",))}
+<details><summary>{len(fronts)} picks (also in <code>{_esc(csv_name)}</code>)</summary><div class="wide">
+{_table(fronts, left=("run", "config_id", "describe", "latency_source"), raw=("latency_source",))}</div></details>
 <p class="small">Generated by hwnas (<code>hwnas report --compare
 {_esc(' '.join(display_path(r.run_dir) for r in cmp.runs))}</code>).</p>
 """
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
+            f"<style>{_CSS}.wide{{overflow-x:auto}}</style></head><body>{body}</body></html>\n")
 
 
 def build_comparison(run_dirs: Sequence[str | Path], *, out: str | Path = "compare.html") -> tuple[Path, Path]:
