@@ -381,7 +381,10 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     "notes", "timed_out", "failed"}.
 
     `console` (a rich Console) shows progress bars and notes; None runs silently. `today` names a new
-    run directory (default: the local date). Raises RunConflictError, StorageError (both ValueError),
+    run directory (default: the local date). A budget sweep (`hwnas.search.sweep`) passes
+    `shared_quality` (`_load_quality`'s result: one supernet and one cache for all its searches) and
+    `carry`: sub-DiTs already evaluated that fit this budget, the first trials of a fresh study, beyond
+    which it asks `settings.n_trials`. Raises RunConflictError, StorageError (both ValueError),
     AllTrialsFailedError, or SearchInterrupted on Ctrl-C after writing the partial results.
     """
     from hwnas.search.extras import evaluate_presets, progress_bar, sample_grids, update_cost
