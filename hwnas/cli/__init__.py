@@ -6,7 +6,7 @@ stderr and exit code 2, never a traceback (`_app`). Shared options and defaults:
 
     quality.py    space, train, vae, sample, eval
     latency.py    devices, predict, lut build|calibrate|validate
-    search.py     search, report
+    search.py     search, report, runs
     compress.py   export, distill, quantize, compress
 """
 

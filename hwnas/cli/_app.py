@@ -91,7 +91,7 @@ def main() -> None:
       hwnas train / sample / eval                   proxy supernet: train, images, quality
       hwnas vae train|eval                          the latent proxy's autoencoder
       hwnas devices / predict / lut build|validate  device profiles and latency tables
-      hwnas search / report                         Optuna search and its report
+      hwnas search / report / runs                  Optuna search, its report, the runs so far
       hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
     """
     warnings.formatwarning = _warning_line

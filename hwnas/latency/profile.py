@@ -105,6 +105,8 @@ class DeviceProfile:
     attention: Lowering = DEFAULT_LOWERING
     runtime: str = ""
     """The runtime the device's figures and calibration come from (e.g. "Core ML"); "" where unstated."""
+    ram_gib: Figure | None = None
+    """Installed DRAM in GiB (2**30 bytes), where the profile gives it (`[ram]`): a sanity bound on memory."""
     path: Path | None = field(default=None, compare=False)
     native_cpu: bool = False
 
@@ -201,7 +203,8 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
 
 
 _KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"device", "tvm", "peak", "memory", "pipeline", "runtime"}),
+    "": frozenset({"device", "tvm", "peak", "memory", "ram", "pipeline", "runtime"}),
+    "ram": frozenset({"gib", "source"}),
     "runtime": frozenset({"name", "attention", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
@@ -215,7 +218,7 @@ _KEYS: dict[str, frozenset[str]] = {
 
 
 def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
-    for where in ("", "device", "tvm", "memory", "pipeline", "runtime"):
+    for where in ("", "device", "tvm", "memory", "ram", "pipeline", "runtime"):
         table = raw.get(where) if where else raw
         if isinstance(table, dict):
             check_keys(table, _KEYS[where], where=where)
@@ -269,6 +272,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
             raise ValueError(f"field runtime.attention must be one of {', '.join(ATTENTION_LOWERINGS)}, "
                              f"got {lowering!r}")
         attention = Lowering(lowering, _source(rt, "runtime."))  # type: ignore[arg-type]
+    ram = _figure(_section(raw, "ram"), "gib", "ram.", unit="GiB") if "ram" in raw else None
     return DeviceProfile(
         name=name,
         description=_get(dev, "description", str, "device.", "a string"),
@@ -284,6 +288,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
         attention=attention,
         runtime=runtime,
+        ram_gib=ram,
         path=path,
         native_cpu=native_cpu,
     )

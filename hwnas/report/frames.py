@@ -78,11 +78,16 @@ def summary_frame(data: RunData) -> pd.DataFrame:
     p = data.pareto
     if not len(p):
         return pd.DataFrame(columns=["pick", "config_id", "sub-DiT", "latency_ms", "source", "val_loss", "headroom_ms"])
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "pick": p["pick"], "config_id": p["config_id"], "sub-DiT": p["describe"],
         "latency_ms": p["latency_ms"].round(1), "source": p["latency_source"], "val_loss": p["quality"].round(5),
         "headroom_ms": (data.budget_ms - p["latency_ms"]).round(1),
     })
+    if "params" in p and p["params"].notna().all():  # runs from before the footprint columns lack them
+        out["params_M"] = (p["params"] / 1e6).round(2)
+        out["size_MB"] = (p["size_bytes"] / 1e6).round(1)
+        out["memory_MB"] = (p["memory_bytes"] / 1e6).round(1)
+    return out
 
 
 def breakdown_frame(data: RunData) -> pd.DataFrame:

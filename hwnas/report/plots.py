@@ -52,7 +52,9 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     over = t[~t["quality_evaluated"]]
     if len(over):
         ax.plot(over["latency_ms"], np.zeros(len(over)), "|", color="grey", ms=10, alpha=0.6,
-                transform=ax.get_xaxis_transform(), label=f"over budget, not evaluated ({len(over)})")
+                transform=ax.get_xaxis_transform(),
+                label=f"over budget{' or bounds' if data.settings.get('constraints') else ''}, not evaluated "
+                      f"({len(over)})")
     ax.axvline(data.budget_ms, color="black", ls="--", lw=1.2, label=f"budget {data.budget_ms:g} ms")
     s = data.settings
     ax.set_xlabel(f"predicted latency on {s['device']} (ms, {s['steps']} steps, {s['precision']}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hwnas.report.frames import RunData, summary_frame
+from hwnas.search.constraints import format_bytes, format_count
 
 
 def print_summary(data: RunData, console: Any) -> None:
@@ -29,6 +30,13 @@ def print_summary(data: RunData, console: Any) -> None:
                       f"({b['latency_source']}), val loss {b['quality']:.5f}")
     else:
         console.print("[yellow]no sub-DiT within the budget was evaluated[/yellow]")
+    if s.get("constraints"):
+        fp = ""
+        if data.best and "params" in data.best:
+            b = data.best
+            fp = (f" (best: {format_count(b['params'])} params, {format_bytes(b['size_bytes'])} on disk, "
+                  f"{format_bytes(b['memory_bytes'])} peak memory)")
+        console.print(f"constraints: {', '.join(s['constraints'])}{fp}")
     console.print(f"latency: {s['latency_table']} ({s['latency_table_source']})")
     console.print(f"quality: {s['quality_source']}")
     c = data.cost
@@ -37,3 +45,28 @@ def print_summary(data: RunData, console: Any) -> None:
                       f"val-loss evaluations, {c['quality_cache_hits']} cache hits), quality {c['quality_cpu_s']:.1f} "
                       f"CPU-s, latency {c['latency_cpu_s']:.3f} CPU-s, wall {c['wall_s']:.1f} s")
     console.print(f"report: {data.run_dir / 'report.html'}")
+
+
+def print_sweep(result: Any, console: Any) -> None:
+    """A budget sweep (`hwnas.search.sweep.SweepResult`): per budget its best and its quality evaluations,
+    then the sweep's total."""
+    from rich.table import Table
+
+    from hwnas.search.budget import format_ms
+
+    table = Table(title=f"budget sweep: {', '.join(format_ms(b) for b in result.budgets_ms)}")
+    for col, just in (("budget", "right"), ("best sub-DiT", "left"), ("latency ms", "right"), ("val loss", "right"),
+                      ("trials", "right"), ("carried", "right"), ("quality evals", "right"), ("state", "left")):
+        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for m in sorted(result.members, key=lambda m: m.budget_ms):
+        b = m.best or {}
+        table.add_row(format_ms(m.budget_ms), b.get("describe", "-"),
+                      f"{b['latency_ms']:,.1f}" if b else "-", f"{b['quality']:.5f}" if b else "-", str(m.trials),
+                      str(m.carried_trials), str(m.quality_evaluations), m.state)
+    console.print(table)
+    console.print(f"quality evaluations: {result.quality_evaluations} in total "
+                  f"({' + '.join(f'{m.quality_evaluations} at {format_ms(m.budget_ms)}' for m in result.members)}; "
+                  f"one quality cache across the budgets, loosest first)")
+    if result.compare_html:
+        console.print(f"fronts overlaid: {result.compare_html}")
+    console.print(f"sweep: {result.sweep_dir / 'sweep.json'}")

@@ -3,7 +3,8 @@
     settings = SearchSettings(device="pixel8", budget_ms=parse_budget_ms("1.8s"))
     result = run_search(settings)          # {"run_dir", "best", "settings", "cost"}
 
-Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prepare`,
+Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prepare`, the constraints
+beyond latency (`parse_bounds`, `Bounds`, `footprint`, `BoundError`),
 `InfeasibleBudgetError`, `hypervolume_2d`, and the pieces a benchmark or another driver reuses
 (`LatencyModel`, `QualityModel`, `run_trial`, `make_sampler`, `trials_frame`, `pareto_frame`).
 """
@@ -11,6 +12,7 @@ Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prep
 from __future__ import annotations
 
 from hwnas.search.budget import Feasibility, check_budget, format_ms, parse_budget_ms
+from hwnas.search.constraints import BoundError, Bounds, Footprint, footprint, parse_bounds, parse_bytes, parse_count
 from hwnas.search.objective import (
     LatencyModel,
     QualityModel,
@@ -25,6 +27,7 @@ from hwnas.search.run import InfeasibleBudgetError, prepare, run_search
 from hwnas.search.study import SAMPLERS, SamplerName, SearchSettings, make_sampler, recover_stale_trials
 
 __all__ = [
+    "BoundError", "Bounds", "Footprint", "footprint", "parse_bounds", "parse_bytes", "parse_count",
     "Feasibility", "InfeasibleBudgetError", "LatencyModel", "QualityModel", "SAMPLERS", "SamplerName",
     "SearchSettings", "check_budget", "config_from_params", "format_ms", "hypervolume_2d", "make_sampler",
     "pareto_frame", "params_from_config", "parse_budget_ms", "prepare", "recover_stale_trials", "run_search",

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
+from hwnas.search.constraints import Bounds, footprint
 from hwnas.search.study import TrialFailed
 from hwnas.space import LOCAL_ATTNS, STAGES, SearchSpace, StageConfig, SubnetConfig
 
@@ -131,8 +132,8 @@ class QualityModel:
 
 
 def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel, quality: QualityModel,
-              budget_ms: float, confidence: float | None = None) -> tuple[float, float]:
-    """One trial: latency first (constraint), quality only for sub-DiTs within the budget.
+              budget_ms: float, confidence: float | None = None, bounds: Bounds | None = None) -> tuple[float, float]:
+    """One trial: latency first (constraint), quality only for sub-DiTs within the budget and `bounds`.
 
     With `confidence`, the constraint is on the latency's one-sided `confidence` upper bound
     (`LatencyPrediction.upper_ms`), not on the point prediction; None constrains the point.
@@ -143,6 +144,9 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
 
     Raises `TrialFailed` (the trial fails with that reason) where the latency or the quality is not
     a finite number.
+
+    `bounds` (parameters, size, peak memory at the latency model's precision) are further constraints,
+    each `value / bound - 1` (`hwnas.search.constraints`); the trial records its footprint either way.
     """
     cfg = suggest_config(trial, space)
     cpu0 = latency.cpu_s
@@ -151,8 +155,11 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     if not (math.isfinite(pred.total_ms) and math.isfinite(bound_ms)):
         raise TrialFailed(f"latency of {cfg.id} is {pred.total_ms} ms (upper bound {bound_ms} ms): "
                           f"the latency table gives a non-finite time")
-    feasible = bound_ms <= budget_ms
+    fp, bounds = footprint(cfg, space, precision=latency.precision), bounds or Bounds()
+    feasible = bound_ms <= budget_ms and fp.within(bounds)
     trial.set_constraint("latency_over_budget_ms", bound_ms - budget_ms)
+    for name, value in fp.violations(bounds).items():
+        trial.set_constraint(name, value)
     attrs: dict[str, Any] = {
         "config_id": cfg.id, "config_json": cfg.to_json(), "describe": cfg.describe(),
         "latency_ms": pred.total_ms, "latency_source": pred.source_label, "step_ms": pred.step_ms,
@@ -160,6 +167,7 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
         "denoiser_ms": pred.denoiser_ms, "text_encoder_ms": pred.text_encoder_ms,
         "vae_decoder_ms": pred.vae_decoder_ms, "step_ms_by_kind": pred.step_ms_by_kind,
         "latency_cpu_s": latency.cpu_s - cpu0, "feasible": feasible,
+        "params": fp.params, "size_bytes": fp.size_bytes, "memory_bytes": fp.memory_bytes,
     }
     value = math.inf
     if feasible:

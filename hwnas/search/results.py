@@ -23,8 +23,11 @@ from hwnas.space import STAGES, SubnetConfig
 
 CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
 BREAKDOWN_COLUMNS = ("denoiser_ms", "text_encoder_ms", "vae_decoder_ms")
+FOOTPRINT_COLUMNS = ("params", "size_bytes", "memory_bytes")
+"""Parameters, bytes on disk and peak bytes of one step at the run's precision (`hwnas.search.constraints`)."""
 TRIAL_COLUMNS = ("trial", "config_id", "describe", *CHOICE_COLUMNS, "quality", "quality_evaluated", "quality_cached",
-                 "latency_ms", "latency_source", "latency_ms_hi", "p_within_budget", "feasible", "step_ms",
+                 "latency_ms", "latency_source", "latency_ms_hi", "p_within_budget", "feasible",
+                 *FOOTPRINT_COLUMNS, "step_ms",
                  *BREAKDOWN_COLUMNS, "quality_cpu_s", "latency_cpu_s", "worker", "retry_of", "config_json")
 """The columns of `trials.csv` (plus one `step_ms.<kind>` per kernel kind), also when it has no rows."""
 
@@ -46,7 +49,9 @@ def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
             "latency_ms": float(a["latency_ms"]), "latency_source": a["latency_source"],
             "latency_ms_hi": float(a.get("latency_ms_hi", a["latency_ms"])),
             "p_within_budget": float(a.get("p_within_budget", math.nan)),
-            "feasible": bool(a["feasible"]), "step_ms": float(a["step_ms"]),
+            "feasible": bool(a["feasible"]),
+            **{c: int(a[c]) if c in a else math.nan for c in FOOTPRINT_COLUMNS},  # NaN: a run from before them
+            "step_ms": float(a["step_ms"]),
             **{c: float(a[c]) for c in BREAKDOWN_COLUMNS},
             **{f"step_ms.{k}": float(v) for k, v in a.get("step_ms_by_kind", {}).items()},
             "quality_cpu_s": float(a.get("quality_cpu_s", 0.0)), "latency_cpu_s": float(a.get("latency_cpu_s", 0.0)),
@@ -87,6 +92,8 @@ def best_record(pareto: pd.DataFrame, *, settings: dict[str, Any]) -> dict[str, 
         "confidence": settings.get("confidence"),
         "latency_breakdown_ms": {c: round(float(row[c]), 3) for c in BREAKDOWN_COLUMNS},
         "latency_provenance": settings["latency_provenance"],
+        **{c: int(row[c]) for c in FOOTPRINT_COLUMNS if c in row and not pd.isna(row[c])},
+        "constraints": settings.get("constraints", []),
         "quality": float(row["quality"]), "quality_metric": "val_loss (lower is better)",
         "quality_source": settings["quality_source"],
         "budget_ms": settings["budget_ms"], "device": settings["device"], "experiment": settings["experiment_name"],

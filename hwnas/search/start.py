@@ -32,8 +32,12 @@ def startup_trials(sampler: SamplerName, *, population_size: int) -> int:
 
 def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], LatencyPrediction], *,
                    fastest: SubnetConfig, budget_ms: float, confidence: float | None, n: int, seed: int,
-                   max_draws: int = 2000) -> list[SubnetConfig]:
+                   max_draws: int = 2000,
+                   within_bounds: Callable[[SubnetConfig], bool] | None = None) -> list[SubnetConfig]:
     """Up to `n` distinct sub-DiTs whose latency bound is within `budget_ms`, `fastest` first.
+
+    `within_bounds` (the constraints beyond latency, `hwnas.search.constraints`) must hold too where
+    given; `fastest` must then be the fastest sub-DiT that meets them.
 
     The bound is the one-sided `confidence` upper bound (`LatencyPrediction.upper_ms`), or the point
     prediction where `confidence` is None (the trial's constraint, `run_trial`). The same `seed`
@@ -44,7 +48,7 @@ def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], Latency
     def fits(cfg: SubnetConfig) -> bool:
         pred = latency(cfg)
         bound = pred.total_ms if confidence is None else pred.upper_ms(confidence)
-        return bound <= budget_ms
+        return bound <= budget_ms and (within_bounds is None or within_bounds(cfg))
 
     picked = {fastest.id: fastest}
     for draw in (lambda: space.sample(rng), lambda: space.mutate(rng.choice(list(picked.values())), rng)):

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
+from hwnas.search.constraints import CONSTRAINT_NAMES, Bounds
 
 SamplerName = Literal["nsga2", "tpe", "gp", "random"]
 SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
@@ -73,6 +74,13 @@ class SearchSettings:
     """Stop asking for new trials once this session has run this long (checked after each trial)."""
     profile_dir: str = "device_profiles"
     table_dir: str = "latency_tables"
+    max_params: int | None = None
+    max_size_bytes: int | None = None
+    """Bytes of the weights on disk at `precision`."""
+    max_memory_bytes: int | None = None
+    """Peak bytes of weights plus activations of one denoising step at `precision` (`hwnas.search.constraints`)."""
+    sweep_budgets_ms: tuple[float, ...] = ()
+    """Set on the members of a budget sweep (`hwnas.search.sweep`): every budget of the sweep."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -90,6 +98,14 @@ class SearchSettings:
             raise ValueError(f"timeout must be positive, got {self.timeout_s!r} s")
         if self.guidance not in ("distilled", "cfg", "none"):
             raise ValueError(f"guidance must be one of distilled, cfg, none, got {self.guidance!r}")
+        _ = self.bounds  # a ValueError quotes a bad bound
+        object.__setattr__(self, "sweep_budgets_ms", tuple(float(b) for b in self.sweep_budgets_ms))
+
+    @property
+    def bounds(self) -> Bounds:
+        """The constraints beyond latency."""
+        return Bounds(max_params=self.max_params, max_size_bytes=self.max_size_bytes,
+                      max_memory_bytes=self.max_memory_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,11 +115,19 @@ class SearchSettings:
         storage location). `hwnas.search.run.run_identity` adds the content hashes of the inputs."""
         skip = {"n_trials", "timeout_s", "workers", "threads", "storage", "study", "profile_dir", "table_dir",
                 "max_grids"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+        # unset constraints and no sweep are left out, so runs from before they existed keep their identity
+        unset = {k for k in (*CONSTRAINT_NAMES, "sweep_budgets_ms") if getattr(self, k) in (None, ())}
+        ident = {k: v for k, v in self.to_dict().items() if k not in skip | unset}
+        if "sweep_budgets_ms" in ident:
+            ident["sweep_budgets_ms"] = list(ident["sweep_budgets_ms"])  # as settings.json stores it
+        return ident
 
     def default_study_name(self, experiment_name: str) -> str:
+        bounds = "".join(f"-{tag}{value}" for tag, value in (("p", self.max_params), ("s", self.max_size_bytes),
+                                                             ("m", self.max_memory_bytes)) if value is not None)
+        sweep = "-sweep" + "-".join(format_ms(b) for b in self.sweep_budgets_ms) if self.sweep_budgets_ms else ""
         return (f"{self.device}-{experiment_name}-{format_ms(self.budget_ms)}-{self.steps}steps-{self.precision}-"
-                f"{self.sampler}-seed{self.seed}")
+                f"{self.sampler}-seed{self.seed}{bounds}{sweep}")
 
     def run_dir_stem(self, *, date: _dt.date) -> str:
         return f"{self.device}-{format_ms(self.budget_ms)}-{date.isoformat()}"
