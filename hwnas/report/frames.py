@@ -74,13 +74,18 @@ def _compress_results(run_dir: Path, pareto: pd.DataFrame) -> list[dict[str, Any
 
 
 def summary_frame(data: RunData) -> pd.DataFrame:
-    """The Pareto picks as the table people read: pick, sub-DiT, latency, quality, margin to budget."""
+    """The Pareto picks as the table people read: pick, sub-DiT, latency (point and the one-sided upper
+    bound the search constrained), the probability that one image fits the budget, quality, margin to budget."""
     p = data.pareto
     if not len(p):
-        return pd.DataFrame(columns=["pick", "config_id", "sub-DiT", "latency_ms", "source", "val_loss", "headroom_ms"])
+        return pd.DataFrame(columns=["pick", "config_id", "sub-DiT", "latency_ms", "latency_hi_ms", "p_fit", "source",
+                                     "val_loss", "headroom_ms"])
     out = pd.DataFrame({
         "pick": p["pick"], "config_id": p["config_id"], "sub-DiT": p["describe"],
-        "latency_ms": p["latency_ms"].round(1), "source": p["latency_source"], "val_loss": p["quality"].round(5),
+        "latency_ms": p["latency_ms"].round(1),
+        "latency_hi_ms": p.get("latency_ms_hi", p["latency_ms"]).round(1),
+        "p_fit": p.get("p_within_budget", pd.Series(float("nan"), index=p.index)).round(3),
+        "source": p["latency_source"], "val_loss": p["quality"].round(5),
         "headroom_ms": (data.budget_ms - p["latency_ms"]).round(1),
     })
     if "params" in p and p["params"].notna().all():  # runs from before the footprint columns lack them

@@ -66,8 +66,12 @@ def _pareto_section(data: RunData) -> str:
     note = (f"Samples: {meta.get('steps')} {meta.get('solver')} steps, CFG {meta.get('cfg_scale')}, seed "
             f"{meta.get('seed')}, from the proxy supernet (quality of the proxy, not of a deployed model). "
             f"Prompts: {', '.join(map(str, meta.get('prompts', [])))}." if meta else "")
+    s = data.settings
+    interval = (f"latency_hi_ms: the one-sided {s.get('confidence', 0.9):.0%} upper bound of the latency, which the "
+                f"search keeps within the budget ({s.get('latency_interval') or 'interval of the table'}); p_fit: the "
+                f"probability that one image takes at most {data.budget_ms:g} ms.")
     return (_table(df, left=("sub-DiT", "config_id", "samples"), raw=("source", "samples"))
-            + f'<p class="small">{_esc(note)}</p>')
+            + f'<p class="small">{_esc(interval)}</p><p class="small">{_esc(note)}</p>')
 
 
 def _compress_section(data: RunData) -> str:

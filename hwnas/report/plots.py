@@ -23,7 +23,8 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     """Quality (val loss) vs predicted latency: all trials, the Pareto front, the budget line, the presets.
 
     Filled markers are measured latencies, hollow ones estimated; over-budget trials (quality not
-    evaluated) are ticks along the bottom.
+    evaluated) are ticks along the bottom. Each Pareto pick carries a bar from its predicted latency
+    to the one-sided upper bound the search constrained (its probability of fitting is in the table).
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
@@ -38,7 +39,12 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     if len(p):
         ax.step(p["latency_ms"], p["quality"], where="post", color="tab:red", lw=1.5)
         ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3, label="Pareto picks")
-        for _, r in p.iterrows():
+        if "latency_ms_hi" in p:
+            conf = data.settings.get("confidence", 0.9)
+            ax.errorbar(p["latency_ms"], p["quality"], xerr=[[0.0] * len(p), p["latency_ms_hi"] - p["latency_ms"]],
+                        fmt="none", ecolor="tab:red", elinewidth=0.8, capsize=2, alpha=0.6,
+                        label=f"to the {conf:.0%} upper bound of latency")
+        for _, r in p.iterrows():  # each pick's probability of fitting is in the table beside the plot
             ax.annotate(str(int(r["pick"])), (r["latency_ms"], r["quality"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color="tab:red")
     pr = data.presets

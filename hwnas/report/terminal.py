@@ -16,13 +16,16 @@ def print_summary(data: RunData, console: Any) -> None:
     table = Table(title=f"Pareto picks: {s['experiment_name']} on {s['device']}, budget {s['budget_ms']:g} ms, "
                         f"{s['steps']} steps, {s['precision']}")
     for col, just in (("pick", "right"), ("sub-DiT", "left"), ("id", "left"), ("latency ms", "right"),
-                      ("source", "left"), ("val loss", "right"), ("headroom ms", "right")):
+                      (f"{s.get('confidence', 0.9):.0%} bound", "right"), ("P(fit)", "right"), ("source", "left"),
+                      ("val loss", "right"), ("headroom ms", "right")):
         table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     best_id = data.best["config_id"] if data.best else None
     for _, r in summary_frame(data).iterrows():
         style = "bold green" if r["config_id"] == best_id else None
-        table.add_row(str(r["pick"]), r["sub-DiT"], r["config_id"], f"{r['latency_ms']:,.1f}", r["source"],
-                      f"{r['val_loss']:.5f}", f"{r['headroom_ms']:,.1f}", style=style)
+        p_fit = "n/a" if r["p_fit"] != r["p_fit"] else f"{r['p_fit']:.0%}"  # NaN: a run without intervals
+        table.add_row(str(r["pick"]), r["sub-DiT"], r["config_id"], f"{r['latency_ms']:,.1f}",
+                      f"{r['latency_hi_ms']:,.1f}", p_fit, r["source"], f"{r['val_loss']:.5f}",
+                      f"{r['headroom_ms']:,.1f}", style=style)
     console.print(table)
     if data.best:
         b = data.best
