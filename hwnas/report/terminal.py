@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwnas.report.frames import RunData, summary_frame
+
+if TYPE_CHECKING:  # rich is imported where used
+    from rich.console import JustifyMethod
 
 
 def print_summary(data: RunData, console: Any) -> None:
@@ -14,9 +17,11 @@ def print_summary(data: RunData, console: Any) -> None:
     s = data.settings
     table = Table(title=f"Pareto picks: {s['experiment_name']} on {s['device']}, budget {s['budget_ms']:g} ms, "
                         f"{s['steps']} steps, {s['precision']}")
-    for col, just in (("pick", "right"), ("sub-DiT", "left"), ("id", "left"), ("latency ms", "right"),
-                      ("source", "left"), ("val loss", "right"), ("headroom ms", "right")):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("pick", "right"), ("sub-DiT", "left"), ("id", "left"), ("latency ms", "right"), ("source", "left"),
+        ("val loss", "right"), ("headroom ms", "right"))
+    for col, just in columns:
+        table.add_column(col, justify=just, overflow="fold")
     best_id = data.best["config_id"] if data.best else None
     for _, r in summary_frame(data).iterrows():
         style = "bold green" if r["config_id"] == best_id else None

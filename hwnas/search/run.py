@@ -108,8 +108,8 @@ def prepare(settings: SearchSettings) -> _Context:
                          f"(it has {list(table.meta.precisions)})")
     settings = replace(settings, precision=precision, resolution=space.resolution)
     feas = check_budget(settings.budget_ms, table=table, space=space, steps=settings.steps,
-                        precision=precision, confidence=settings.confidence,  # type: ignore[arg-type]
-                        guidance=settings.guidance)  # type: ignore[arg-type]
+                        precision=precision, confidence=settings.confidence,
+                        guidance=settings.guidance)
     if not feas.feasible:
         raise InfeasibleBudgetError(feas, device=profile.name, steps=settings.steps, precision=precision)
     return _Context(settings=settings, space=space, table=table, feasibility=feas)
@@ -274,8 +274,9 @@ def _worker(settings: SearchSettings, storage: str, study_name: str, index: int,
 
 def _latency_model(ctx: _Context) -> LatencyModel:
     s = ctx.settings
-    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
-                        guidance=s.guidance)  # type: ignore[arg-type]
+    assert s.precision is not None  # resolved by `prepare`
+    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,
+                        guidance=s.guidance)
 
 
 def _first_generation(ctx: _Context) -> list[SubnetConfig]:

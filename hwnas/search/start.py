@@ -47,6 +47,7 @@ def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], Latency
         return bound <= budget_ms
 
     picked = {fastest.id: fastest}
+    draw: Callable[[], SubnetConfig]
     for draw in (lambda: space.sample(rng), lambda: space.mutate(rng.choice(list(picked.values())), rng)):
         for _ in range(max_draws):
             if len(picked) >= n:
