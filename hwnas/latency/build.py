@@ -176,8 +176,9 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
                             f"tries ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             f"{len(entries)} entries are saved, rerun the same command to resume") from None
                     time.sleep(min(2.0 * (attempt + 1), 10.0))
+                    assert tracker is not None  # a session is only made with a tracker
                     try:
-                        session = connect_tracker(tracker, remote_key)  # type: ignore[arg-type]
+                        session = connect_tracker(tracker, remote_key)
                     except TrackerError as lost:
                         raise DeviceDroppedError(f"{lost}; {len(entries)} entries are saved, rerun the same "
                                                  f"command to resume") from None

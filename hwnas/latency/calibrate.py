@@ -45,12 +45,13 @@ from hwnas.latency.estimate import (
 )
 from hwnas.latency.interval import ErrorModel, calibrated_error
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
-from hwnas.latency.primitives import COST_KINDS
+from hwnas.latency.primitives import COST_KINDS, AttentionLowering
 from hwnas.latency.profile import DeviceProfile
 from hwnas.latency.table import LatencyTable
 from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 Per = Literal["step", "image"]
+_PERS: tuple[Per, ...] = get_args(Per)
 COLUMNS_REQUIRED: tuple[str, ...] = ("config", "ms", "per")
 COLUMNS_OPTIONAL: tuple[str, ...] = ("steps", "precision", "runtime", "note")
 MEASUREMENT_LOG_SD = 0.05
@@ -120,8 +121,8 @@ def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProf
     if not math.isfinite(ms) or ms <= 0:
         raise ValueError(f"ms must be a positive number of milliseconds, got {row['ms']!r}")
     per = row["per"]
-    if per not in get_args(Per):
-        raise ValueError(f"per must be one of {', '.join(get_args(Per))}, got {per!r}")
+    if per not in _PERS:
+        raise ValueError(f"per must be one of {', '.join(_PERS)}, got {per!r}")
     steps = None
     if row.get("steps"):
         try:
@@ -136,8 +137,7 @@ def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProf
     if precision not in PRECISIONS or precision not in profile.peak_gflops:
         raise ValueError(f"precision must be one the {profile.name} profile has ({', '.join(profile.precisions)}), "
                          f"got {precision!r}")
-    return Measurement(cfg, ms, per, steps, precision, row.get("runtime", ""), row.get("note", ""),  # type: ignore[arg-type]
-                       line)
+    return Measurement(cfg, ms, per, steps, precision, row.get("runtime", ""), row.get("note", ""), line)
 
 
 def measured_step_ms(m: Measurement, profile: DeviceProfile, space: SearchSpace) -> float:
@@ -148,7 +148,8 @@ def measured_step_ms(m: Measurement, profile: DeviceProfile, space: SearchSpace)
     vae = profile.vae_decoder.latency_ms.require(f"{profile.name}: pipeline.vae_decoder.latency_ms")
     if profile.vae_decoder.resolution:
         vae *= (space.resolution / profile.vae_decoder.resolution) ** 2
-    step = (m.ms - text - vae) / m.steps  # type: ignore[operator]
+    assert m.steps is not None  # `_measurement` requires steps for a per-image time
+    step = (m.ms - text - vae) / m.steps
     if step <= 0:
         raise MeasurementError(f"line {m.line}: {m.ms:g} ms per image is less than the profile's text encoder and "
                                f"VAE decoder ({text + vae:g} ms); is it per step?")
@@ -159,12 +160,12 @@ class _Design:
     """The primitives of each measured sub-DiT as arrays, to evaluate and differentiate the model fast."""
 
     def __init__(self, profile: DeviceProfile, space: SearchSpace, measurements: list[Measurement],
-                 attention: str) -> None:
+                 attention: AttentionLowering) -> None:
         self.rows: list[dict[str, np.ndarray]] = []
         for m in measurements:
             per_kind: dict[str, list[tuple[float, float, float]]] = {k: [] for k in COST_KINDS}
             for key, count in kernel_counts(m.config, space, precision=m.precision):
-                for kind, c, b in kernel_terms(key, profile, attention):  # type: ignore[arg-type]
+                for kind, c, b in kernel_terms(key, profile, attention):
                     per_kind[kind].append((count, c, b))
             self.rows.append({k: np.array(v, dtype=float).reshape(-1, 3) for k, v in per_kind.items()})
 
@@ -200,8 +201,9 @@ def _fit(design: _Design, y: np.ndarray, prior: np.ndarray, prior_sd: np.ndarray
         return np.vstack([top, np.diag(1 / prior_sd)])
 
     if not rows:
-        return prior.copy()
-    return least_squares(residuals, prior.copy(), jac=jacobian, method="trf", x_scale="jac").x
+        return np.copy(prior)
+    fit = least_squares(residuals, prior.copy(), jac=jacobian, method="trf", x_scale="jac")  # scipy has no types
+    return np.asarray(fit.x)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
     for i in everything:
         f_i, _ = design.predict(_fit(design, y, theta0, sd, [j for j in everything if j != i]))
         loo.append(float(y[i] - math.log(f_i[i])))
+    rows: list[dict[str, Any]]
     rows = [{"line": m.line, "config_id": m.config.id, "describe": m.config.describe(), "precision": m.precision,
              "runtime": m.runtime, "note": m.note, "measured_step_ms": round(math.exp(yi), 4),
              "prior_step_ms": round(float(p0), 4), "fitted_step_ms": round(float(fi), 4),

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from hwnas.latency.interval import ErrorModel, LatencyInterval, check_confidence
 from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
-from hwnas.latency.table import LatencyTable, TableSource, label_source
+from hwnas.latency.table import LatencyTable, Source, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
 
 Guidance = Literal["distilled", "cfg", "none"]
@@ -152,7 +152,7 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
         raise ValueError(f"the table is for experiment {table.meta.experiment!r}, the space is {space.name!r}")
     medians = table._median_ms
     by_kind: dict[str, float] = {}
-    sources: set[str] = set()
+    sources: set[Source] = set()
     for key, count in kernel_counts(cfg, space, precision=precision):
         entry = medians.get(key)
         if entry is None:
@@ -169,7 +169,7 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
     vae_ms = vae.latency_ms.require(f"{table.device}: pipeline.vae_decoder.latency_ms")
     if vae.resolution and vae.resolution != space.resolution:
         vae_ms *= (space.resolution / vae.resolution) ** 2
-    source: TableSource = sources.pop() if len(sources) == 1 else "mixed"  # type: ignore[assignment]
+    source: TableSource = sources.pop() if len(sources) == 1 else "mixed"
     provenance = table._memo.get(source)
     if provenance is None:
         provenance = table._memo[source] = _provenance(table, source, text_ms=text_ms)

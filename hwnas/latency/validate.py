@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,7 @@ def _measure_all(cfgs: Sequence[SubnetConfig], measure: Measure, *, cache: Path 
     if prepare is not None and todo:  # compile everything first, so no compiler runs beside a timing
         prepare(todo, progress=progress)
     many = getattr(measure, "many", None)
+    fresh: Iterable[tuple[SubnetConfig, Timing]]
     if many is not None and todo:
         if progress:
             print(f"{desc}: timing {len(todo)} sub-DiTs together", file=sys.stderr)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from hwnas.data import make_dataset
+from hwnas.data import PromptSpec, make_dataset
 from hwnas.metrics.compositional import score
 from hwnas.metrics.fd_ref import features, frechet_distance, load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
@@ -21,13 +21,13 @@ from hwnas.train.supernet import DEFAULT_CHECKPOINT, Supernet
 Metric = Literal["compositional", "fd_ref", "val_loss"]
 
 
-def heldout_prompts(n: int) -> list[Any]:
+def heldout_prompts(n: int) -> list[PromptSpec]:
     """`n` held-out shapes prompts: the held-out split cycled in a fixed, category-balanced order."""
     from hwnas.data.shapes import CATEGORIES, list_prompts
 
     by_cat = [list_prompts("heldout", category=c) for c in CATEGORIES]
     by_cat = [p for p in by_cat if p]
-    out = []
+    out: list[PromptSpec] = []
     i = 0
     while len(out) < n:
         group = by_cat[i % len(by_cat)]

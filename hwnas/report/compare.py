@@ -122,8 +122,8 @@ def check_comparable(runs: Sequence[RunData]) -> None:
 
 def _value(settings: dict[str, Any], key: str) -> str:
     v = settings.get(key)
-    if key == "budget_ms":
-        return format_ms(float(v))  # type: ignore[arg-type]
+    if key == "budget_ms" and v is not None:
+        return format_ms(float(v))
     if key == "constraints":
         return ", ".join(v) if v else "latency only"
     return str(v)
@@ -198,6 +198,7 @@ def plot_comparison(cmp: Comparison, path: Path) -> Path:
     markers = ("o", "s", "^", "D", "v", "P")
     budgets_vary = "budget_ms" in cmp.varies
     confidences = {r.settings.get("confidence") for r in cmp.runs}
+    known = sorted(float(c) for c in confidences if c is not None)
     bound = None not in confidences and cmp.fronts["latency_ms_hi"].notna().all()
     x = "latency_ms_hi" if bound else "latency_ms"
     order = sorted(range(len(cmp.runs)), key=lambda i: -cmp.runs[i].budget_ms)
@@ -214,7 +215,7 @@ def plot_comparison(cmp: Comparison, path: Path) -> Path:
                        label=f"budget {format_ms(run.budget_ms)}" + ("" if budgets_vary else " (all runs)"))
     s = cmp.runs[0].settings
     sources = ", ".join(sorted({str(r.settings.get("latency_table_source", "")) for r in cmp.runs}))
-    what = (f"predicted latency, one-sided {'/'.join(f'{c:.0%}' for c in sorted(confidences))} upper bound (ms)"
+    what = (f"predicted latency, one-sided {'/'.join(f'{c:.0%}' for c in known)} upper bound (ms)"
             if bound else "predicted latency (ms)")
     where = "" if "device" in cmp.varies else f" on {s['device']}"  # else the legend names the devices
     ax.set_xlabel(f"{what}{where}, {sources} LUT{'s' if len(cmp.runs) > 1 else ''}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -10,7 +11,8 @@ from hwnas.io import atomic_write
 from hwnas.report.frames import RunData, breakdown_frame
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from hwnas.paths import display_path
 from hwnas.search.budget import format_ms
+
+if TYPE_CHECKING:  # rich is imported where used
+    from rich.console import JustifyMethod
 
 RUN_COLUMNS = ("run_dir", "device", "budget", "budget_ms", "experiment", "sampler", "constraints", "trials",
                "trials_asked", "best", "best_val_loss", "best_latency_ms", "state", "why", "sweep")
@@ -89,9 +92,11 @@ def print_runs(runs: pd.DataFrame, console: Any, *, reports_dir: str | Path = "r
         console.print(f"no search runs in {display_path(reports_dir)}")
         return
     table = Table(title=f"search runs in {display_path(reports_dir)}")
-    for col, just in (("run", "left"), ("device", "left"), ("budget", "right"), ("best", "left"),
-                      ("val loss", "right"), ("latency ms", "right"), ("state", "left")):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("run", "left"), ("device", "left"), ("budget", "right"), ("best", "left"), ("val loss", "right"),
+        ("latency ms", "right"), ("state", "left"))
+    for col, just in columns:
+        table.add_column(col, justify=just, overflow="fold")
     for _, r in runs.iterrows():
         loss = f"{r['best_val_loss']:.5f}" if not pd.isna(r["best_val_loss"]) else "-"
         lat = f"{r['best_latency_ms']:,.1f}" if not pd.isna(r["best_latency_ms"]) else "-"

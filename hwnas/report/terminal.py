@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwnas.report.frames import RunData, summary_frame
 from hwnas.search.constraints import format_bytes, format_count
+
+if TYPE_CHECKING:  # rich is imported where used
+    from rich.console import JustifyMethod
 
 
 def print_summary(data: RunData, console: Any) -> None:
@@ -15,10 +18,12 @@ def print_summary(data: RunData, console: Any) -> None:
     s = data.settings
     table = Table(title=f"Pareto picks: {s['experiment_name']} on {s['device']}, budget {s['budget_ms']:g} ms, "
                         f"{s['steps']} steps, {s['precision']}")
-    for col, just in (("pick", "right"), ("sub-DiT", "left"), ("id", "left"), ("latency ms", "right"),
-                      (f"{s.get('confidence', 0.9):.0%} bound", "right"), ("P(fit)", "right"), ("source", "left"),
-                      ("val loss", "right"), ("headroom ms", "right")):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("pick", "right"), ("sub-DiT", "left"), ("id", "left"), ("latency ms", "right"),
+        (f"{s.get('confidence', 0.9):.0%} bound", "right"), ("P(fit)", "right"), ("source", "left"),
+        ("val loss", "right"), ("headroom ms", "right"))
+    for col, just in columns:
+        table.add_column(col, justify=just, overflow="fold")
     best_id = data.best["config_id"] if data.best else None
     for _, r in summary_frame(data).iterrows():
         style = "bold green" if r["config_id"] == best_id else None
@@ -58,9 +63,11 @@ def print_sweep(result: Any, console: Any) -> None:
     from hwnas.search.budget import format_ms
 
     table = Table(title=f"budget sweep: {', '.join(format_ms(b) for b in result.budgets_ms)}")
-    for col, just in (("budget", "right"), ("best sub-DiT", "left"), ("latency ms", "right"), ("val loss", "right"),
-                      ("trials", "right"), ("carried", "right"), ("quality evals", "right"), ("state", "left")):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("budget", "right"), ("best sub-DiT", "left"), ("latency ms", "right"), ("val loss", "right"),
+        ("trials", "right"), ("carried", "right"), ("quality evals", "right"), ("state", "left"))
+    for col, just in columns:
+        table.add_column(col, justify=just, overflow="fold")
     for m in sorted(result.members, key=lambda m: m.budget_ms):
         b = m.best or {}
         table.add_row(format_ms(m.budget_ms), b.get("describe", "-"),

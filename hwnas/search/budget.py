@@ -85,8 +85,8 @@ def fastest_candidates(space: SearchSpace) -> list[SubnetConfig]:
     options: dict[str, list[StageConfig]] = {}
     for name in ("down", "up"):
         ch = space.stages[name]
-        stage = base.stage(name)  # type: ignore[arg-type]
-        opts = []
+        stage = base.stage(name)
+        opts: list[StageConfig] = []
         for attn in ch.attn:
             radii = ch.radius if attn in LOCAL_ATTNS else (0,)
             opts.extend(replace(stage, attn=attn, radius=r) for r in radii)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
 from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
 from hwnas.search.constraints import Bounds, footprint
 from hwnas.search.study import TrialFailed
-from hwnas.space import LOCAL_ATTNS, STAGES, SearchSpace, StageConfig, SubnetConfig
+from hwnas.space import LOCAL_ATTNS, STAGES, SearchSpace, Stage, StageConfig, SubnetConfig
 
 
 def _param_choices(space: SearchSpace) -> dict[str, list[Any]]:
@@ -58,10 +58,11 @@ def params_from_config(cfg: SubnetConfig, space: SearchSpace) -> dict[str, Any]:
     space.validate(cfg)
     out: dict[str, Any] = {}
     for name in _param_choices(space):
-        stage, attr = name.split(".")
-        value = getattr(cfg.stage(stage), attr)  # type: ignore[arg-type]
+        prefix, attr = name.split(".")
+        stage = cast(Stage, prefix)  # `_param_choices` names are "<stage>.<attribute>"
+        value = getattr(cfg.stage(stage), attr)
         if attr == "radius" and value == 0:
-            value = min(space.stages[stage].radius)  # type: ignore[index]
+            value = min(space.stages[stage].radius)
         out[name] = value
     return out
 

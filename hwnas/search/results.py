@@ -21,7 +21,8 @@ import pandas as pd
 from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.space import STAGES, SubnetConfig
 
-CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
+_CHOICES = ("width", "depth", "ffn_ratio", "attn", "radius")
+CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in _CHOICES)
 BREAKDOWN_COLUMNS = ("denoiser_ms", "text_encoder_ms", "vae_decoder_ms")
 FOOTPRINT_COLUMNS = ("params", "size_bytes", "memory_bytes")
 """Parameters, bytes on disk and peak bytes of one step at the run's precision (`hwnas.search.constraints`)."""
@@ -43,7 +44,7 @@ def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
         q = a.get("quality")
         row: dict[str, Any] = {
             "trial": t.number, "config_id": a["config_id"], "describe": a["describe"],
-            **{c: getattr(cfg.stage(c.split(".")[0]), c.split(".")[1]) for c in CHOICE_COLUMNS},  # type: ignore[arg-type]
+            **{f"{s}.{c}": getattr(cfg.stage(s), c) for s in STAGES for c in _CHOICES},  # CHOICE_COLUMNS
             "quality": float(q) if q is not None else math.nan,
             "quality_evaluated": q is not None, "quality_cached": bool(a.get("quality_cached", False)),
             "latency_ms": float(a["latency_ms"]), "latency_source": a["latency_source"],

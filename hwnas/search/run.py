@@ -133,14 +133,14 @@ def prepare(settings: SearchSettings) -> _Context:
                       f"of peak memory at {precision}, more than the {ram.value:g} GiB RAM of {profile.name}",
                       stacklevel=2)
     feas = check_budget(settings.budget_ms, table=table, space=space, steps=settings.steps,
-                        precision=precision, confidence=settings.confidence,  # type: ignore[arg-type]
-                        guidance=settings.guidance)  # type: ignore[arg-type]
+                        precision=precision, confidence=settings.confidence,
+                        guidance=settings.guidance)
     if not feas.feasible:
         raise InfeasibleBudgetError(feas, device=profile.name, steps=settings.steps, precision=precision)
     start = feas.fastest
     if settings.bounds.active:
-        latency = LatencyModel(table=table, space=space, steps=settings.steps, precision=precision,  # type: ignore[arg-type]
-                               guidance=settings.guidance)  # type: ignore[arg-type]
+        latency = LatencyModel(table=table, space=space, steps=settings.steps, precision=precision,
+                               guidance=settings.guidance)
         start = fastest_within(minimal, space, precision=precision, bounds=settings.bounds,
                                budget_ms=settings.budget_ms,
                                latency_ms=lambda cfg: latency(cfg).upper_ms(settings.confidence))
@@ -311,8 +311,9 @@ def _worker(settings: SearchSettings, storage: str, study_name: str, index: int,
 
 def _latency_model(ctx: _Context) -> LatencyModel:
     s = ctx.settings
-    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
-                        guidance=s.guidance)  # type: ignore[arg-type]
+    assert s.precision is not None  # resolved by `prepare`
+    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,
+                        guidance=s.guidance)
 
 
 def _first_generation(ctx: _Context, carry: Sequence[SubnetConfig] = ()) -> list[SubnetConfig]:
@@ -323,8 +324,11 @@ def _first_generation(ctx: _Context, carry: Sequence[SubnetConfig] = ()) -> list
     s = ctx.settings
     bounds = s.bounds
 
+    precision = s.precision
+    assert precision is not None  # `prepare` resolved it
+
     def within_bounds(cfg: SubnetConfig) -> bool:
-        return footprint(cfg, ctx.space, precision=s.precision).within(bounds)  # type: ignore[arg-type]
+        return footprint(cfg, ctx.space, precision=precision).within(bounds)
 
     start = feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.start, budget_ms=s.budget_ms,
                            confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),

@@ -51,6 +51,7 @@ def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], Latency
         return bound <= budget_ms and (within_bounds is None or within_bounds(cfg))
 
     picked = {fastest.id: fastest}
+    draw: Callable[[], SubnetConfig]
     for draw in (lambda: space.sample(rng), lambda: space.mutate(rng.choice(list(picked.values())), rng)):
         for _ in range(max_draws):
             if len(picked) >= n:

@@ -31,13 +31,14 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from hwnas.latency import Guidance, Precision
 from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
 from hwnas.search.constraints import CONSTRAINT_NAMES, Bounds
 
 SamplerName = Literal["nsga2", "tpe", "gp", "random"]
 SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
-DIRECTIONS = ("minimize", "minimize")
+DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "minimize")
 """Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
 
 
@@ -50,11 +51,11 @@ class SearchSettings:
     experiment: str = "experiments/snapgenpp-1024.toml"
     checkpoint: str | None = None
     steps: int = 4
-    precision: str | None = None
+    precision: Precision | None = None
     resolution: int | None = None
     confidence: float = 0.9
     """A sub-DiT is feasible when its latency's one-sided `confidence` upper bound is within the budget."""
-    guidance: str = "distilled"
+    guidance: Guidance = "distilled"
     """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
     sampler: SamplerName = "nsga2"
     n_trials: int = 96

@@ -17,6 +17,7 @@ import csv
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from hwnas.data import Tokenizer, make_dataset
 from hwnas.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
 from hwnas.model.vae import Autoencoder
@@ -37,7 +43,7 @@ from hwnas.train.checkpoint import (
     save_train_state,
     save_weights,
 )
-from hwnas.train.config import TrainConfig, load_train_config, tomllib
+from hwnas.train.config import TrainConfig, load_train_config
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
 from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet, build_supernet, space_vae
@@ -164,7 +170,7 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     torch.manual_seed(tc.seed)
 
     if autoencoder is not None:
-        autoencoder.model.to(device)
+        autoencoder.to(device)
     images, captions = training_set(space, tc, vae=autoencoder,
                                     cache_dir=Path(cache_dir) if cache_dir is not None else None)
     images = images.to(device)  # (N, C, h, w): the whole training set lives on the device

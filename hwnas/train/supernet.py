@@ -45,7 +45,7 @@ class Supernet:
         self.dit.to(device)
         self.text.to(device)
         if self.vae is not None:
-            self.vae.model.to(device)
+            self.vae.to(device)
         return self
 
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def test_mixed_precision_average_bits() -> None:
     assert mixed.avg_bits_all > mixed.avg_bits  # biases counted at 16 bits
 
 
-def test_quantized_model_uses_the_packed_weights_and_finetune_moves_only_biases() -> None:
+def test_dequantized_copy_uses_the_packed_weights_and_finetune_moves_only_biases() -> None:
     model = _mlp()
     q = quantize_model(model, QuantSpec("rtn", 4, 32, False))
     qm = dequantized_copy(model, q)
