@@ -7,12 +7,12 @@ val loss was computed, not answered from a cache) and the hypervolume of the fea
 sub-DiTs under that budget (reference: the worst val loss any run evaluated under it, and the
 budget). Goal (issue 15): the sweep costs at most 1.5x the quality evaluations of one search.
 
-    OMP_NUM_THREADS=1 python benchmarks/budget_sweep.py --device pixel8 --budgets 1.4s,1.8s,2.4s --n 96 --seeds 3
+    OMP_NUM_THREADS=1 python benchmarks/budget_sweep.py --device pixel8 --budgets 1.4s,1.8s,2.4s --n 96 --seeds 3 \
+        --json reports/budget-sweep.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
-from hwnas.io import atomic_write_json
 from hwnas.search import SearchSettings, format_ms, hypervolume_2d, run_search
 from hwnas.search.sweep import parse_budgets_ms, run_sweep
 
@@ -40,16 +40,19 @@ def _evals(run_dir: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--device", default="pixel8")
     ap.add_argument("--budgets", default="1.4s,1.8s,2.4s")
-    ap.add_argument("--n", type=int, default=96, help="--trials of every search")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--n", type=positive_int, default=96, help="--trials of every search")
+    ap.add_argument("--seeds", type=positive_int, default=3, help="searches per budget: seeds SEED..SEED+SEEDS-1")
     ap.add_argument("--work", default="runs/budget-sweep", help="scratch folder for the runs")
     ap.add_argument("--fresh", action="store_true", help="rerun the standalone searches too")
-    ap.add_argument("--out", default="reports/budget-sweep.json")
+    add_seed(ap, controls="the first search (the samplers and the first generation)")
+    add_json(ap, what="the per-budget summary and every run")
     args = ap.parse_args()
-    budgets = parse_budgets_ms(args.budgets)
+    with user_input():
+        budgets = parse_budgets_ms(args.budgets)
+    seeds = range(args.seed, args.seed + args.seeds)
     work = Path(args.work)
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
@@ -57,7 +60,7 @@ def main() -> None:
         shutil.rmtree(old)                # standalone searches resume unchanged (they repeat exactly)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in seeds:
         base = SearchSettings(device=args.device, budget_ms=max(budgets), n_trials=args.n, seed=seed, **CHEAP_GRIDS)
         sweep = run_sweep(base, budgets, out=work / f"seed{seed}" / "sweep", report=False)
         for member in sweep.members:
@@ -90,7 +93,7 @@ def main() -> None:
 
         summary["per_budget"][format_ms(b)] = {k: ms(k) for k in ("sweep_evals", "single_evals", "sweep_hv",
                                                                    "single_hv", "carried")}
-    totals = [sum(r["sweep_evals"] for r in rows if r["seed"] == s) for s in range(args.seeds)]
+    totals = [sum(r["sweep_evals"] for r in rows if r["seed"] == s) for s in seeds]
     singles = {format_ms(b): [r["single_evals"] for r in rows if r["budget_ms"] == b] for b in budgets}
     mean_single = statistics.fmean(v for vals in singles.values() for v in vals)
     summary["sweep_evals_total"] = {"mean": statistics.fmean(totals),
@@ -100,14 +103,24 @@ def main() -> None:
         **{f"vs_single_{k}": statistics.fmean(totals) / statistics.fmean(v) for k, v in singles.items()},
         "vs_all_singles": statistics.fmean(totals) / sum(statistics.fmean(v) for v in singles.values()),
     }
-    out = {"device": args.device, "budgets_ms": list(budgets), "n_trials": args.n, "seeds": args.seeds,
+    out = {"device": args.device, "budgets_ms": list(budgets), "n_trials": args.n, "seeds": list(seeds),
            "command": f"OMP_NUM_THREADS=1 python benchmarks/budget_sweep.py --device {args.device} --budgets "
-                      f"{args.budgets} --n {args.n} --seeds {args.seeds}",
+                      f"{args.budgets} --n {args.n} --seed {args.seed} --seeds {args.seeds}",
            "summary": summary,
            "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows],
            "wall_s": round(time.perf_counter() - start, 1)}
-    atomic_write_json(Path(args.out), out)
-    print(json.dumps(summary, indent=2))
+    print(f"{'budget':>8} {'sweep evals':>14} {'search evals':>14} {'sweep HV':>16} {'search HV':>16} {'carried':>8}")
+    for name, v in summary["per_budget"].items():
+        print(f"{name:>8} " + " ".join(f"{v[k]['mean']:>{w - 6}.1f} ±{v[k]['sd']:>4.1f}" for k, w in
+                                       (("sweep_evals", 15), ("single_evals", 15), ("sweep_hv", 17),
+                                        ("single_hv", 17))) + f" {v['carried']['mean']:>8.1f}")
+    write_json(args.json_out, out)
+    ratios = summary["ratio_to_one_search"]
+    print_summary([f"sweep {summary['sweep_evals_total']['mean']:.1f} evaluations = "
+                   f"{ratios['vs_mean_single']:.2f}x a mean one-budget search (goal <= 1.5x)",
+                   *(f"{ratios[k]:.2f}x the {k.removeprefix('vs_single_')} search" for k in ratios
+                     if k.startswith("vs_single_")),
+                   f"{ratios['vs_all_singles']:.2f}x all {len(budgets)} searches"])
 
 
 if __name__ == "__main__":
