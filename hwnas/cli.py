@@ -907,7 +907,11 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
               help="Feasible = the latency's one-sided upper bound at this confidence is within the budget.")
 @click.option("--guidance", type=click.Choice(["distilled", "cfg", "none"]), default="distilled", show_default=True,
               help="cfg: two denoiser passes per step; distilled (guidance-distilled, e.g. K-DMD) or none: one.")
-@click.option("--sampler", type=click.Choice(["nsga2", "tpe", "gp", "random"]), default="nsga2", show_default=True)
+@click.option("--sampler", type=click.Choice(["nsga2", "nsga3", "tpe", "gp", "random"]), default="nsga2",
+              show_default=True)
+@click.option("--start", type=click.Choice(["feasible", "plain"]), default="feasible", show_default=True,
+              help="feasible: start (random: every trial) from sub-DiTs predicted within the budget; "
+                   "plain: from the fastest only.")
 @click.option("--trials", "n_trials", default=96, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--storage", help="Optuna storage URL (default: sqlite file study.db in the run directory).")
@@ -925,7 +929,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
-           resolution: int | None, confidence: float, guidance: str, sampler: str, n_trials: int, seed: int,
+           resolution: int | None, confidence: float, guidance: str, sampler: str, start: str, n_trials: int,
+           seed: int,
            storage: str | None, study: str | None,
            workers: int, threads: int, timeout_s: float | None, out: str | None, force: bool, reports: str,
            as_json: bool, profiles: str, tables: str) -> None:
@@ -947,6 +952,7 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   confidence=confidence, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
+                                  start=start,  # type: ignore[arg-type]
                                   n_trials=n_trials, seed=seed, storage=storage, study=study,
                                   workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
                                   table_dir=tables)

@@ -5,7 +5,8 @@
 
 Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prepare`,
 `InfeasibleBudgetError`, `hypervolume_2d`, and the pieces a benchmark or another driver reuses
-(`LatencyModel`, `QualityModel`, `run_trial`, `make_sampler`, `trials_frame`, `pareto_frame`).
+(`LatencyModel`, `QualityModel`, `run_trial`, `make_sampler`, `search_sampler`, `first_trials`,
+`fits_budget`, `run_loop`, `trials_frame`, `pareto_frame`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,22 @@ from hwnas.search.objective import (
 )
 from hwnas.search.results import hypervolume_2d, pareto_frame, trials_frame
 from hwnas.search.run import InfeasibleBudgetError, prepare, run_search
-from hwnas.search.study import SAMPLERS, SamplerName, SearchSettings, make_sampler, recover_stale_trials
+from hwnas.search.start import FeasibleRandomSampler, first_trials, fits_budget, search_sampler
+from hwnas.search.study import (
+    SAMPLERS,
+    STARTS,
+    SamplerName,
+    SearchSettings,
+    StartName,
+    make_sampler,
+    recover_stale_trials,
+    run_loop,
+)
 
 __all__ = [
-    "Feasibility", "InfeasibleBudgetError", "LatencyModel", "QualityModel", "SAMPLERS", "SamplerName",
-    "SearchSettings", "check_budget", "config_from_params", "format_ms", "hypervolume_2d", "make_sampler",
-    "pareto_frame", "params_from_config", "parse_budget_ms", "prepare", "recover_stale_trials", "run_search",
-    "run_trial", "same_choices", "suggest_config", "trials_frame",
+    "Feasibility", "FeasibleRandomSampler", "InfeasibleBudgetError", "LatencyModel", "QualityModel", "SAMPLERS",
+    "STARTS", "SamplerName", "SearchSettings", "StartName", "check_budget", "config_from_params", "first_trials",
+    "fits_budget", "format_ms", "hypervolume_2d", "make_sampler", "pareto_frame", "params_from_config",
+    "parse_budget_ms", "prepare", "recover_stale_trials", "run_loop", "run_search", "run_trial", "same_choices",
+    "search_sampler", "suggest_config", "trials_frame",
 ]

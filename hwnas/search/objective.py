@@ -144,8 +144,8 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     Raises `TrialFailed` (the trial fails with that reason) where the latency or the quality is not
     a finite number.
     """
+    cpu0 = latency.cpu_s  # before suggesting: a sampler may predict latencies to propose (FeasibleRandomSampler)
     cfg = suggest_config(trial, space)
-    cpu0 = latency.cpu_s
     pred = latency(cfg)
     bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
     if not (math.isfinite(pred.total_ms) and math.isfinite(bound_ms)):

@@ -37,12 +37,11 @@ from hwnas.paths import display_path, redact_url, repo_path
 from hwnas.search.budget import Feasibility, check_budget
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
-from hwnas.search.start import feasible_start, startup_trials
+from hwnas.search.start import first_trials, fits_budget, search_sampler
 from hwnas.search.study import (
     LoopStats,
     SearchSettings,
     failed_reasons,
-    make_sampler,
     open_study,
     recover_stale_trials,
     run_loop,
@@ -279,17 +278,19 @@ def _latency_model(ctx: _Context) -> LatencyModel:
 
 
 def _first_generation(ctx: _Context) -> list[SubnetConfig]:
-    """The sub-DiTs a fresh study enqueues: the sampler's startup trials, all predicted within the budget."""
+    """The sub-DiTs a fresh study enqueues (`first_trials`: the fastest, or the sampler's startup
+    trials all predicted within the budget)."""
     s = ctx.settings
-    return feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.feasibility.fastest, budget_ms=s.budget_ms,
-                          confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
-                          seed=s.seed)
+    return first_trials(ctx.space, _latency_model(ctx), start=s.start, sampler=s.sampler,
+                        fastest=ctx.feasibility.fastest, budget_ms=s.budget_ms, confidence=s.confidence,
+                        population_size=s.population_size, seed=s.seed)
 
 
 def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
           progress: Any) -> LoopStats:
     s = ctx.settings
-    sampler = make_sampler(s.sampler, seed=seed, population_size=s.population_size)
+    sampler = search_sampler(s.sampler, start=s.start, space=ctx.space, seed=seed, population_size=s.population_size,
+                             fits=fits_budget(latency, budget_ms=s.budget_ms, confidence=s.confidence))
     study = open_study(storage=storage, name=study_name, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:

@@ -34,8 +34,12 @@ from optuna.trial import TrialState
 from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
 
-SamplerName = Literal["nsga2", "tpe", "gp", "random"]
-SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
+SamplerName = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
+SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "nsga3", "tpe", "gp", "random")
+StartName = Literal["feasible", "plain"]
+STARTS: tuple[StartName, ...] = ("feasible", "plain")
+"""How a fresh study starts (`hwnas.search.start`): feasible, from sub-DiTs predicted within the budget;
+plain, from the fastest sub-DiT only, then whatever the sampler proposes."""
 DIRECTIONS = ("minimize", "minimize")
 """Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
 
@@ -56,6 +60,7 @@ class SearchSettings:
     guidance: str = "distilled"
     """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
     sampler: SamplerName = "nsga2"
+    start: StartName = "feasible"
     n_trials: int = 96
     population_size: int = 16
     seed: int = 0
@@ -77,6 +82,8 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {list(STARTS)}, got {self.start!r}")
         for name in ("steps", "n_trials", "workers", "threads", "val_images", "sample_steps", "sample_prompts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -121,6 +128,8 @@ def make_sampler(name: SamplerName, *, seed: int, population_size: int = 16) -> 
     """Optuna's sampler `name`, seeded. Constraints come from `trial.set_constraint` (Optuna >= 5)."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population_size)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if name == "gp":
