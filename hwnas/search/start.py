@@ -12,7 +12,9 @@ enqueues the fastest sub-DiT only (always feasible) and leaves the rest to the s
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ from optuna.trial import FrozenTrial
 from hwnas.latency import LatencyPrediction
 from hwnas.search.objective import params_from_config
 from hwnas.search.study import SamplerName, StartName, make_sampler
-from hwnas.space import SearchSpace, SubnetConfig
+from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
 
 STARTUP_TRIALS: dict[SamplerName, int] = {"tpe": 10, "gp": 10}
 """Random startup trials of the model-based samplers (`make_sampler`); NSGA-II's and NSGA-III's is their
@@ -72,6 +74,43 @@ def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], Latency
             if cfg.id not in picked and fits(cfg):
                 picked[cfg.id] = cfg
     return list(picked.values())[:n]
+
+
+def feasible_set(space: SearchSpace, fits: Callable[[SubnetConfig], bool]) -> list[SubnetConfig]:
+    """Every sub-DiT of `space` that `fits` accepts, without predicting them all.
+
+    Relies on latency being monotone in each stage's width, depth and FFN ratio (`fastest_candidates`
+    relies on it too): for each attention kind and radius of every stage, a breadth-first walk from
+    the smallest width/depth/FFN ratio steps one choice up at a time and only from sub-DiTs that fit,
+    so it predicts the feasible sub-DiTs and their infeasible upper neighbours only. In the order found.
+    """
+    numeric = ("width", "depth", "ffn_ratio")
+    levels = [sorted(getattr(space.stages[st], k)) for st in STAGES for k in numeric]  # 9 axes
+    attn_options = [[(a, r) for a in space.stages[st].attn
+                     for r in (space.stages[st].radius if a in ("assa", "bna") else (0,))] for st in STAGES]
+    out: list[SubnetConfig] = []
+    for attn in itertools.product(*attn_options):
+        def config(index: tuple[int, ...], attn: tuple[tuple[str, int], ...] = attn) -> SubnetConfig:
+            stages = {st: StageConfig(width=levels[3 * i][index[3 * i]], depth=levels[3 * i + 1][index[3 * i + 1]],
+                                      ffn_ratio=levels[3 * i + 2][index[3 * i + 2]], attn=attn[i][0],  # type: ignore[arg-type]
+                                      radius=attn[i][1]) for i, st in enumerate(STAGES)}
+            return SubnetConfig(**stages)
+
+        start = (0,) * len(levels)
+        seen, todo = {start}, deque([start])
+        while todo:
+            index = todo.popleft()
+            cfg = config(index)
+            if not fits(cfg):
+                continue
+            out.append(cfg)
+            for axis in range(len(levels)):
+                if index[axis] + 1 < len(levels[axis]):
+                    up = index[:axis] + (index[axis] + 1,) + index[axis + 1:]
+                    if up not in seen:
+                        seen.add(up)
+                        todo.append(up)
+    return out
 
 
 def first_trials(space: SearchSpace, latency: Callable[[SubnetConfig], LatencyPrediction], *, start: StartName,

@@ -107,3 +107,41 @@ def test_feasible_random_sampler_repeats_across_a_resume(tiny_env, tmp_path: Pat
     resumed = _study(run_search(tiny_env.settings(sampler="random", n_trials=10), out=tmp_path / "b", report=False))
     assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
     assert len({config_from_params(t.params, load_space(tiny_env.experiment)).id for t in whole.trials}) > 5
+
+
+def _every_config(space):  # type: ignore[no-untyped-def]
+    import itertools
+
+    from hwnas.space import STAGES, StageConfig, SubnetConfig
+
+    per_stage = []
+    for name in STAGES:
+        ch = space.stages[name]
+        per_stage.append([StageConfig(width=w, depth=d, ffn_ratio=f, attn=a, radius=r)
+                          for w, d, f, a in itertools.product(ch.width, ch.depth, ch.ffn_ratio, ch.attn)
+                          for r in (ch.radius if a in ("assa", "bna") else (0,))])
+    return [SubnetConfig(*stages) for stages in itertools.product(*per_stage)]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 1.0])
+def test_feasible_set_is_every_sub_dit_that_fits(tiny_env, fraction: float) -> None:  # type: ignore[no-untyped-def]
+    from hwnas.search.start import feasible_set, fits_budget
+
+    space, latency = _latency(tiny_env)
+    budget = tiny_env.fastest_ms + fraction * (tiny_env.largest_ms - tiny_env.fastest_ms)
+    calls = []
+
+    def counted(cfg):  # type: ignore[no-untyped-def]
+        calls.append(cfg)
+        return latency(cfg)
+
+    fits = fits_budget(counted, budget_ms=budget, confidence=0.9)
+    found = feasible_set(space, fits)
+    every = _every_config(space)
+    assert len(every) == space.size()
+    walked = len(calls)
+    brute = {c.id for c in every if fits(c)}
+    assert [c.id for c in found] == list(dict.fromkeys(c.id for c in found))  # no repeats
+    assert {c.id for c in found} == brute and len(brute) >= 1
+    if fraction < 1.0:  # it predicts the feasible sub-DiTs and their upper neighbours, not the whole space
+        assert walked < len(every)
