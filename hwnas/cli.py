@@ -912,6 +912,10 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @click.option("--start", type=click.Choice(["feasible", "plain"]), default="feasible", show_default=True,
               help="feasible: start (random: every trial) from sub-DiTs predicted within the budget; "
                    "plain: from the fastest only.")
+@click.option("--screen", default="off", show_default=True,
+              help="IMAGESxT: a cheap val loss (e.g. 16x4) scores the trials; the Pareto candidates get the full one.")
+@click.option("--quality", type=click.Choice(["val_loss", "compositional", "fd_ref"]), default="val_loss",
+              show_default=True, help="Also score the Pareto candidates with this metric (beside the val loss).")
 @click.option("--trials", "n_trials", default=96, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--storage", help="Optuna storage URL (default: sqlite file study.db in the run directory).")
@@ -929,8 +933,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
 @_profile_option
 @_table_option
 def search(device: str, budget: str, experiment: str, checkpoint: str | None, steps: int, precision: str | None,
-           resolution: int | None, confidence: float, guidance: str, sampler: str, start: str, n_trials: int,
-           seed: int,
+           resolution: int | None, confidence: float, guidance: str, sampler: str, start: str, screen: str,
+           quality: str, n_trials: int, seed: int,
            storage: str | None, study: str | None,
            workers: int, threads: int, timeout_s: float | None, out: str | None, force: bool, reports: str,
            as_json: bool, profiles: str, tables: str) -> None:
@@ -943,7 +947,7 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
 
     from hwnas.latency import MissingKernelError
     from hwnas.report import load_run, print_summary
-    from hwnas.search import SearchSettings, parse_budget_ms, run_search
+    from hwnas.search import SearchSettings, parse_budget_ms, parse_screen, run_search
     from hwnas.search.run import SearchInterrupted
 
     if force and out is None:
@@ -952,7 +956,8 @@ def search(device: str, budget: str, experiment: str, checkpoint: str | None, st
         settings = SearchSettings(device=device, budget_ms=parse_budget_ms(budget), experiment=experiment,
                                   checkpoint=checkpoint, steps=steps, precision=precision, resolution=resolution,
                                   confidence=confidence, guidance=guidance, sampler=sampler,  # type: ignore[arg-type]
-                                  start=start,  # type: ignore[arg-type]
+                                  start=start, quality=quality,  # type: ignore[arg-type]
+                                  screen_images=parse_screen(screen)[0], screen_t=parse_screen(screen)[1],
                                   n_trials=n_trials, seed=seed, storage=storage, study=study,
                                   workers=workers, threads=threads, timeout_s=timeout_s, profile_dir=profiles,
                                   table_dir=tables)

@@ -57,6 +57,8 @@ CASES: dict[str, list[str]] = {
                                   "{tmp}/missing.toml"],
     "search unknown sampler": ["search", "--device", "pixel8", "--budget", "1.8s", "--sampler", "cmaes"],
     "search unknown start": ["search", "--device", "pixel8", "--budget", "1.8s", "--start", "warm"],
+    "search bad screen": ["search", "--device", "pixel8", "--budget", "1.8s", "--screen", "16x0"],
+    "search unknown quality": ["search", "--device", "pixel8", "--budget", "1.8s", "--quality", "fid"],
     "search truncated study.db": [*HOST, "--out", "{tmp}/truncated-run"],
     "search storage of an unknown kind": [*HOST, "--storage", "nosuchdb://user:S3cret@host/db", "--out", "{tmp}/r1"],
     "search unreachable postgres": [*HOST, "--storage", "postgresql+psycopg2://user:S3cret@127.0.0.1:1/db",

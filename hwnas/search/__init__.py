@@ -6,12 +6,14 @@
 Public: `parse_budget_ms`, `check_budget`, `SearchSettings`, `run_search`, `prepare`,
 `InfeasibleBudgetError`, `hypervolume_2d`, and the pieces a benchmark or another driver reuses
 (`LatencyModel`, `QualityModel`, `run_trial`, `make_sampler`, `search_sampler`, `first_trials`,
-`fits_budget`, `run_loop`, `trials_frame`, `pareto_frame`).
+`fits_budget`, `run_loop`, `trials_frame`, `pareto_frame`), and the multi-fidelity quality (`parse_screen`,
+`confirm`, `fidelity`).
 """
 
 from __future__ import annotations
 
 from hwnas.search.budget import Feasibility, check_budget, format_ms, parse_budget_ms
+from hwnas.search.confirm import confirm, fidelity, parse_screen
 from hwnas.search.objective import (
     LatencyModel,
     QualityModel,
@@ -37,8 +39,8 @@ from hwnas.search.study import (
 
 __all__ = [
     "Feasibility", "FeasibleRandomSampler", "InfeasibleBudgetError", "LatencyModel", "QualityModel", "SAMPLERS",
-    "STARTS", "SamplerName", "SearchSettings", "StartName", "check_budget", "config_from_params", "first_trials",
-    "fits_budget", "format_ms", "hypervolume_2d", "make_sampler", "pareto_frame", "params_from_config",
-    "parse_budget_ms", "prepare", "recover_stale_trials", "run_loop", "run_search", "run_trial", "same_choices",
-    "search_sampler", "suggest_config", "trials_frame",
+    "STARTS", "SamplerName", "SearchSettings", "StartName", "check_budget", "config_from_params", "confirm",
+    "fidelity", "first_trials", "fits_budget", "format_ms", "hypervolume_2d", "make_sampler", "params_from_config",
+    "pareto_frame", "parse_budget_ms", "parse_screen", "prepare", "recover_stale_trials", "run_loop", "run_search",
+    "run_trial", "same_choices", "search_sampler", "suggest_config", "trials_frame",
 ]

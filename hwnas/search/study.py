@@ -40,6 +40,9 @@ StartName = Literal["feasible", "plain"]
 STARTS: tuple[StartName, ...] = ("feasible", "plain")
 """How a fresh study starts (`hwnas.search.start`): feasible, from sub-DiTs predicted within the budget;
 plain, from the fastest sub-DiT only, then whatever the sampler proposes."""
+QualityName = Literal["val_loss", "compositional", "fd_ref"]
+QUALITIES: tuple[QualityName, ...] = ("val_loss", "compositional", "fd_ref")
+"""The metric that confirms the Pareto candidates besides the full val loss (`hwnas.search.confirm`)."""
 DIRECTIONS = ("minimize", "minimize")
 """Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
 
@@ -71,6 +74,14 @@ class SearchSettings:
     """torch threads per worker: the proxy sub-DiTs are too small to gain from more, and oversubscribed
     cores (other jobs, several workers) cost several times the CPU time."""
     val_images: int = 64
+    screen_images: int = 0
+    """0: each trial's quality is the full val loss (`val_images` images, 8 t values). Otherwise the cheap
+    val loss on `screen_images` images and `screen_t` t values screens the trials, and the Pareto candidates
+    are confirmed with the full val loss (`hwnas.search.confirm`)."""
+    screen_t: int = 4
+    quality: QualityName = "val_loss"
+    """compositional or fd_ref: the Pareto candidates are also scored with it (`confirm_n` images)."""
+    confirm_n: int = 64
     sample_steps: int = 8
     sample_prompts: int = 4
     max_grids: int = 8
@@ -84,6 +95,14 @@ class SearchSettings:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {list(STARTS)}, got {self.start!r}")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {list(QUALITIES)}, got {self.quality!r}")
+        if not 0 <= self.screen_images < self.val_images:
+            raise ValueError(f"screen images must be between 0 (no screening) and the {self.val_images} validation "
+                             f"images (exclusive), got {self.screen_images!r}")
+        if self.screen_t < 1 or self.confirm_n < 2:
+            raise ValueError(f"screen t values must be >= 1 and confirm_n >= 2, got {self.screen_t!r} and "
+                             f"{self.confirm_n!r}")
         for name in ("steps", "n_trials", "workers", "threads", "val_images", "sample_steps", "sample_prompts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -101,11 +120,17 @@ class SearchSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def confirms(self) -> bool:
+        """Are the Pareto candidates scored again after the search (screened trials, or another metric)?"""
+        return self.screen_images > 0 or self.quality != "val_loss"
+
     def identity(self) -> dict[str, Any]:
         """The settings that make two runs the same search (not: how many trials or how long, workers,
-        storage location). `hwnas.search.run.run_identity` adds the content hashes of the inputs."""
+        storage location, the metric that confirms the picks). `hwnas.search.run.run_identity` adds the
+        content hashes of the inputs."""
         skip = {"n_trials", "timeout_s", "workers", "threads", "storage", "study", "profile_dir", "table_dir",
-                "max_grids"}
+                "max_grids", "quality", "confirm_n"}  # the last two score the picks again, not the trials
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def default_study_name(self, experiment_name: str) -> str:
