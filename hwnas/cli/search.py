@@ -24,7 +24,7 @@ from hwnas.cli._options import (
     table_option,
 )
 from hwnas.paths import display_path, redact_url
-from hwnas.search.study import SAMPLERS, SearchSettings
+from hwnas.search.study import QUALITIES, SAMPLERS, STARTS, SearchSettings
 
 _DEFAULTS = SearchSettings(device="-", budget_ms=1.0)
 
@@ -43,6 +43,13 @@ _DEFAULTS = SearchSettings(device="-", budget_ms=1.0)
 @confidence_option("Feasible = the latency's one-sided upper bound at this confidence is within the budget.")
 @guidance_option
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=_DEFAULTS.sampler, show_default=True)
+@click.option("--start", type=click.Choice(STARTS), default=_DEFAULTS.start, show_default=True,
+              help="feasible: start (random: every trial) from sub-DiTs predicted within the budget; "
+                   "plain: from the fastest only.")
+@click.option("--screen", default="off", show_default=True,
+              help="IMAGESxT: a cheap val loss (e.g. 16x4) scores the trials; the Pareto candidates get the full one.")
+@click.option("--quality", type=click.Choice(QUALITIES), default=_DEFAULTS.quality, show_default=True,
+              help="Also score the Pareto candidates with this metric (beside the val loss).")
 @click.option("--trials", "n_trials", default=_DEFAULTS.n_trials, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=_DEFAULTS.seed, show_default=True, type=int)
 @click.option("--storage", help="Optuna storage URL (default: sqlite file study.db in the run directory).")
@@ -66,7 +73,7 @@ _DEFAULTS = SearchSettings(device="-", budget_ms=1.0)
 @profile_option
 @table_option
 @user_errors
-def search(budget: str, out: str | None, force: bool, reports: str, as_json: bool, max_params: str | None,
+def search(budget: str, screen: str, out: str | None, force: bool, reports: str, as_json: bool, max_params: str | None,
            max_size: str | None, max_memory: str | None, profiles: str, tables: str, **settings: Any) -> None:
     """Search sub-DiTs for a device under a latency budget (Optuna; proxy quality vs LUT latency).
 
@@ -75,7 +82,7 @@ def search(budget: str, out: str | None, force: bool, reports: str, as_json: boo
     """
     from rich.console import Console
 
-    from hwnas.search import parse_bounds, run_search
+    from hwnas.search import parse_bounds, parse_screen, run_search
     from hwnas.search.run import SearchInterrupted
     from hwnas.search.sweep import parse_budgets_ms, run_sweep
 
@@ -83,8 +90,10 @@ def search(budget: str, out: str | None, force: bool, reports: str, as_json: boo
         raise click.UsageError("--force replaces the run in --out; give --out DIR")
     budgets = parse_budgets_ms(budget)
     bounds = parse_bounds(max_params=max_params, max_size=max_size, max_memory=max_memory)
+    screen_images, screen_t = parse_screen(screen)
     s = SearchSettings(budget_ms=max(budgets), profile_dir=profiles, table_dir=tables, max_params=bounds.max_params,
-                       max_size_bytes=bounds.max_size_bytes, max_memory_bytes=bounds.max_memory_bytes, **settings)
+                       max_size_bytes=bounds.max_size_bytes, max_memory_bytes=bounds.max_memory_bytes,
+                       screen_images=screen_images, screen_t=screen_t, **settings)
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     try:
         result = (run_sweep(s, budgets, reports_dir=reports, out=out, console=console, force=force)

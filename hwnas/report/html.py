@@ -74,6 +74,23 @@ def _pareto_section(data: RunData) -> str:
             + f'<p class="small">{_esc(interval)}</p><p class="small">{_esc(note)}</p>')
 
 
+def _confirm_section(data: RunData) -> str:
+    """The candidates scored again after the search (`confirmed.csv`), each value with its fidelity."""
+    c = data.confirmed
+    if not len(c):
+        return ""
+    fid = data.fidelity
+    cols = {"front": "front", "config_id": "config_id", "latency_ms": "latency_ms",
+            "quality_screen": f"trials: {fid['trials']}", "quality": "full val loss",
+            "compositional": "compositional accuracy", "fd_ref": "fd_ref"}
+    df = c[[k for k in cols if k in c.columns]].rename(columns=cols)
+    sources = {src for m in ("compositional", "fd_ref") for src in c.get(f"{m}_source", pd.Series()).dropna()}
+    note = (f"The candidates (fronts 1-{int(c['front'].max())} of the trials) were scored again; the Pareto picks "
+            f"are chosen on the full val loss." + "".join(f" {s}." for s in sorted(sources)))
+    return (f"<h2>Confirmed candidates</h2>{_table(df, left=('config_id',))}"
+            f'<p class="small">{_esc(note)}</p>')
+
+
 def _compress_section(data: RunData) -> str:
     if not data.compress:
         return ""
@@ -169,13 +186,16 @@ def render_html(data: RunData, *, scatter_png: Path, breakdown_png: Path) -> str
 <li><b>Latency</b> ({_source(s['latency_table_source'])}): predicted end-to-end for one image =
 {s['steps']} x denoiser step + text encoder + VAE decoder, from the {_esc(s['latency_table'])} lookup table at
 {_esc(s['precision'])}. {_esc(s['latency_provenance'])}</li>
-<li><b>Quality</b>: {_esc(s['quality_source'])}. Lower is better. Sub-DiTs over the budget are not evaluated.</li>
+<li><b>Quality</b>: {_esc(s['quality_source'])}. Lower is better. Sub-DiTs over the budget are not evaluated.
+Fidelity: the trials carry the {_esc(data.fidelity['trials'])}; the Pareto picks and presets the
+{_esc(data.fidelity['picks'])}.</li>
 {_constraints_item(s)}
 </ul>
 <h2>Quality vs latency</h2>
 {_img(scatter_png, "quality-latency scatter with Pareto front and budget")}
 <h2>Pareto picks (by latency)</h2>
 {_pareto_section(data)}
+{_confirm_section(data)}
 <h2>Latency breakdown of the picks (ms)</h2>
 {_img(breakdown_png, "latency breakdown")}
 {_table(_transpose(bd), left=("part",)) if len(bd) else ""}

@@ -25,22 +25,25 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     """Quality (val loss) vs predicted latency: all trials, the Pareto front, the budget line, the presets.
 
     Filled markers are measured latencies, hollow ones estimated; over-budget trials (quality not
-    evaluated) are ticks along the bottom. Each Pareto pick carries a bar from its predicted latency
-    to the one-sided upper bound the search constrained (its probability of fitting is in the table).
+    evaluated) are ticks along the bottom. The legend says each series' quality fidelity. Each Pareto
+    pick carries a bar from its predicted latency to the one-sided upper bound the search constrained
+    (its probability of fitting is in the table).
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    fid = data.fidelity
     t = data.trials
     ev = t[t["quality_evaluated"]]
     for source, sub in ev.groupby("latency_source"):
         filled = source == "measured"
         ax.scatter(sub["latency_ms"], sub["quality"], s=22, marker="o",
                    facecolors="tab:blue" if filled else "none", edgecolors="tab:blue", alpha=0.7,
-                   label=f"trials ({source} latency)")
+                   label=f"trials ({source} latency; {fid['trials']})")
     p = data.pareto
     if len(p):
         ax.step(p["latency_ms"], p["quality"], where="post", color="tab:red", lw=1.5)
-        ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3, label="Pareto picks")
+        ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3,
+                   label=f"Pareto picks ({fid['picks']})")
         if "latency_ms_hi" in p:
             conf = data.settings.get("confidence", 0.9)
             ax.errorbar(p["latency_ms"], p["quality"], xerr=[[0.0] * len(p), p["latency_ms_hi"] - p["latency_ms"]],
@@ -56,7 +59,8 @@ def plot_pareto(data: RunData, path: Path) -> Path:
                        edgecolors="black", linewidths=0.5)
             ax.annotate(str(r["name"]), (r["latency_ms"], r["quality"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=8, color="darkgreen")
-        ax.scatter([], [], marker="*", s=140, color="tab:green", edgecolors="black", label="presets (reference)")
+        ax.scatter([], [], marker="*", s=140, color="tab:green", edgecolors="black",
+                   label=f"presets (reference; {fid['picks']})")
     over = t[~t["quality_evaluated"]]
     if len(over):
         ax.plot(over["latency_ms"], np.zeros(len(over)), "|", color="grey", ms=10, alpha=0.6,

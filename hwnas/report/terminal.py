@@ -47,6 +47,8 @@ def print_summary(data: RunData, console: Any) -> None:
         console.print(f"constraints: {', '.join(s['constraints'])}{fp}")
     console.print(f"latency: {s['latency_table']} ({s['latency_table_source']})")
     console.print(f"quality: {s['quality_source']}")
+    if data.fidelity["trials"] != data.fidelity["picks"]:
+        console.print(f"fidelity: trials {data.fidelity['trials']}; picks {data.fidelity['picks']}")
     c = data.cost
     if c:
         console.print(f"cost: {c['trials']} trials ({c['feasible_trials']} within budget, {c['quality_evaluations']} "

@@ -149,8 +149,8 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
     `bounds` (parameters, size, peak memory at the latency model's precision) are further constraints,
     each `value / bound - 1` (`hwnas.search.constraints`); the trial records its footprint either way.
     """
+    cpu0 = latency.cpu_s  # before suggesting: a sampler may predict latencies to propose (FeasibleRandomSampler)
     cfg = suggest_config(trial, space)
-    cpu0 = latency.cpu_s
     pred = latency(cfg)
     bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
     if not (math.isfinite(pred.total_ms) and math.isfinite(bound_ms)):

@@ -97,6 +97,7 @@ def best_record(pareto: pd.DataFrame, *, settings: dict[str, Any]) -> dict[str, 
         "constraints": settings.get("constraints", []),
         "quality": float(row["quality"]), "quality_metric": "val_loss (lower is better)",
         "quality_source": settings["quality_source"],
+        **_confirmed_fields(row, settings),
         "budget_ms": settings["budget_ms"], "device": settings["device"], "experiment": settings["experiment_name"],
         "proxy_experiment": settings["proxy_experiment"], "steps": settings["steps"],
         "precision": settings["precision"],
@@ -116,11 +117,30 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
     return area
 
 
-def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None)."""
+def _confirmed_fields(row: pd.Series, settings: dict[str, Any]) -> dict[str, Any]:
+    """The fidelity of a pick's quality and, where the candidates were confirmed, the screen's value and
+    the confirming metric (`hwnas.search.confirm`)."""
+    fid = settings.get("quality_fidelity", {})
+    confirmed = "quality_screen" in row.index
+    out: dict[str, Any] = {"quality_fidelity": fid.get("picks" if confirmed else "trials", "")}
+    if confirmed and pd.notna(row["quality_screen"]):
+        out["quality_screen"] = float(row["quality_screen"])
+        out["quality_source"] = (f"{settings['quality_source']} (the trials' screen); this pick's quality: "
+                                 f"{out['quality_fidelity']}")
+    for metric in ("compositional", "fd_ref"):
+        if metric in row.index and pd.notna(row[metric]):
+            out[metric] = float(row[metric])
+            out[f"{metric}_source"] = row[f"{metric}_source"]
+    return out
+
+
+def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any],
+                  pareto_from: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None).
+    The Pareto picks come from `pareto_from` where given (the confirmed candidates), else from `trials`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "trials.csv", trials.to_csv(index=False))
-    pareto = pareto_frame(trials)
+    pareto = pareto_frame(trials if pareto_from is None else pareto_from)
     atomic_write_text(run_dir / "pareto.csv", pareto.to_csv(index=False))
     best = best_record(pareto, settings=settings)
     atomic_write_json(run_dir / "best.json", best)

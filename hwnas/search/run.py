@@ -24,7 +24,7 @@ import multiprocessing
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from hwnas.latency import LatencyTable, load_profile, load_table
 from hwnas.latency.table import table_paths
 from hwnas.paths import display_path, redact_url, repo_path
 from hwnas.search.budget import Feasibility, check_budget, fastest_candidates
+from hwnas.search.confirm import confirm_search, fidelity
 from hwnas.search.constraints import (
     FOOTPRINT_MODEL,
     check_bounds,
@@ -46,12 +47,11 @@ from hwnas.search.constraints import (
 )
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
-from hwnas.search.start import feasible_start, startup_trials
+from hwnas.search.start import first_trials, fits_budget, search_sampler, startup_trials
 from hwnas.search.study import (
     LoopStats,
     SearchSettings,
     failed_reasons,
-    make_sampler,
     open_study,
     recover_stale_trials,
     run_loop,
@@ -221,13 +221,27 @@ def _load_quality(settings: SearchSettings, space: SearchSpace) -> tuple[Quality
     if not same_choices(net.space, space):
         raise ValueError(f"the supernet in {path} (experiment {net.space.name!r}) does not offer the same choices "
                          f"as experiment {space.name!r}; its quality cannot stand in for that space")
+    _check_quality(settings, net, path)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
-    val = make_val_set(net, n=settings.val_images, seed=0)
+    if settings.screen_images:  # the cheap val loss screens the trials (hwnas.search.confirm)
+        val = make_val_set(net, n=settings.screen_images, grid=settings.screen_t, seed=0)
+    else:
+        val = make_val_set(net, n=settings.val_images, seed=0)
     step = net.meta.get("step", "?")
     source = f"proxy supernet {net.space.name} ({display_path(path)}, training step {step}): {val.description}"
     caveat = proxy_caveat(net.space)
     return QualityModel(net=net, val=val), source + (f"; {caveat}" if caveat else ""), net.space.name
+
+
+def _check_quality(settings: SearchSettings, net: Any, path: Path) -> None:
+    """Refuse at once a confirming metric the checkpoint cannot give."""
+    if settings.quality == "compositional" and net.space.dataset != "shapes":
+        raise ValueError(f"--quality compositional needs a supernet of the shapes dataset; {display_path(path)} "
+                         f"was trained on {net.space.dataset!r}")
+    if settings.quality == "fd_ref" and not (Path(path) / "fd_ref").is_dir():
+        raise ValueError(f"--quality fd_ref needs a reference classifier in {display_path(Path(path) / 'fd_ref')} "
+                         f"(hwnas.metrics.fd_ref.train_reference; the shipped checkpoints/shapes-32 has one)")
 
 
 def proxy_caveat(proxy: SearchSpace) -> str:
@@ -317,30 +331,39 @@ def _latency_model(ctx: _Context) -> LatencyModel:
 
 
 def _first_generation(ctx: _Context, carry: Sequence[SubnetConfig] = ()) -> list[SubnetConfig]:
-    """The sub-DiTs a fresh study enqueues: `carry` (a sweep's evaluations that fit this budget), then the
-    sampler's startup trials where `carry` has fewer, all predicted within the budget and the bounds."""
-    if len(carry) >= startup_trials(ctx.settings.sampler, population_size=ctx.settings.population_size):
-        return list(carry)
+    """The sub-DiTs a fresh study enqueues: `carry` (a sweep's evaluations that fit this budget), then
+    `first_trials` where `carry` has fewer than the sampler's startup trials (the fastest sub-DiT within
+    the bounds, or the startup trials all predicted within the budget and the bounds)."""
     s = ctx.settings
-    bounds = s.bounds
-
-    precision = s.precision
-    assert precision is not None  # `prepare` resolved it
-
-    def within_bounds(cfg: SubnetConfig) -> bool:
-        return footprint(cfg, ctx.space, precision=precision).within(bounds)
-
-    start = feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.start, budget_ms=s.budget_ms,
-                           confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
-                           seed=s.seed, within_bounds=within_bounds if bounds.active else None)
+    if len(carry) >= startup_trials(s.sampler, population_size=s.population_size):
+        return list(carry)
+    start = first_trials(ctx.space, _latency_model(ctx), start=s.start, sampler=s.sampler, fastest=ctx.start,
+                         budget_ms=s.budget_ms, confidence=s.confidence, population_size=s.population_size,
+                         seed=s.seed, within_bounds=_within_bounds(ctx))
     carried = {cfg.id for cfg in carry}
     return [*carry, *(cfg for cfg in start if cfg.id not in carried)]
+
+
+def _within_bounds(ctx: _Context) -> Callable[[SubnetConfig], bool] | None:
+    """Does a sub-DiT meet the search's bounds beyond latency (None: no bounds set)?"""
+    s = ctx.settings
+    precision = s.precision
+    assert precision is not None  # `prepare` resolved it
+    if not s.bounds.active:
+        return None
+    bounds = s.bounds
+
+    def within(cfg: SubnetConfig) -> bool:
+        return footprint(cfg, ctx.space, precision=precision).within(bounds)
+
+    return within
 
 
 def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
           progress: Any) -> LoopStats:
     s = ctx.settings
-    sampler = make_sampler(s.sampler, seed=seed, population_size=s.population_size)
+    sampler = search_sampler(s.sampler, start=s.start, space=ctx.space, seed=seed, population_size=s.population_size,
+                             fits=fits_budget(latency, budget_ms=s.budget_ms, confidence=s.confidence))
     study = open_study(storage=storage, name=study_name, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -365,6 +388,7 @@ def _settings_record(ctx: _Context, *, identity: dict[str, Any], run_dir: Path, 
         "latency_table": display_path(table_paths(s.device, ctx.space.name, table_dir=_repo_path(s.table_dir))[0]),
         "latency_table_source": ctx.table.source_label,
         "latency_provenance": pred.provenance, "quality_source": quality_source,
+        "quality_fidelity": fidelity(s),
         "latency_interval": pred.error.describe(s.confidence) if pred.error else "",
         "latency_constraint": f"one-sided {s.confidence:.0%} upper bound <= budget",
         "quality_metric": "val_loss", "fastest_ms": ctx.feasibility.fastest_ms,
@@ -459,11 +483,15 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
         trials = trials_frame(study.get_trials(deepcopy=False))
         reasons = failed_reasons(study)
         q0 = quality.cpu_s
+        picks_from, picks_quality = None, quality
+        if not partial and len(trials) and s.confirms:  # the Pareto candidates, scored again
+            picks_from, picks_quality = confirm_search(trials, settings=s, quality=quality,
+                                                       checkpoint=_checkpoint_path(s), run_dir=run_dir)
         if not partial and len(trials):
-            presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
+            presets = evaluate_presets(ctx.space, latency=latency, quality=picks_quality, budget_ms=s.budget_ms,
                                        fastest=ctx.feasibility.fastest, confidence=s.confidence, bounds=s.bounds)
             atomic_write_text(run_dir / "presets.csv", presets.to_csv(index=False))
-        best = write_results(trials, run_dir=run_dir, settings=record)
+        best = write_results(trials, run_dir=run_dir, settings=record, pareto_from=picks_from)
         grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console) if not partial else 0.0
         cost = update_cost(run_dir, trials=trials, study=study, session={
             "wall_s": time.perf_counter() - wall0, "search_loop_wall_s": stats.wall_s,

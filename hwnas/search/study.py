@@ -36,8 +36,15 @@ from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
 from hwnas.search.constraints import CONSTRAINT_NAMES, Bounds
 
-SamplerName = Literal["nsga2", "tpe", "gp", "random"]
-SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
+SamplerName = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
+SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "nsga3", "tpe", "gp", "random")
+StartName = Literal["feasible", "plain"]
+STARTS: tuple[StartName, ...] = ("feasible", "plain")
+"""How a fresh study starts (`hwnas.search.start`): feasible, from sub-DiTs predicted within the budget;
+plain, from the fastest sub-DiT only, then whatever the sampler proposes."""
+QualityName = Literal["val_loss", "compositional", "fd_ref"]
+QUALITIES: tuple[QualityName, ...] = ("val_loss", "compositional", "fd_ref")
+"""The metric that confirms the Pareto candidates besides the full val loss (`hwnas.search.confirm`)."""
 DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "minimize")
 """Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
 
@@ -58,6 +65,7 @@ class SearchSettings:
     guidance: Guidance = "distilled"
     """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
     sampler: SamplerName = "nsga2"
+    start: StartName = "feasible"
     n_trials: int = 96
     population_size: int = 16
     seed: int = 0
@@ -68,6 +76,14 @@ class SearchSettings:
     """torch threads per worker: the proxy sub-DiTs are too small to gain from more, and oversubscribed
     cores (other jobs, several workers) cost several times the CPU time."""
     val_images: int = 64
+    screen_images: int = 0
+    """0: each trial's quality is the full val loss (`val_images` images, 8 t values). Otherwise the cheap
+    val loss on `screen_images` images and `screen_t` t values screens the trials, and the Pareto candidates
+    are confirmed with the full val loss (`hwnas.search.confirm`)."""
+    screen_t: int = 4
+    quality: QualityName = "val_loss"
+    """compositional or fd_ref: the Pareto candidates are also scored with it (`confirm_n` images)."""
+    confirm_n: int = 64
     sample_steps: int = 8
     sample_prompts: int = 4
     max_grids: int = 8
@@ -86,6 +102,16 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {list(STARTS)}, got {self.start!r}")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {list(QUALITIES)}, got {self.quality!r}")
+        if not 0 <= self.screen_images < self.val_images:
+            raise ValueError(f"screen images must be between 0 (no screening) and the {self.val_images} validation "
+                             f"images (exclusive), got {self.screen_images!r}")
+        if self.screen_t < 1 or self.confirm_n < 2:
+            raise ValueError(f"screen t values must be >= 1 and confirm_n >= 2, got {self.screen_t!r} and "
+                             f"{self.confirm_n!r}")
         for name in ("steps", "n_trials", "workers", "threads", "val_images", "sample_steps", "sample_prompts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -111,13 +137,23 @@ class SearchSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def confirms(self) -> bool:
+        """Are the Pareto candidates scored again after the search (screened trials, or another metric)?"""
+        return self.screen_images > 0 or self.quality != "val_loss"
+
     def identity(self) -> dict[str, Any]:
         """The settings that make two runs the same search (not: how many trials or how long, workers,
-        storage location). `hwnas.search.run.run_identity` adds the content hashes of the inputs."""
+        storage location, the metric that confirms the picks). `hwnas.search.run.run_identity` adds the
+        content hashes of the inputs."""
         skip = {"n_trials", "timeout_s", "workers", "threads", "storage", "study", "profile_dir", "table_dir",
-                "max_grids"}
+                "max_grids", "quality", "confirm_n"}  # the last two score the picks again, not the trials
         # unset constraints and no sweep are left out, so runs from before they existed keep their identity
         unset = {k for k in (*CONSTRAINT_NAMES, "sweep_budgets_ms") if getattr(self, k) in (None, ())}
+        if self.start == "feasible":  # what every search did before --start existed
+            unset.add("start")
+        if not self.screen_images:  # no screening: one fidelity, as before --screen existed
+            unset |= {"screen_images", "screen_t"}
         ident = {k: v for k, v in self.to_dict().items() if k not in skip | unset}
         if "sweep_budgets_ms" in ident:
             ident["sweep_budgets_ms"] = list(ident["sweep_budgets_ms"])  # as settings.json stores it
@@ -146,6 +182,8 @@ def make_sampler(name: SamplerName, *, seed: int, population_size: int = 16) -> 
     """Optuna's sampler `name`, seeded. Constraints come from `trial.set_constraint` (Optuna >= 5)."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population_size)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if name == "gp":
