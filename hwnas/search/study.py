@@ -323,17 +323,19 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
                 stats.timed_out = True
                 break
             trial = study.ask()
-            trial.set_user_attr("worker", tag)
-            if isinstance(study.sampler, optuna.samplers.BaseGASampler):
-                # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
-                # every population (NSGA-II would never breed from the feasible start)
-                study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
             try:
+                trial.set_user_attr("worker", tag)
+                if isinstance(study.sampler, optuna.samplers.BaseGASampler):
+                    # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
+                    # every population (NSGA-II would never breed from the feasible start)
+                    study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
                 values = objective(trial)
             except TrialFailed as exc:
                 trial.set_user_attr("fail_reason", str(exc))
                 stats.trials_run += _tell(study, trial, state=TrialState.FAIL)
                 continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker finished this very trial first (see `_tell`); its result stands
             except KeyboardInterrupt:
                 if _tell(study, trial, state=TrialState.FAIL):
                     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
