@@ -67,6 +67,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated integers >= 1 (`1,2,4`)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 1,2,4") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
+    return values
+
+
 @contextlib.contextmanager
 def user_input() -> Iterator[None]:
     """Around the loading of what the user named (experiment, device, checkpoint, run, config): a missing

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
+from _common import add_json, add_seed, parser, positive_int, positive_ints, print_summary, user_input, write_json
 
 from hwnas.compress import (
     DistillConfig,
@@ -65,7 +65,8 @@ def main() -> None:
                     help="evaluate at this many seeds (--seed, --seed + 1, ...); rows give the mean")
     ap.add_argument("--baselines", type=_baselines, default="28:4,4:4,4:1,2:1,8:4",
                     help="undistilled sub-DiT rows, steps:CFG each (28:4 is the teacher row of the summary)")
-    ap.add_argument("--student-steps", type=_ints, default="1,2,4", help="sampling steps at which students are scored")
+    ap.add_argument("--student-steps", type=positive_ints, default="1,2,4",
+                    help="sampling steps at which students are scored")
     add_json(ap, what="the config and every row")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -148,16 +149,6 @@ def _summary(rows: list[dict]) -> list[str]:
 
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else f"{value:.3g} (base 0)"
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 1,2,4") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
-    return values
 
 
 def _modes(text: str) -> list[str]:

@@ -12,12 +12,11 @@ its accuracy change and the onnxruntime int4 / fp32 step-time ratio, timed side 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
-from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
+from _common import add_json, add_seed, parser, positive_int, positive_ints, print_summary, user_input, write_json
 
 from hwnas.compress import (
     QuantSpec,
@@ -50,7 +49,7 @@ def main() -> None:
     ap.add_argument("--steps", type=positive_int, default=28)
     ap.add_argument("--cfg-scale", type=float, default=4.0)
     ap.add_argument("--threads", type=positive_int, default=1)
-    ap.add_argument("--batches", type=_batches, default="1", help="ORT timing batch sizes (one export each)")
+    ap.add_argument("--batches", type=positive_ints, default="1", help="ORT timing batch sizes (one export each)")
     add_seed(ap, controls="the evaluation (noise and prompt order), the parity inputs and the mixed-bit "
                           "sensitivity inputs")
     add_json(ap, what="the config, the fp32 quality and every row")
@@ -114,16 +113,6 @@ def main() -> None:
                    f"accuracy {100 * (small['acc_quant'] - small['acc_fp32']):+.1f} points",
                    f"ORT int4 / fp32 step time {small[f'int4_over_fp32_b{b0}']:.2f} (best g{fast['group']}: "
                    f"{fast[f'int4_over_fp32_b{b0}']:.2f})"])
-
-
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated batch sizes, e.g. 1,4") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be >= 1")
-    return values
 
 
 if __name__ == "__main__":
