@@ -78,7 +78,8 @@ def _train(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "hwnas.cli", "train", "--experiment", args.experiment, "--out", str(run),
                "--standalone", str(run / "config.json"), "--threads", "1", "--quiet"]
         for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
-                            ("--max-wall-s", args.max_wall_s), ("--cache-dir", args.cache_dir)):
+                            ("--max-wall-s", args.max_wall_s), ("--stop-at", args.stop_at),
+                            ("--cache-dir", args.cache_dir)):
             if value is not None:
                 cmd += [flag, str(value)]
         if (run / "train_state.pt").exists():
@@ -247,6 +248,8 @@ def main() -> None:
     tr.add_argument("--steps", type=positive_int, default=None, help="override [train] steps")
     tr.add_argument("--batch-size", type=positive_int, default=None, help="override [train] batch_size")
     tr.add_argument("--max-wall-s", type=float, default=None, help="stop each run after this long")
+    tr.add_argument("--stop-at", type=positive_int, default=None,
+                    help="stop each run at this step of its --steps schedule (resumable)")
     tr.add_argument("--cache-dir", default=None, help="shared encoded training set")
     rep = sub.add_parser("report", help="rank correlations, baselines, table, JSON and plot")
     rep.add_argument("--checkpoint", default=None, help="supernet (default: the shipped proxy)")

@@ -96,11 +96,15 @@ def space_sample(experiment: str, n: int, seed: int, out: str | None) -> None:
               help="Stop (with a checkpoint) after this many seconds of training in total; --resume continues.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False),
               help="Keep the encoded training set here, shared by runs of the same data and VAE.")
+@click.option("--stop-at", "stop_at", type=click.IntRange(min=1),
+              help="Stop (with a checkpoint) at this step of the --steps schedule; --resume continues.")
+@click.option("--init-from", "init_from", type=click.Path(file_okay=False),
+              help="Start from this supernet checkpoint's weights (same model; fresh optimizer and schedule).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(experiment: str, steps: int | None, batch_size: int | None, out: str, resume: bool,
           threads: int | None, standalone: str | None, vae: str | None, max_wall_s: float | None,
-          cache_dir: str | None, quiet: bool) -> None:
+          cache_dir: str | None, stop_at: int | None, init_from: str | None, quiet: bool) -> None:
     """Train the elastic supernet (flow matching; the largest + sampled sub-DiTs every step).
 
     Runs under torchrun too: `torchrun --nproc-per-node 2 -m hwnas.cli train ...`.
@@ -117,7 +121,8 @@ def train(experiment: str, steps: int | None, batch_size: int | None, out: str, 
         raise click.UsageError(f"{out} already holds a run; pass --resume or choose another --out")
     summary = run_training(repo_path(experiment), out=out, steps=steps, resume=resume, progress=not quiet,
                            overrides={"batch_size": batch_size}, standalone=alone, vae=vae,
-                           max_wall_s=max_wall_s, cache_dir=cache_dir)
+                           max_wall_s=max_wall_s, cache_dir=cache_dir, init_from=init_from,
+                           stop_at=stop_at)
     click.echo(json.dumps(summary))
 
 
