@@ -163,10 +163,11 @@ def _report(args: argparse.Namespace) -> None:
         rows.append({"name": name, "config_id": cfg.id, "describe": cfg.describe(),
                      "params": count_params(cfg, space), "flops_per_step": flops_per_step(cfg, space),
                      "inherited": val_loss(net, cfg, val),
-                     "standalone": logs[name][full], "standalone_half": logs[name][half]})
+                     "standalone": logs[name][full],
+                     "standalone_half": logs[name][half] if half != full else None})
     inherited = np.array([r["inherited"] for r in rows])
     alone = np.array([r["standalone"] for r in rows])
-    alone_half = np.array([r["standalone_half"] for r in rows])
+    alone_half = np.array([r["standalone_half"] for r in rows], dtype=float)
     # zero-cost baselines predict "bigger is better": their predicted loss is minus the size
     params = -np.array([r["params"] for r in rows], dtype=float)
     flops = -np.array([r["flops_per_step"] for r in rows], dtype=float)
@@ -177,11 +178,14 @@ def _report(args: argparse.Namespace) -> None:
                       "flops": float(stats.kendalltau(flops, alone).statistic)},
         "baselines_detail": {"params": _taus(params, alone, boot=args.boot, seed=args.seed),
                              "flops": _taus(flops, alone, boot=args.boot, seed=args.seed)},
-        "half_budget": {"step": half, **_taus(inherited, alone_half, boot=args.boot, seed=args.seed),
-                        "standalone_half_vs_full_tau": float(stats.kendalltau(alone_half, alone).statistic)},
+        # with one logged step in common there is no earlier ranking to compare against
+        "half_budget": None if half == full else {
+            "step": half, **_taus(inherited, alone_half, boot=args.boot, seed=args.seed),
+            "standalone_half_vs_full_tau": float(stats.kendalltau(alone_half, alone).statistic)},
         "full_budget_step": full,
         "supernet": {"checkpoint": str(args.checkpoint or "checkpoints/shapes-latent"),
-                     "experiment": space.name, "step": net.meta.get("step")},
+                     "experiment": space.name, "step": net.meta.get("step"),
+                     "samples": net.meta.get("samples"), "init_from": net.meta.get("init_from")},
         "standalone_runs": {"steps": full, "batch_size": _batch_size(runs / rows[0]["name"])},
         "val_set": val.description,
         "rows": rows,
@@ -189,7 +193,7 @@ def _report(args: argparse.Namespace) -> None:
     print(f"{'sub-DiT':<13} {'describe':<40} {'params':>8} {'inherited':>9} {'alone':>8} {'alone/2':>8}")
     for r in rows:
         print(f"{r['name']:<13} {r['describe']:<40} {r['params'] / 1e6:7.2f}M {r['inherited']:9.4f} "
-              f"{r['standalone']:8.4f} {r['standalone_half']:8.4f}")
+              f"{r['standalone']:8.4f} " + (f"{r['standalone_half']:8.4f}" if r["standalone_half"] else f"{'-':>8}"))
     write_json(args.json_out, result)
     if args.plot:
         _plot(rows, args.plot, result)
@@ -199,7 +203,8 @@ def _report(args: argparse.Namespace) -> None:
                    f"baselines: params tau {result['baselines']['params']:.3f}, "
                    f"FLOPs tau {result['baselines']['flops']:.3f}",
                    f"supernet minus params {main['kendall_tau'] - result['baselines']['params']:+.3f}",
-                   f"at half budget (step {half}) tau {result['half_budget']['kendall_tau']:.3f}"])
+                   f"at half budget (step {half}) tau {result['half_budget']['kendall_tau']:.3f}"
+                   if result["half_budget"] else f"no half budget: the runs share one logged step ({full})"])
 
 
 def _batch_size(run: Path) -> int | None:
