@@ -7,6 +7,8 @@
 #
 # Each run stops with a checkpoint after WALL_S seconds of training (default 420) if it has not
 # reached its steps, and is resumable (`hwnas train ... --resume`, `rank_fidelity.py train`).
+# The supernet continues from the shipped checkpoint's weights (INIT_FROM, default
+# checkpoints/shapes-latent; INIT_FROM= starts from scratch).
 # Steps, batch size and parallelism come from SUPERNET_STEPS, STANDALONE_STEPS, BATCH_SIZE,
 # PARALLEL (stand-alone runs at a time, default 2).
 #
@@ -48,7 +50,10 @@ x, _ = training_set(space, tc, vae=vae, cache_dir=Path(sys.argv[2]))
 print(f"training set {tuple(x.shape)} encoded in {time.perf_counter() - t0:.1f} s", flush=True)
 PY
 
-resume=(); [ -f "$out/supernet/train_state.pt" ] && resume=(--resume)
+# a fresh run starts from the shipped checkpoint's weights (--init-from) unless INIT_FROM is empty
+resume=(--init-from "${INIT_FROM-checkpoints/shapes-latent}")
+[ -z "${INIT_FROM-checkpoints/shapes-latent}" ] && resume=()
+[ -f "$out/supernet/train_state.pt" ] && resume=(--resume)
 $py -m hwnas.cli train --experiment "$exp" --out "$out/supernet" "${resume[@]}" \
     --steps "${SUPERNET_STEPS:-3000}" --batch-size "${BATCH_SIZE:-256}" --max-wall-s "$wall" \
     --cache-dir "$out/cache" --threads 1 --quiet 2>&1 | tee "$out/supernet.log" \
