@@ -540,11 +540,16 @@ def lut() -> None:
               help="Estimates: take this device's calibrated per-kind parameters as the priors "
                    "(an assumption: alike hardware).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Local builds: compile this many kernels at once (timing runs alone, after each chunk).")
+              help="Measured builds: compile processes (locally, timing runs alone between waves of compiles).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False),
+              help="Measured builds: folder of compiled kernels, reused by later builds [default: "
+                   "$XDG_CACHE_HOME/hwnas/kernels, else ~/.cache/hwnas/kernels]; delete it to clear it.")
+@click.option("--no-cache", "no_cache", is_flag=True, help="Measured builds: compile into a temporary folder.")
 @_profile_option
 @_table_option
 def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
-              precisions: tuple[str, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
+              precisions: tuple[str, ...], prior_from: str | None, jobs: int, cache: str | None, no_cache: bool,
+              profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency import (
         borrow_params,
@@ -564,19 +569,25 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
     if not estimate:
         from hwnas.latency.bench import TrackerError
         from hwnas.latency.build import DeviceDroppedError, build_measured_table
+        from hwnas.latency.kernel_cache import DEFAULT_KERNEL_CACHE
 
         if precisions and set(precisions) != {"fp32"}:
             raise click.UsageError(f"measured builds time fp32 kernels only, got --precision {list(precisions)}")
+        if cache and no_cache:
+            raise click.UsageError("--cache and --no-cache exclude each other")
         try:
             rep = build_measured_table(prof, sp, experiment_path=experiment, table_dir=_repo_path(tables),
-                                       tracker=tracker, rpc_key=rpc_key, jobs=jobs)
+                                       tracker=tracker, rpc_key=rpc_key, jobs=jobs,
+                                       cache=None if no_cache else cache or DEFAULT_KERNEL_CACHE)
         except (TrackerError, DeviceDroppedError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         if rep.note:
             click.echo(rep.note)
         click.echo(f"wrote {rep.paths[0]} ({len(rep.table.entries)} kernels; measured {rep.measured} now, kept "
-                   f"{rep.kept}) in {rep.wall_s:.0f} s")
+                   f"{rep.kept}; compiled {rep.compiled}, {rep.cached} from the kernel cache) in {rep.wall_s:.0f} s")
         return
+    if cache or no_cache:
+        raise click.UsageError("--cache/--no-cache are for measured builds; an --estimate build compiles nothing")
     if tracker is not None or rpc_key is not None:
         raise click.UsageError("--tracker/--key are for measured builds; an --estimate build needs no device")
     bad = [p for p in precisions if p not in prof.peak_gflops]
