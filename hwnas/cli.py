@@ -584,7 +584,8 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
         if rep.note:
             click.echo(rep.note)
         click.echo(f"wrote {rep.paths[0]} ({len(rep.table.entries)} kernels; measured {rep.measured} now, kept "
-                   f"{rep.kept}; compiled {rep.compiled}, {rep.cached} from the kernel cache) in {rep.wall_s:.0f} s")
+                   f"{rep.kept}; compiled {rep.compiled}, {rep.cached} from the kernel cache) in {rep.wall_s:.0f} s "
+                   f"({rep.compile_s:.0f} s compiling, {rep.timing_s:.0f} s timing)")
         return
     if cache or no_cache:
         raise click.UsageError("--cache/--no-cache are for measured builds; an --estimate build compiles nothing")

@@ -1,8 +1,11 @@
 """Compiled kernels for measured LUTs: many kernels per shared library, cached on disk by what determines them.
 
-A group of kernels is exported one by one exactly as `bench.measure_kernel` exports them
-(`kernel_module` -> `export_relax`), put into one Relax IRModule (kernel i's `main` becomes the
-function `k{i}`) and compiled once with `bench.compile_relax` for the profile's target. TVM's block
+A group of kernels is exported together: one `export_relax` of all their modules side by side, whose
+Relax `main` is then cut into one function per kernel, each structurally equal to the kernel's own
+export (what `bench.measure_kernel` compiles; tests check it). torch.export and its decompositions
+cost ~0.2 s per call before the first op, so one call per group instead of per kernel saves that.
+The functions go into one Relax IRModule (kernel i's is `k{i}`), compiled once with
+`bench.compile_relax` for the profile's target. TVM's block
 builder keeps one copy of structurally equal TensorIR functions, so kernels that share a layer
 shape share its compiled code, and scheduling, LLVM and the linker run once per group instead of
 once per kernel (compile CPU time per Up-block kernel about 7x lower with 16 per group on shapes-32;
@@ -27,6 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from hwnas.io import atomic_write_json, sha256_bytes
 from hwnas.latency.kernels import KernelKey, key_to_row
@@ -98,16 +104,12 @@ def compile_group(keys: Sequence[KernelKey], space: SearchSpace, target: dict[st
     """
     import tvm
 
-    from hwnas.latency.bench import compile_relax, export_relax
-    from hwnas.latency.blocks import kernel_module
+    from hwnas.latency.bench import compile_relax
 
     if len(keys) != len(digests) or not keys:
         raise ValueError(f"need one digest per kernel and at least one kernel, got {len(keys)} and {len(digests)}")
-    funcs = {}
-    for i, key in enumerate(keys):
-        name = f"k{i}"
-        funcs[tvm.ir.GlobalVar(name)] = export_relax(*kernel_module(key, space))["main"].with_attr("global_symbol",
-                                                                                                   name)
+    funcs = {tvm.ir.GlobalVar(f"k{i}"): f.with_attr("global_symbol", f"k{i}")
+             for i, f in enumerate(export_group(keys, space))}
     ex = compile_relax(tvm.IRModule(funcs), target=target, threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = uuid.uuid4().hex
@@ -118,6 +120,53 @@ def compile_group(keys: Sequence[KernelKey], space: SearchSpace, target: dict[st
         "describe": {f"k{i}": k.describe() for i, k in enumerate(keys)},
     })
     return {d: CompiledKernel(lib, f"k{i}") for i, d in enumerate(digests)}
+
+
+class _SideBySide(nn.Module):
+    """Kernel modules next to each other: `forward(*inputs of each, concatenated)` -> their outputs."""
+
+    def __init__(self, modules: Sequence[nn.Module], counts: Sequence[int]) -> None:
+        super().__init__()
+        self.kernels, self.counts = nn.ModuleList(modules), tuple(counts)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs, at = [], 0
+        for module, n in zip(self.kernels, self.counts):
+            outs.append(module(*args[at:at + n]))
+            at += n
+        return tuple(outs)
+
+
+def export_group(keys: Sequence[KernelKey], space: SearchSpace) -> list[Any]:
+    """Each kernel's Relax `main`, structurally equal to `export_relax(*kernel_module(key, space))["main"]`,
+    from one export of all of them: the combined function's bindings are cut into each output's slice."""
+    from tvm import relax
+
+    from hwnas.latency.bench import export_relax
+    from hwnas.latency.blocks import kernel_module
+
+    built = [kernel_module(k, space) for k in keys]
+    counts = [len(args) for _, args in built]
+    main = export_relax(_SideBySide([m for m, _ in built], counts), tuple(a for _, args in built for a in args))["main"]
+    (block,) = main.body.blocks
+    bindings = list(block.bindings)
+    ret = main.body.body
+    outputs = next((b.value for b in bindings if b.var.same_as(ret)), ret).fields
+    if len(outputs) != len(keys):
+        raise ValueError(f"the export of {len(keys)} kernels returned {len(outputs)} outputs")
+    funcs, at = [], 0
+    for out, n in zip(outputs, counts):
+        needed, keep = {out}, []
+        for b in reversed(bindings):
+            if b.var in needed:
+                keep.append(b)
+                needed.update(relax.analysis.free_vars(b.value))
+        gv = relax.Var("gv", relax.TupleType([out.ty]))
+        body = relax.SeqExpr([relax.DataflowBlock([*reversed(keep), relax.VarBinding(gv, relax.Tuple([out]))])], gv)
+        func = relax.Function(list(main.params[at:at + n]), body, gv.ty, main.is_pure, main.attrs)
+        funcs.append(relax.utils.copy_with_new_vars(func))  # a variable is bound once per module
+        at += n
+    return funcs
 
 
 def _export(ex: Any, out_dir: Path, stem: str) -> Path:

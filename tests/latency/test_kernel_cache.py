@@ -73,6 +73,24 @@ def test_lookup_skips_torn_indexes_and_missing_libraries(tmp_path: Path) -> None
 
 
 @pytest.mark.tvm
+def test_one_export_of_a_group_gives_each_kernel_its_own_export(space: SearchSpace) -> None:
+    """The combined export, cut per kernel, is structurally equal (constants included) to exporting each alone."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install -e '.[tvm]')")
+    import tvm
+
+    from hwnas.latency.bench import export_relax
+    from hwnas.latency.blocks import kernel_module
+    from hwnas.latency.kernel_cache import export_group
+
+    every = enumerate_kernels(space, precisions=("fp32",))
+    kinds = ("time_embed", "final", "patch_embed", "down_block", "middle_block")
+    chosen = [next(k for k in every if k.kind == kind) for kind in kinds]
+    chosen += [next(k for k in every if k.kind == "up_block" and k.op.skip_dim)] * 2  # the same kernel twice
+    for key, func in zip(chosen, export_group(chosen, space), strict=True):
+        tvm.ir.assert_structural_equal(func, export_relax(*kernel_module(key, space))["main"])
+
+
+@pytest.mark.tvm
 def test_grouped_library_computes_what_each_kernel_compiled_alone_computes(space: SearchSpace,
                                                                            tmp_path: Path) -> None:
     """Bit for bit: kernels of one group (sharing TensorIR functions) against each kernel's own executable."""
