@@ -5,7 +5,7 @@ functions, one LLVM and link step per group) by `jobs` worker processes, into a 
 is given (a kernel compiled there before, by any build, is not compiled again), and each is timed
 until its interval is tight (`adaptive.StopRule`).
 
-Locally, compiling and timing take turns: a wave of about `CHUNK` kernels is compiled, then timed
+Locally, compiling and timing take turns: a wave of up to `CHUNK` kernels is compiled, then timed
 together in interleaved rounds (thread CPU time with one thread) while no compiler runs. On this
 2-core machine, timing beside two compile workers read kernels ~30% slow, so overlapping would buy
 the ~2% of a build that timing takes with accuracy (`benchmarks/lut_build.py` measures both). A
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import astuple, dataclass
@@ -71,8 +71,10 @@ that much cheaper), so the groups of a wave take about as long."""
 
 _SMALL = 0.25
 
-CHUNK = 128
-"""Kernels per wave of a local build: compiled, then timed together (a round spans ~0.5 s)."""
+CHUNK = 1024
+"""Kernels per wave of a local build: compiled, then timed together. One wave holds a whole shapes-32 table
+(611 kernels: a round spans ~2 s), so every kernel is timed under the same conditions and no compile
+worker waits for a wave's last group; with a kernel cache a killed build loses only the timing."""
 
 
 class DeviceDroppedError(RuntimeError):
@@ -172,7 +174,8 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
     todo = sorted({k for k in wanted if k not in entries}, key=lambda k: (k.precision, astuple(k.op)))
     kept = len(wanted) - len(todo)
     remote = _Remote(connect_tracker(tracker, remote_key), profile.threads) if tracker is not None else None
-    bar = _progress(len(wanted), initial=kept, enabled=progress, desc=f"lut {profile.name}/{space.name}")
+    bar = _progress(len(wanted), initial=kept, enabled=progress, desc=f"lut {profile.name}/{space.name}",
+                    unit="kernel compiled" if remote is None else "kernel timed")
     measured = compiled = cached = 0
     compile_s = timing_s = 0.0
     written = paths
@@ -191,8 +194,11 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
             found = lookup(lib_dir, digests.values())
             cached = sum(digests[k] in found for k in todo)
             compiled = len(todo) - cached
+            if remote is None:
+                bar.update(cached)
             batches = _ready_batches(todo, digests, found, space=space, profile=profile, jobs=jobs, lib_dir=lib_dir,
-                                     overlap=remote is not None if overlap is None else overlap, stack=stack)
+                                     overlap=remote is not None if overlap is None else overlap, stack=stack,
+                                     compiled=bar.update if remote is None else lambda n: None)
             while True:
                 t0 = time.perf_counter()
                 batch = next(batches, None)
@@ -201,10 +207,11 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
                     break
                 t0 = time.perf_counter()
                 if remote is None:
+                    bar.set_postfix_str(f"timing {len(batch)}")
                     entries.update(_time_local(batch, space=space, profile=profile, stop=stop, warmup=warmup))
                     measured += len(batch)
                     written = write()
-                    bar.update(len(batch))
+                    bar.set_postfix_str("")
                 else:
                     for key, where in batch:
                         entries[key], remote = _time_remote_retrying(
@@ -223,6 +230,8 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
 
 # Compiling -------------------------------------------------------------------------------------
 
+_Ready = tuple[KernelKey, CompiledKernel]
+
 
 def _groups(keys: Sequence[KernelKey], size: float) -> list[list[KernelKey]]:
     """Consecutive runs of `keys` (sorted, so alike shapes are adjacent) of about `size` block units each."""
@@ -239,49 +248,49 @@ def _groups(keys: Sequence[KernelKey], size: float) -> list[list[KernelKey]]:
 
 def _ready_batches(todo: Sequence[KernelKey], digests: dict[KernelKey, str], found: dict[str, CompiledKernel], *,
                    space: SearchSpace, profile: DeviceProfile, jobs: int, lib_dir: Path, overlap: bool,
-                   stack: ExitStack) -> Iterator[list[tuple[KernelKey, CompiledKernel]]]:
-    """Batches of compiled kernels, cached ones first. Without `overlap` the next wave is compiled only
-    when the caller asks for it (after timing the last); with it, every group is compiling from the start."""
-    ready = [(k, found[digests[k]]) for k in todo if digests[k] in found]
-    for lo in range(0, len(ready), CHUNK):
-        yield ready[lo:lo + CHUNK]
-    groups = _groups([k for k in todo if digests[k] not in found], GROUP)
-    if not groups:
-        return
+                   stack: ExitStack, compiled: Callable[[int], None]) -> Iterator[list[_Ready]]:
+    """Batches of compiled kernels; `compiled(n)` is told as each group is done. Without `overlap`: waves of
+    `CHUNK` kernels (cached or compiled now), each yielded once all of it is compiled, and the next wave
+    compiled only when the caller asks (after timing this one). With it: the cached kernels, then each group
+    as it is done, every group compiling from the start."""
+    where = {d: found[d] for d in digests.values() if d in found}
 
     def args(group: list[KernelKey]) -> tuple[Any, ...]:
         return (group, space, profile.target, profile.threads, [digests[k] for k in group], lib_dir)
 
-    def placed(group: list[KernelKey], where: dict[str, CompiledKernel]) -> list[tuple[KernelKey, CompiledKernel]]:
-        return [(k, where[digests[k]]) for k in group]
+    def placed(keys: Sequence[KernelKey]) -> list[_Ready]:
+        return [(k, where[digests[k]]) for k in keys]
 
-    if jobs == 1 and not overlap:  # compile here, between timings
-        for wave in _waves(groups):
-            yield [item for g in wave for item in placed(g, compile_group(*args(g)))]
-        return
-    pool = stack.enter_context(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                   initializer=_one_thread_worker))
+    pool: ProcessPoolExecutor | None = None
+    if overlap or jobs > 1:
+        pool = stack.enter_context(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_one_thread_worker))
     if overlap:
+        assert pool is not None
+        ready = [k for k in todo if digests[k] in where]
+        for lo in range(0, len(ready), CHUNK):
+            yield placed(ready[lo:lo + CHUNK])
         futures: dict[Future[dict[str, CompiledKernel]], list[KernelKey]] = {
-            pool.submit(compile_group, *args(g)): g for g in groups}
+            pool.submit(compile_group, *args(g)): g for g in _groups([k for k in todo if digests[k] not in where],
+                                                                     GROUP)}
         for fut in as_completed(futures):
-            yield placed(futures[fut], fut.result())
+            where.update(fut.result())
+            compiled(len(futures[fut]))
+            yield placed(futures[fut])
         return
-    for wave in _waves(groups):
-        running = [(g, pool.submit(compile_group, *args(g))) for g in wave]
-        yield [item for g, fut in running for item in placed(g, fut.result())]
-
-
-def _waves(groups: list[list[KernelKey]]) -> Iterator[list[list[KernelKey]]]:
-    """Consecutive groups of about `CHUNK` kernels together."""
-    wave: list[list[KernelKey]] = []
-    for group in groups:
-        wave.append(group)
-        if sum(map(len, wave)) >= CHUNK:
-            yield wave
-            wave = []
-    if wave:
-        yield wave
+    for lo in range(0, len(todo), CHUNK):
+        wave = todo[lo:lo + CHUNK]
+        groups = _groups([k for k in wave if digests[k] not in where], GROUP)
+        if pool is None:  # compile here, between timings
+            for group in groups:
+                where.update(compile_group(*args(group)))
+                compiled(len(group))
+        else:
+            running = {pool.submit(compile_group, *args(g)): g for g in groups}
+            for fut in as_completed(running):
+                where.update(fut.result())
+                compiled(len(running[fut]))
+        yield placed(wave)
 
 
 def _one_thread_worker() -> None:
@@ -374,9 +383,9 @@ def _time_remote_retrying(remote: _Remote, key: KernelKey, where: CompiledKernel
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _progress(total: int, *, initial: int, enabled: bool, desc: str) -> Any:
+def _progress(total: int, *, initial: int, enabled: bool, desc: str, unit: str) -> Any:
     """A tqdm bar on stderr (updates at most every few seconds when stderr is not a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, file=sys.stderr, unit="kernel",
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, file=sys.stderr, unit=unit,
                 mininterval=0.5 if sys.stderr.isatty() else 20.0, dynamic_ncols=True)
