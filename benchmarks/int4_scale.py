@@ -2,7 +2,7 @@
 proxy's 32-40-channel layers (zero-padded MatMulNBits blocks) say nothing.
 
     OMP_NUM_THREADS=1 python benchmarks/int4_scale.py [--experiment experiments/snapgenpp-1024.toml]
-        [--preset small] [--json reports/int4-scale.json]
+        [--preset small] [--seed 0] [--json reports/int4-scale.json]
 
 1. Size: the static sub-DiT of `--preset` built with random weights (no trained model exists at
    this scale, so there is no quality number here), every weight layer (Linears and patch convs)
@@ -22,7 +22,6 @@ The summary line: average bits and size ratio vs fp16 per method, and int4 / fp3
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections import Counter
@@ -32,11 +31,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.compress import QuantSpec, quantize_model
 from hwnas.compress.quant import matmul_weight, quantize_weight, weight_layers
-from hwnas.io import atomic_write_json
 from hwnas.model.static import StaticDiT
 from hwnas.space import load_space
 
@@ -106,16 +105,18 @@ def block_matmuls(model: StaticDiT, prefix: str, tokens: int) -> Counter[tuple[i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--experiment", default="experiments/snapgenpp-1024.toml")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--group", type=int, default=32, help="rtn group of the timed MatMulNBits")
-    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--group", type=positive_int, default=32, help="rtn group of the timed MatMulNBits")
+    add_seed(ap, controls="the random weights and the timed matmuls' weights and inputs")
+    add_json(ap, what="sizes, matmul times and per-block sums")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    space = load_space(Path(args.experiment))
-    cfg = space.preset(args.preset)
-    torch.manual_seed(0)
+    with user_input():
+        space = load_space(Path(args.experiment))
+        cfg = space.preset(args.preset)
+    torch.manual_seed(args.seed)
     model = StaticDiT(space, cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     print(f"{cfg.describe()} ({space.name}): {params / 1e6:.1f} M parameters, random weights")
@@ -135,7 +136,7 @@ def main() -> None:
           f"{'l4 err':>7s}")
     for block, (prefix, tokens) in blocks.items():
         for (m, k, n), count in sorted(block_matmuls(model, prefix, tokens).items()):
-            t = time_linear(m, k, n, group=args.group)
+            t = time_linear(m, k, n, group=args.group, seed=args.seed)
             speed.append({"block": block, "m": m, "k": k, "n": n, "count": count, **t})
             print(f"{block:6s} {m:5d} {k:5d} {n:5d} {count:2d} {1e3 * t['fp32_s']:8.2f} "
                   f"{1e3 * t['int4_l4_s']:8.2f} {1e3 * t['int4_l0_s']:8.2f} {t['int4_l4_rel_err']:7.4f}", flush=True)
@@ -143,19 +144,18 @@ def main() -> None:
     for block in blocks:
         rows = [r for r in speed if r["block"] == block]
         per_block[block] = {w: sum(r[f"{w}_s"] * r["count"] for r in rows) for w in ("fp32", "int4_l4", "int4_l0")}
-    if args.json_out:
-        atomic_write_json(args.json_out, {
-            "experiment": space.name, "preset": args.preset, "config_id": cfg.id, "params": params,
-            "weights": "random (size and speed only; no trained model at this scale)", "timed_group": args.group,
-            "sizes": sizes, "matmuls": speed, "per_block_s": per_block,
-            "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, 1 thread"})
+    write_json(args.json_out, {
+        "experiment": space.name, "preset": args.preset, "config_id": cfg.id, "params": params, "seed": args.seed,
+        "weights": "random (size and speed only; no trained model at this scale)", "timed_group": args.group,
+        "sizes": sizes, "matmuls": speed, "per_block_s": per_block,
+        "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, 1 thread"})
     best = min((r for r in sizes if r["method"] == "rtn"), key=lambda r: r["avg_bits"])
     km = next(r for r in sizes if r["method"] == "kmeans")
-    print(f"summary: rtn g{best['group']} sym {best['avg_bits']:.3f} bits, {best['compression_vs_fp16']:.2f}x smaller "
-          f"than fp16; kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x; "
-          f"matmul time int4 (level 4) / fp32: "
-          + ", ".join(f"{b} block {v['int4_l4'] / v['fp32']:.2f}" for b, v in per_block.items())
-          + "; level 0: " + ", ".join(f"{b} {v['int4_l0'] / v['fp32']:.2f}" for b, v in per_block.items()))
+    print_summary([f"rtn g{best['group']} sym {best['avg_bits']:.3f} bits, {best['compression_vs_fp16']:.2f}x smaller "
+                   f"than fp16", f"kmeans {km['avg_bits']:.3f} bits, {km['compression_vs_fp16']:.2f}x",
+                   "matmul time int4 (level 4) / fp32: "
+                   + ", ".join(f"{b} block {v['int4_l4'] / v['fp32']:.2f}" for b, v in per_block.items()),
+                   "level 0: " + ", ".join(f"{b} {v['int4_l0'] / v['fp32']:.2f}" for b, v in per_block.items())])
 
 
 if __name__ == "__main__":

@@ -3,41 +3,43 @@
 Usage (from the repository root; needs the measured table latency_tables/host/shapes-32.csv):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lut_accuracy.py [--n 100] [--calibration 20] [--seed 0]
-        [--cache reports/lut-validate-host.jsonl] [--json reports/lut_accuracy.json]
+        [--cache runs/lut-validate-host.jsonl] [--json runs/lut-accuracy.json]
 
 The same computation as `hwnas lut validate` (`hwnas.latency.validate.validate_table`): held-out random
 sub-DiTs, each compiled whole with TVM and timed, against the LUT prediction, a linearly corrected LUT and
 a FLOPs-linear baseline (both fitted on a separate calibration sample), plus the noise floor (one sub-DiT
 timed repeatedly). Prints one row per held-out sub-DiT, the metrics, and a summary line with the LUT and
-baseline side by side from this run.
+baseline side by side from this run. `--json` writes the report that `hwnas lut validate --json`
+prints, less its interval check.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from hwnas.io import atomic_write_json
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
+
 from hwnas.latency import load_profile, load_table
 from hwnas.latency.validate import validate_table
 from hwnas.space import load_space
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="experiments/shapes-32.toml")
-    parser.add_argument("--device", default="host")
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--calibration", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise-repeats", type=int, default=5)
-    parser.add_argument("--cache", help="JSON lines of measured sub-DiTs (resume)")
-    parser.add_argument("--json", dest="json_out", help="also write the report here")
-    opts = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--experiment", default="experiments/shapes-32.toml")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--n", type=positive_int, default=100, help="held-out sub-DiTs")
+    ap.add_argument("--calibration", type=positive_int, default=20, help="sub-DiTs the corrections are fitted on")
+    add_seed(ap, controls="the held-out and calibration samples of sub-DiTs")
+    ap.add_argument("--noise-repeats", type=int, default=5, help="times one sub-DiT is timed for the noise floor")
+    ap.add_argument("--cache", help="JSON lines of measured sub-DiTs (resume)")
+    add_json(ap, what="the validation report")
+    opts = ap.parse_args()
 
-    space = load_space(Path(opts.experiment))
-    prof = load_profile(opts.device)
-    table = load_table(prof, space.name)
+    with user_input():
+        space = load_space(Path(opts.experiment))
+        prof = load_profile(opts.device)
+        table = load_table(prof, space.name)
     rep = validate_table(table, space, prof, n=opts.n, seed=opts.seed, n_calibration=opts.calibration,
                          noise_repeats=opts.noise_repeats, cache=opts.cache)
     print(f"{'config':12s} {'flops':>10s} {'pred_ms':>8s} {'meas_ms':>8s} {'err%':>7s}")
@@ -55,13 +57,13 @@ def main() -> None:
         nf = rep["noise_floor"]
         print(f"noise floor: {nf['config_id']} timed {nf['times']}x: CV {nf['cv']:.1%}, max {nf['max_abs_pct']:.1f}% "
               f"from median, within5 {nf['within_5pct']:.0%}")
-    if opts.json_out:
-        atomic_write_json(opts.json_out, rep)
+    write_json(opts.json_out, rep)
     c, b = rep["corrected"], rep["baseline"]
-    print(f"SUMMARY n={rep['n']} LUT within10 {rep['within_10pct']:.0%} within5 {rep['within_5pct']:.0%} "
-          f"spearman {rep['spearman']:.3f} | corrected within10 {c['within_10pct']:.0%} within5 "
-          f"{c['within_5pct']:.0%} | FLOPs baseline within10 {b['within_10pct']:.0%} spearman {b['spearman']:.3f} | "
-          f"MAPE baseline/LUT-corrected {b['mape'] / max(c['mape'], 1e-9):.2f}x")
+    print_summary([f"n={rep['n']} LUT within10 {rep['within_10pct']:.0%} within5 {rep['within_5pct']:.0%} "
+                   f"spearman {rep['spearman']:.3f}",
+                   f"corrected within10 {c['within_10pct']:.0%} within5 {c['within_5pct']:.0%}",
+                   f"FLOPs baseline within10 {b['within_10pct']:.0%} spearman {b['spearman']:.3f}",
+                   f"MAPE baseline/LUT-corrected {b['mape'] / max(c['mape'], 1e-9):.2f}x"])
 
 
 if __name__ == "__main__":

@@ -24,15 +24,14 @@ medians of repeats of at least 1 ms. The summary line gives each way's ratio to 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
-from hwnas.io import atomic_write_json
 from hwnas.latency import load_profile, load_table
 from hwnas.latency.bench import _Positional, compile_module, load_local, subnet_inputs
 from hwnas.latency.blocks import kernel_module
@@ -74,16 +73,17 @@ def _median_ms(call: Any, *, flush: np.ndarray | None = None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="experiments/shapes-32.toml")
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_out")
-    opts = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--experiment", default="experiments/shapes-32.toml")
+    ap.add_argument("--n", type=positive_int, default=8, help="held-out sub-DiTs")
+    add_seed(ap, controls="the held-out sample of sub-DiTs (the one `hwnas lut validate --seed` draws)")
+    add_json(ap, what="the rows and median ratios")
+    opts = ap.parse_args()
 
-    space = load_space(Path(opts.experiment))
-    prof = load_profile("host")
-    table = load_table(prof, space.name)
+    with user_input():
+        space = load_space(Path(opts.experiment))
+        prof = load_profile("host")
+        table = load_table(prof, space.name)
     flush = np.zeros(FLUSH_BYTES // 4, dtype=np.float32)
     compiled: dict[Any, tuple[Any, list[Any]]] = {}
     isolated: dict[Any, float] = {}
@@ -114,11 +114,10 @@ def main() -> None:
 
     ways = ("table_ms", "isolated_ms", "cold_ms", "chain_ms")
     ratios = {w: statistics.median(r[w] / r["whole_ms"] for r in rows) for w in ways}
-    if opts.json_out:
-        atomic_write_json(opts.json_out, {"experiment": space.name, "seed": opts.seed, "rows": rows,
-                                          "median_ratio_to_whole": ratios})
-    print(f"summary: n={len(rows)} median ratio to the whole step: "
-          + ", ".join(f"{w[:-3]} {ratios[w]:.3f}" for w in ways))
+    write_json(opts.json_out, {"experiment": space.name, "seed": opts.seed, "rows": rows,
+                               "median_ratio_to_whole": ratios})
+    print_summary([f"n={len(rows)} median ratio to the whole step: "
+                   + ", ".join(f"{w[:-3]} {ratios[w]:.3f}" for w in ways)])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
 """Quality of the shipped proxy supernet per sub-DiT: compositional accuracy (per category),
 fd_ref and validation loss, plus the cost of one val-loss call (the search's quality signal).
 
-    OMP_NUM_THREADS=1 python benchmarks/proxy_quality.py [--checkpoint DIR] [--n 200] [--steps 28]
+    OMP_NUM_THREADS=1 python benchmarks/proxy_quality.py [--checkpoint DIR] [--n 200] [--steps 28] [--seed 0]
+        [--json reports/proxy-quality.json] [--grids reports/proxy-samples]
 
 Prints a table and a final summary line comparing the sub-DiTs side by side (ratios to `full`).
-Every number comes from the checkpoint named in the header (proxy scale: shapes-32).
+Every number comes from the checkpoint named in the header (proxy scale: shapes-32). `--grids DIR`
+also draws a 4x4 sample grid of tiny, small and full there (DIR/NAME.png).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
-from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import evaluate
 from hwnas.metrics.val_loss import make_val_set, val_loss
 from hwnas.train import generate, load_supernet, save_grid
@@ -24,17 +25,18 @@ CONFIGS = ("smallest", "tiny", "small", "full", "largest")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="supernet directory (default: the shipped proxy)")
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--cfg-scale", type=float, default=4.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grids", default="reports/proxy-samples", help="write one sample grid per preset here")
-    parser.add_argument("--out", default=None, help="also write the rows as JSON")
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--checkpoint", default=None, help="supernet directory (default: the shipped proxy)")
+    ap.add_argument("--n", type=positive_int, default=200, help="held-out prompts (and fd_ref images)")
+    ap.add_argument("--steps", type=positive_int, default=28)
+    ap.add_argument("--cfg-scale", type=float, default=4.0)
+    add_seed(ap, controls="the validation set, the evaluation (noise and prompt order) and the grids' noise")
+    ap.add_argument("--grids", default=None, metavar="DIR", help="write sample grids of tiny, small and full here")
+    add_json(ap, what="the rows")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    net = load_supernet(args.checkpoint)
+    with user_input():
+        net = load_supernet(args.checkpoint)
     space = net.space
     print(f"checkpoint {args.checkpoint or 'checkpoints/shapes-32'} (step {net.meta.get('step')}), "
           f"{space.name}; n={args.n}, {args.steps} Euler steps, CFG {args.cfg_scale}, seed {args.seed}")
@@ -68,12 +70,11 @@ def main() -> None:
               f"{r['compositional']:6.3f} {r['fd_ref']:8.3f}  "
               + " ".join(f"{r['per_category'][c]:9.3f}" for c in cats))
     full = next(r for r in rows if r["config"] == "full")
-    print("SUMMARY " + "; ".join(
+    write_json(args.json_out, rows)
+    print_summary(
         f"{r['config']}: comp {r['compositional']:.3f} ({r['compositional'] - full['compositional']:+.3f} vs full), "
         f"fd_ref x{r['fd_ref'] / full['fd_ref']:.2f}, val loss x{r['val_loss'] / full['val_loss']:.3f}"
-        for r in rows))
-    if args.out:
-        atomic_write_json(args.out, rows)
+        for r in rows)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ of them alone does?
     python benchmarks/rank_fidelity.py train --runs runs/standalone [--parallel 4] [--steps 1200]
     # 2. compare: Kendall tau / Spearman rho of inherited vs stand-alone val loss, with bootstrap
     #    95% intervals, against two zero-cost baselines (parameter count, FLOPs per step)
-    python benchmarks/rank_fidelity.py report --runs runs/standalone --json reports/rank-fidelity.json
+    python benchmarks/rank_fidelity.py report --runs runs/standalone [--seed 0] \
+        [--json reports/rank-fidelity.json --plot reports/rank-fidelity.png]
 
 The stand-alone val loss is the flow-matching loss of the run's EMA weights on the validation set
 the search uses (64 images, 8 t values, seed 0), logged during training; "full budget" is the
 last step every run reached and "half budget" the logged step nearest half of it, so the table
 shows whether the ranking had settled. The inherited val loss is the supernet's (the search's
-quality signal) on the same set.
+quality signal) on the same set. `report` prints a table and a summary line of rank correlations
+(the supernet's against the baselines', all on the same runs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 from scipy import stats
 
 from hwnas.cost import count_params, flops_per_step
@@ -64,7 +67,8 @@ def subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    space = load_space(args.experiment)
+    with user_input():
+        space = load_space(args.experiment)
     runs = Path(args.runs)
     pending = []
     for name, cfg in subnets(space).items():
@@ -74,7 +78,8 @@ def _train(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "hwnas.cli", "train", "--experiment", args.experiment, "--out", str(run),
                "--standalone", str(run / "config.json"), "--threads", "1", "--quiet"]
         for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
-                            ("--max-wall-s", args.max_wall_s), ("--cache-dir", args.cache_dir)):
+                            ("--max-wall-s", args.max_wall_s), ("--stop-at", args.stop_at),
+                            ("--cache-dir", args.cache_dir)):
             if value is not None:
                 cmd += [flag, str(value)]
         if (run / "train_state.pt").exists():
@@ -137,7 +142,8 @@ def _report(args: argparse.Namespace) -> None:
     from hwnas.train import load_supernet
 
     torch.set_num_threads(args.threads)
-    net = load_supernet(args.checkpoint)
+    with user_input():
+        net = load_supernet(args.checkpoint)
     space = net.space
     runs = Path(args.runs)
     configs = subnets(space)
@@ -184,16 +190,16 @@ def _report(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['name']:<13} {r['describe']:<40} {r['params'] / 1e6:7.2f}M {r['inherited']:9.4f} "
               f"{r['standalone']:8.4f} {r['standalone_half']:8.4f}")
-    lo, hi = main["kendall_tau_ci"]
-    print(f"SUMMARY n={len(rows)}: Kendall tau inherited vs stand-alone {main['kendall_tau']:.3f} "
-          f"[{lo:.3f}, {hi:.3f}], Spearman {main['spearman']:.3f}; baselines: params tau "
-          f"{result['baselines']['params']:.3f}, FLOPs tau {result['baselines']['flops']:.3f}; "
-          f"supernet minus params {main['kendall_tau'] - result['baselines']['params']:+.3f}; "
-          f"at half budget (step {half}) tau {result['half_budget']['kendall_tau']:.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json_out, result)
     if args.plot:
         _plot(rows, args.plot, result)
+    lo, hi = main["kendall_tau_ci"]
+    print_summary([f"n={len(rows)}: Kendall tau inherited vs stand-alone {main['kendall_tau']:.3f} "
+                   f"[{lo:.3f}, {hi:.3f}], Spearman {main['spearman']:.3f}",
+                   f"baselines: params tau {result['baselines']['params']:.3f}, "
+                   f"FLOPs tau {result['baselines']['flops']:.3f}",
+                   f"supernet minus params {main['kendall_tau'] - result['baselines']['params']:+.3f}",
+                   f"at half budget (step {half}) tau {result['half_budget']['kendall_tau']:.3f}"])
 
 
 def _batch_size(run: Path) -> int | None:
@@ -206,6 +212,8 @@ def _plot(rows: list[dict], path: str, result: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hwnas.io import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     alone = [r["standalone"] for r in rows]
@@ -222,30 +230,36 @@ def _plot(rows: list[dict], path: str, result: dict) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"rank fidelity, {result['supernet']['experiment']}, n={result['n']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train (or continue) every stand-alone sub-DiT")
+    ap = parser(__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train (or continue) every stand-alone sub-DiT",
+                        description="Train (or continue) every stand-alone sub-DiT, one `hwnas train --standalone` "
+                                    "process each. Writes training runs under --runs and no JSON report; no "
+                                    "--seed: each run draws from the experiment's [train] seed.")
     tr.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     tr.add_argument("--runs", required=True, help="one run directory per sub-DiT goes here")
-    tr.add_argument("--parallel", type=int, default=1, help="runs at a time (one CPU thread each)")
-    tr.add_argument("--steps", type=int, default=None, help="override [train] steps")
-    tr.add_argument("--batch-size", type=int, default=None, help="override [train] batch_size")
+    tr.add_argument("--parallel", type=positive_int, default=1, help="runs at a time (one CPU thread each)")
+    tr.add_argument("--steps", type=positive_int, default=None, help="override [train] steps")
+    tr.add_argument("--batch-size", type=positive_int, default=None, help="override [train] batch_size")
     tr.add_argument("--max-wall-s", type=float, default=None, help="stop each run after this long")
+    tr.add_argument("--stop-at", type=positive_int, default=None,
+                    help="stop each run at this step of its --steps schedule (resumable)")
     tr.add_argument("--cache-dir", default=None, help="shared encoded training set")
     rep = sub.add_parser("report", help="rank correlations, baselines, table, JSON and plot")
     rep.add_argument("--checkpoint", default=None, help="supernet (default: the shipped proxy)")
     rep.add_argument("--runs", required=True)
-    rep.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
-    rep.add_argument("--seed", type=int, default=0)
-    rep.add_argument("--threads", type=int, default=2)
-    rep.add_argument("--json", default=None, help="write the result here (e.g. reports/rank-fidelity.json)")
+    rep.add_argument("--boot", type=positive_int, default=2000, help="bootstrap resamples")
+    add_seed(rep, controls="the bootstrap resamples")
+    rep.add_argument("--threads", type=positive_int, default=2)
+    add_json(rep, what="the correlations, baselines and rows")
     rep.add_argument("--plot", default=None, help="write the scatter plots here (PNG)")
-    args = parser.parse_args()
+    args = ap.parse_args()
     _train(args) if args.cmd == "train" else _report(args)
 
 

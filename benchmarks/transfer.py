@@ -5,6 +5,9 @@ Usage (from the repository root):
     PYTHONPATH=. .venv/bin/python benchmarks/transfer.py [--n 60] [--seed 0] [--rounds 9]
         [--targets onnxruntime-1t,torch-eager-1t,torch-eager-2t] [--json reports/transfer.json]
 
+With `--json OUT` the report goes to OUT and its plot beside it (OUT with .png); without it both are
+only printed (the table and a summary line of each target's shares against the goals).
+
 Targets, all fp32 on this machine's CPU, none of which any table was built with: onnxruntime (CPU
 provider, 1 thread), PyTorch eager at 1 and at 2 threads. Each times one denoising step (batch 1) of
 `n` random sub-DiTs of `experiments/snapgenpp-256.toml` (`StaticDiT`, random weights; onnxruntime runs
@@ -32,7 +35,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see the module docstring
 
-import argparse
 import hashlib
 import json
 import platform
@@ -44,6 +46,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from _common import add_json, add_seed, parser, positive_int, print_summary, write_json
+
+from hwnas.io import atomic_write, atomic_write_text
 from hwnas.latency import (
     COST_KINDS,
     Figure,
@@ -192,10 +197,7 @@ def _load_cache(path: Path, provenance: dict[str, Any]) -> dict[str, dict[str, l
 
 
 def _save_cache(path: Path, provenance: dict[str, Any], samples: dict[str, dict[str, list[float]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"provenance": provenance, "samples_ms": samples}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"provenance": provenance, "samples_ms": samples}))
 
 
 def _callables(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Target, ...]) -> dict[tuple[str, str], Any]:
@@ -290,24 +292,26 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax2.grid(alpha=0.3)
     fig.suptitle(f"Few-shot transfer of the per-op-kind cost model ({report['experiment']}, n = {report['n']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=60, help="sub-DiTs timed per target")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=9, help="timed calls per (target, sub-DiT)")
+    ap = parser(__doc__)
+    ap.add_argument("--n", type=positive_int, default=60, help="sub-DiTs timed per target")
+    add_seed(ap, controls="the sample of sub-DiTs, the timing order and the calibration draws")
+    ap.add_argument("--rounds", type=positive_int, default=9, help="timed calls per (target, sub-DiT)")
     ap.add_argument("--targets", default=",".join(t.name for t in TARGETS),
                     help="targets to time now (comma-separated); every target with cached timings is analysed")
-    ap.add_argument("--draws", type=int, default=20, help="random calibration sets per k")
-    ap.add_argument("--json", type=Path, default=None,
-                    help="report path (default runs/transfer/transfer.json); the plot goes beside it (.png)")
+    ap.add_argument("--draws", type=positive_int, default=20, help="random calibration sets per k")
+    add_json(ap, what="the report (and its plot beside it, .png)")
     opts = ap.parse_args()
     if opts.n <= max(KS) + 2:
-        raise SystemExit(f"--n must exceed {max(KS) + 2}, got {opts.n}")
-    out = opts.json or CACHE_DIR / "transfer.json"
+        ap.error(f"--n must exceed {max(KS) + 2}, got {opts.n}")
+    unknown = set(opts.targets.split(",")) - {t.name for t in TARGETS}
+    if unknown:
+        ap.error(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(t.name for t in TARGETS)}")
     space = load_space(EXPERIMENT)
     cfgs = sample_subnets(space, opts.n, seed=opts.seed, purpose="transfer")
     cache = CACHE_DIR / f"timings-{space.name}-seed{opts.seed}.json"
@@ -341,9 +345,9 @@ def main() -> None:
             row["k"][str(k)] = evaluate(profile, space, cfgs, measured, k=k, draws=opts.draws, seed=opts.seed)
         report["targets"].append(row)
     report["measure_wall_s"] = round(measure_s, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    _plot(report, out.with_suffix(".png"))
+    write_json(opts.json_out, report)
+    if opts.json_out:
+        _plot(report, opts.json_out.with_suffix(".png"))
     print(f"{'target':<16} {'k':>5} {'MAPE%':>7} {'<=10%':>6} {'worst':>6} {'rho':>6} {'cov90':>6} {'refused':>7}")
     for row in report["targets"]:
         for k, m in [("prior", {**row["prior"], "within_10pct_min": None, "refused": 0}), *row["k"].items()]:
@@ -353,11 +357,11 @@ def main() -> None:
             worst = "" if m["within_10pct_min"] is None else f"{m['within_10pct_min']:.2f}"
             print(f"{row['name']:<16} {k:>5} {m['mape']:7.1f} {m['within_10pct']:6.2f} {worst:>6} "
                   f"{m['spearman']:6.3f} {m['coverage_90']:6.2f} {m['refused']:>7}")
-    print(f"SUMMARY {summary(report)}; wrote {out}")
+    print_summary(summary(report))
 
 
-def summary(report: dict[str, Any]) -> str:
-    """One line: each target's k=5 and k=1 share within 10%, k=5 Spearman, coverage range, against GOALS."""
+def summary(report: dict[str, Any]) -> list[str]:
+    """Per target: its k=5 and k=1 share within 10%, k=5 Spearman and coverage range, against GOALS."""
     parts = []
     for row in report["targets"]:
         k1, k5 = row["k"]["1"], row["k"]["5"]
@@ -371,7 +375,7 @@ def summary(report: dict[str, Any]) -> str:
         parts.append(f"{row['name']}: k5 within10 {k5['within_10pct']:.2f} rho {k5['spearman']:.3f}, k1 within10 "
                      f"{(k1['within_10pct'] or 0):.2f}, cov90 {min(cov):.2f}-{max(cov):.2f} "
                      f"({'meets' if ok else 'misses'} goals)")
-    return "; ".join(parts)
+    return parts or [f"no target timed on all {report['n']} sub-DiTs"]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Usage (from the repository root):
 
     OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 .venv/bin/python benchmarks/tvm_schedule.py
-        [--experiment experiments/shapes-32.toml] [--device host] [--repeat 20] [--no-large]
+        [--experiment experiments/shapes-32.toml] [--device host] [--repeat 20] [--no-large] [--seed 0]
+        [--json runs/tvm-schedule.json]
 
 For each kernel kind of the space (Down/Up blocks once per attention type), the kernel at the median FLOPs
 of that kind is exported once and timed side by side in this run: TVM with the default Relax pipeline
@@ -20,7 +21,6 @@ default/ORT over the rows.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 from tvm_vs_ort import torch_thread_ms  # benchmarks/ is on sys.path when run as a script
 
 from hwnas.latency import enumerate_kernels, kernel_flops, load_profile
@@ -82,8 +83,10 @@ def _compile_both(mod: Any, *, target: dict[str, Any]) -> tuple[Any, Any, float,
     return ex_def, ex_sch, mid - start, time.perf_counter() - mid
 
 
-def _large(*, target: dict[str, Any], threads: int, repeat: int) -> None:
-    """GFLOP/s of a 256 x 1024 -> 4096 Linear: default TVM (one call), scheduled TVM, onnxruntime, torch."""
+def _large(*, target: dict[str, Any], threads: int, repeat: int, seed: int) -> dict[str, float]:
+    """GFLOP/s of a 256 x 1024 -> 4096 Linear: default TVM (one call), scheduled TVM, onnxruntime, torch;
+    returns {runtime: ms}."""
+    torch.manual_seed(seed)
     module, args = torch.nn.Linear(1024, 4096), (torch.randn(1, 256, 1024),)
     flops = 2 * 256 * 1024 * 4096
     ex_def, ex_sch, def_s, sch_s = _compile_both(export_relax(module, args), target=target)
@@ -97,18 +100,22 @@ def _large(*, target: dict[str, Any], threads: int, repeat: int) -> None:
           f"scheduled {sch_s:.2f} s")
     for name, ms in rows:
         print(f"  {name:14s} {ms:10.2f} ms {flops / (ms * 1e6):8.1f} GFLOP/s", flush=True)
+    return dict(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="experiments/shapes-32.toml")
-    parser.add_argument("--device", default="host")
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--no-large", action="store_true", help="skip the 256x1024->4096 Linear")
-    opts = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--experiment", default="experiments/shapes-32.toml")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--repeat", type=positive_int, default=20, help="timed repeats per kernel and runtime")
+    ap.add_argument("--no-large", action="store_true", help="skip the 256x1024->4096 Linear")
+    add_seed(ap, controls="the kernels' random weights and inputs")
+    add_json(ap, what="one row per kind, the large Linear's times and the summary ratios")
+    opts = ap.parse_args()
 
-    space = load_space(Path(opts.experiment))
-    prof = load_profile(opts.device)
+    with user_input():
+        space = load_space(Path(opts.experiment))
+        prof = load_profile(opts.device)
     torch.set_num_threads(prof.threads)
     target = prof.target
     picks = _picks(enumerate_kernels(space, precisions=("fp32",)))
@@ -116,9 +123,9 @@ def main() -> None:
           f"(kernel at the median FLOPs of each)")
     print(f"{'kind':18s} {'MFLOP':>7s} {'mm_fn':>5s} {'def_ms':>8s} {'sch_ms':>8s} {'ort_ms':>8s} {'torch_ms':>8s} "
           f"{'def_c_s':>7s} {'sch_c_s':>7s} {'def/sch':>7s} {'sch/ort':>7s} {'def/ort':>7s} {'max|d|':>8s}")
-    speedups, sch_ort, def_ort = [], [], []
+    speedups, sch_ort, def_ort, rows = [], [], [], []
     for name, key in picks.items():
-        module, args = kernel_module(key, space)
+        module, args = kernel_module(key, space, seed=opts.seed)
         mod = export_relax(module, args)
         ex_def, ex_sch, def_s, sch_s = _compile_both(mod, target=target)
         out_def, out_sch = _vm_output(ex_def, args), _vm_output(ex_sch, args)
@@ -131,15 +138,26 @@ def main() -> None:
         speedups.append(t_def.median_ms / t_sch.median_ms)
         sch_ort.append(t_sch.median_ms / t_ort.median_ms)
         def_ort.append(t_def.median_ms / t_ort.median_ms)
-        print(f"{name:18s} {kernel_flops(key) / 1e6:7.2f} {_matmul_funcs(mod, target=target):5d} "
+        mm_fn = _matmul_funcs(mod, target=target)
+        rows.append({"kind": name, "flops": kernel_flops(key), "matmul_funcs": mm_fn, "default_ms": t_def.median_ms,
+                     "scheduled_ms": t_sch.median_ms, "ort_ms": t_ort.median_ms, "torch_ms": torch_ms,
+                     "default_compile_s": def_s, "scheduled_compile_s": sch_s, "max_rel_diff": diff})
+        print(f"{name:18s} {kernel_flops(key) / 1e6:7.2f} {mm_fn:5d} "
               f"{t_def.median_ms:8.4f} {t_sch.median_ms:8.4f} {t_ort.median_ms:8.4f} {torch_ms:8.4f} "
               f"{def_s:7.2f} {sch_s:7.2f} {speedups[-1]:7.2f} {sch_ort[-1]:7.2f} {def_ort[-1]:7.2f} "
               f"{diff:8.1e}", flush=True)
-    if not opts.no_large:
-        _large(target=target, threads=prof.threads, repeat=opts.repeat)
-    print(f"SUMMARY over {len(speedups)} kinds: speedup default/scheduled median {statistics.median(speedups):.2f} "
-          f"(range {min(speedups):.2f}-{max(speedups):.2f}); scheduled/ORT median {statistics.median(sch_ort):.2f} "
-          f"(range {min(sch_ort):.2f}-{max(sch_ort):.2f}); default/ORT median {statistics.median(def_ort):.2f}")
+    large = None if opts.no_large else _large(target=target, threads=prof.threads, repeat=opts.repeat, seed=opts.seed)
+    summary = {"default_over_scheduled_median": statistics.median(speedups),
+               "scheduled_over_ort_median": statistics.median(sch_ort),
+               "default_over_ort_median": statistics.median(def_ort)}
+    write_json(opts.json_out, {"experiment": space.name, "device": prof.name, "threads": prof.threads, "target": target,
+                               "seed": opts.seed, "repeat": opts.repeat, "rows": rows, "large_linear_ms": large,
+                               **summary})
+    print_summary([f"over {len(speedups)} kinds: speedup default/scheduled median "
+                   f"{summary['default_over_scheduled_median']:.2f} (range {min(speedups):.2f}-{max(speedups):.2f})",
+                   f"scheduled/ORT median {summary['scheduled_over_ort_median']:.2f} "
+                   f"(range {min(sch_ort):.2f}-{max(sch_ort):.2f})",
+                   f"default/ORT median {summary['default_over_ort_median']:.2f}"])
 
 
 if __name__ == "__main__":

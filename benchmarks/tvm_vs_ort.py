@@ -4,7 +4,7 @@ with roofline efficiency.
 Usage (from the repository root):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tvm_vs_ort.py [--experiment experiments/shapes-32.toml]
-        [--per-kind 1] [--repeat 50]
+        [--per-kind 1] [--repeat 30] [--seed 0] [--json runs/tvm-vs-ort.json]
 
 For each kernel kind of the space, the kernel(s) at the median FLOPs of that kind are built once and timed
 side by side in this run: TVM exactly as the LUT does (`hwnas.latency.bench`), onnxruntime (CPU provider,
@@ -18,12 +18,12 @@ The last line is the summary: median TVM/ORT ratio over kinds and median rooflin
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
 from hwnas.latency import enumerate_kernels, kernel_bytes, kernel_flops, load_profile
 from hwnas.latency.bench import _time_executable, compile_module, time_onnxruntime, timing_from_seconds
@@ -46,15 +46,18 @@ def torch_thread_ms(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="experiments/shapes-32.toml")
-    parser.add_argument("--device", default="host")
-    parser.add_argument("--per-kind", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=30)
-    opts = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--experiment", default="experiments/shapes-32.toml")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--per-kind", type=positive_int, default=1, help="kernels timed per kind (at FLOPs quantiles)")
+    ap.add_argument("--repeat", type=positive_int, default=30, help="timed repeats per kernel and runtime")
+    add_seed(ap, controls="the kernels' random weights and inputs")
+    add_json(ap, what="one row per kernel and the summary ratios")
+    opts = ap.parse_args()
 
-    space = load_space(Path(opts.experiment))
-    prof = load_profile(opts.device)
+    with user_input():
+        space = load_space(Path(opts.experiment))
+        prof = load_profile(opts.device)
     torch.set_num_threads(prof.threads)
     cores = int(prof.target.get("num-cores", prof.threads))
     peak_gflops = prof.peak_gflops["fp32"].value * min(prof.threads, cores) / cores
@@ -69,13 +72,13 @@ def main() -> None:
     head = (f"{'kind':13s} {'MFLOP':>7s} {'KB':>7s} {'roof_ms':>8s} {'tvm_ms':>8s} {'tvm_cv':>6s} {'ort_ms':>8s} "
             f"{'torch_ms':>8s} {'tvm/ort':>7s} {'eff_tvm':>7s} {'eff_ort':>7s} {'compile_s':>9s}")
     print(head)
-    ratios, eff_tvm, eff_ort, compile_s = [], [], [], []
+    ratios, eff_tvm, eff_ort, compile_s, rows = [], [], [], [], []
     compile_by_kind: dict[str, list[float]] = {}
     for kind, ks in by_kind.items():
         ks = sorted(ks, key=kernel_flops)
         picks = [ks[len(ks) * (2 * i + 1) // (2 * opts.per_kind)] for i in range(opts.per_kind)]
         for key in picks:
-            module, args = kernel_module(key, space)
+            module, args = kernel_module(key, space, seed=opts.seed)
             start = time.perf_counter()
             ex = compile_module(module, args, target=prof.target)
             compile_s.append(time.perf_counter() - start)
@@ -89,15 +92,24 @@ def main() -> None:
             ratios.append(tvm_t.median_ms / ort_t.median_ms)
             eff_tvm.append(roof_ms / tvm_t.median_ms)
             eff_ort.append(roof_ms / ort_t.median_ms)
+            rows.append({"kind": kind, "flops": flops, "bytes": nbytes, "roofline_ms": roof_ms,
+                         "tvm_ms": tvm_t.median_ms, "tvm_cv": tvm_t.cv, "ort_ms": ort_t.median_ms, "torch_ms": torch_ms,
+                         "tvm_over_ort": ratios[-1], "eff_tvm": eff_tvm[-1], "eff_ort": eff_ort[-1],
+                         "compile_s": compile_s[-1]})
             print(f"{kind:13s} {flops / 1e6:7.2f} {nbytes / 1e3:7.1f} {roof_ms:8.4f} {tvm_t.median_ms:8.4f} "
                   f"{tvm_t.cv:6.2f} {ort_t.median_ms:8.4f} {torch_ms:8.4f} {ratios[-1]:7.2f} {eff_tvm[-1]:7.1%} "
                   f"{eff_ort[-1]:7.1%} {compile_s[-1]:9.1f}", flush=True)
     build_s = sum(len(by_kind[kind]) * statistics.median(s) for kind, s in compile_by_kind.items())
     print(f"LUT build estimate: {len(keys)} kernels, compile time per kind x kernels of that kind = "
           f"~{build_s / 60:.0f} min (+ export, linking and timing) at this machine's current load")
-    print(f"SUMMARY tvm/ort median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}) over "
-          f"{len(ratios)} kernels; roofline efficiency median tvm {statistics.median(eff_tvm):.1%}, "
-          f"ort {statistics.median(eff_ort):.1%}")
+    summary = {"tvm_over_ort_median": statistics.median(ratios), "eff_tvm_median": statistics.median(eff_tvm),
+               "eff_ort_median": statistics.median(eff_ort), "lut_build_estimate_s": build_s}
+    write_json(opts.json_out, {"experiment": space.name, "device": prof.name, "threads": prof.threads,
+                               "roofline_peak_gflops": peak_gflops, "bandwidth_gbps": bw_gbps, "seed": opts.seed,
+                               "repeat": opts.repeat, "rows": rows, **summary})
+    print_summary([f"tvm/ort median {summary['tvm_over_ort_median']:.2f} (range {min(ratios):.2f}-{max(ratios):.2f}) "
+                   f"over {len(ratios)} kernels", f"roofline efficiency median tvm {summary['eff_tvm_median']:.1%}, "
+                   f"ort {summary['eff_ort_median']:.1%}"])
 
 
 if __name__ == "__main__":

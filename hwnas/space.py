@@ -30,6 +30,8 @@ from hwnas._keys import check_keys, check_name
 Stage = Literal["down", "middle", "up"]
 AttnKind = Literal["assa", "bna", "global", "full"]
 STAGES: tuple[Stage, ...] = ("down", "middle", "up")
+LOCAL_ATTNS: tuple[AttnKind, ...] = ("assa", "bna")
+"""Attention kinds with a local (blockwise, neighbourhood `radius`) branch; the others have radius 0."""
 SPARSE_ATTN: tuple[AttnKind, ...] = ("assa", "bna", "global")
 PRESET_WIDTHS: dict[str, float] = {"tiny": 0.375, "small": 0.5, "full": 1.0}
 """SnapGen++'s three hand-picked widths (0.375x / 0.5x / 1x), each at full depth."""
@@ -63,11 +65,15 @@ class StageConfig:
             raise ValueError(f"attn must be one of {get_args(AttnKind)}, got {self.attn!r}")
         if not isinstance(self.radius, int) or self.radius < 0:
             raise ValueError(f"radius must be a non-negative integer, got {self.radius!r}")
-        has_local = self.attn in ("assa", "bna")
-        if has_local and self.radius < 1:
+        if self.has_local and self.radius < 1:
             raise ValueError(f"attn={self.attn!r} has a local branch and needs radius >= 1, got {self.radius}")
-        if not has_local and self.radius != 0:
+        if not self.has_local and self.radius != 0:
             raise ValueError(f"attn={self.attn!r} has no local branch; radius must be 0, got {self.radius}")
+
+    @property
+    def has_local(self) -> bool:
+        """Whether this stage's attention has a local branch (ASSA, BNA): `radius` applies."""
+        return self.attn in LOCAL_ATTNS
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ class StageChoices:
             raise ValueError(
                 f"preset_ffn_ratio {self.preset_ffn_ratio} is not among ffn_ratio {list(self.ffn_ratio)}"
             )
-        if any(a in ("assa", "bna") for a in self.attn) and not self.radius:
+        if any(a in LOCAL_ATTNS for a in self.attn) and not self.radius:
             raise ValueError("an attention kind with a local branch needs at least one radius")
 
 
@@ -322,7 +328,7 @@ class SearchSpace:
     def _stage_from_choice(self, name: Stage, rng: random.Random, **fixed: Any) -> StageConfig:
         ch = self.stages[name]
         attn = fixed.get("attn", rng.choice(ch.attn))
-        radius = fixed.get("radius", rng.choice(ch.radius) if attn in ("assa", "bna") else 0)
+        radius = fixed.get("radius", rng.choice(ch.radius) if attn in LOCAL_ATTNS else 0)
         return StageConfig(
             width=fixed.get("width", rng.choice(ch.width)),
             depth=fixed.get("depth", rng.choice(ch.depth)),
@@ -344,22 +350,12 @@ class SearchSpace:
             kept = {a: getattr(s, a) for a in ("width", "depth", "ffn_ratio", "attn")
                     if rng.random() >= prob}
             attn = kept.get("attn", fresh.attn)
-            if attn in ("assa", "bna"):
+            if attn in LOCAL_ATTNS:
                 radius = s.radius if s.radius and rng.random() >= prob else fresh.radius or rng.choice(
                     self.stages[name].radius)
             else:
                 radius = 0
             stages[name] = replace(fresh, **kept, radius=radius)
-        return SubnetConfig(**stages)
-
-    def crossover(self, a: SubnetConfig, b: SubnetConfig, rng: random.Random) -> SubnetConfig:
-        """Uniform crossover per choice; the attention kind and its radius travel together."""
-        stages = {}
-        for name in STAGES:
-            sa, sb = a.stage(name), b.stage(name)
-            pick = {attr: getattr(rng.choice((sa, sb)), attr) for attr in ("width", "depth", "ffn_ratio")}
-            src = rng.choice((sa, sb))
-            stages[name] = StageConfig(**pick, attn=src.attn, radius=src.radius)
         return SubnetConfig(**stages)
 
     def largest(self) -> SubnetConfig:
@@ -379,7 +375,7 @@ class SearchSpace:
                 attn = "full"
             stages[name] = StageConfig(
                 width=pick(ch.width), depth=pick(ch.depth), ffn_ratio=pick(ch.ffn_ratio),
-                attn=attn, radius=pick(ch.radius) if attn in ("assa", "bna") else 0,
+                attn=attn, radius=pick(ch.radius) if attn in LOCAL_ATTNS else 0,
             )
         return SubnetConfig(**stages)
 
@@ -408,7 +404,7 @@ class SearchSpace:
         total = 1
         for name in STAGES:
             ch = self.stages[name]
-            attn_options = sum(len(ch.radius) if a in ("assa", "bna") else 1 for a in ch.attn)
+            attn_options = sum(len(ch.radius) if a in LOCAL_ATTNS else 1 for a in ch.attn)
             total *= len(ch.width) * len(ch.depth) * len(ch.ffn_ratio) * attn_options
         return total
 
@@ -506,3 +502,40 @@ def load_config(path: str | Path) -> SubnetConfig:
         raise ValueError(f"{path}: config file not found") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+NAMED_CONFIGS: tuple[str, ...] = (*PRESET_WIDTHS, "largest", "smallest")
+"""The sub-DiTs `resolve_config` knows by name: SnapGen++'s presets and the two extremes of a space."""
+
+
+def resolve_config(space: SearchSpace, text: str) -> SubnetConfig:
+    """The sub-DiT that `text` names, checked against `space`: a preset (tiny|small|full), largest or
+    smallest, the id of one of those, inline SubnetConfig JSON (`{...}`), or a JSON file. Raises
+    ValueError that quotes `text` and lists what it could have been."""
+    text = text.strip()
+    if text.startswith("{"):
+        cfg = SubnetConfig.from_json(text)
+    elif text.endswith(".json") or Path(text).is_file():
+        cfg = load_config(text)
+    elif text in NAMED_CONFIGS:
+        cfg = _named_config(space, text)
+    else:
+        by_id = {}
+        for name in NAMED_CONFIGS:
+            try:
+                by_id[_named_config(space, name).id] = name
+            except ValueError:  # a preset this space cannot express has no id here either
+                continue
+        if text not in by_id:
+            raise ValueError(f"unknown config {text!r}: not one of {', '.join(NAMED_CONFIGS)}, the id of one of "
+                             f"those, config JSON, nor a JSON file")
+        cfg = _named_config(space, by_id[text])
+    space.validate(cfg)
+    return cfg
+
+
+def _named_config(space: SearchSpace, name: str) -> SubnetConfig:
+    if name == "largest":
+        return space.largest()
+    return space.smallest() if name == "smallest" else space.preset(name)
+

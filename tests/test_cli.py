@@ -113,3 +113,25 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
     assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")
     assert printed["quality_rows"] == on_disk["quality_rows"]
     assert (out / "int4.onnx").stat().st_size > 0 and (out / "fp32.onnx").stat().st_size > 0
+
+
+def test_cli_choices_are_the_library_s() -> None:
+    from typing import get_args
+
+    from hwnas.cli.quality import METRICS
+    from hwnas.metrics.evaluate import Metric
+
+    assert METRICS == get_args(Metric)
+
+
+def test_the_command_line_loads_without_torch() -> None:
+    """`hwnas --help` and the option defaults need no torch (seconds saved on every command); the
+    compress package exports the rest of its names lazily, all of them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hwnas.cli, hwnas.compress as c; "
+            "assert set(c.__all__) == {'DistillConfig', 'QuantSpec', 'terms'} | set(c._MODULE_OF); "
+            "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

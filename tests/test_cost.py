@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tiny_space import tiny_space  # tests/ is on sys.path via the root conftest
 
 from hwnas.cost import (
     activation_bytes,
@@ -21,15 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _tiny_space() -> SearchSpace:
     """8x8 single-channel images, patch 2 -> 16 tokens (4 BNA blocks of 4), Middle 4 tokens."""
-    outer = StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2,), attn=("assa", "bna", "global"),
-                         radius=(1,), preset_ffn_ratio=2)
-    middle = StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2,), attn=("full",), radius=(),
-                          preset_ffn_ratio=2)
-    return SearchSpace(
-        name="tiny", dataset="shapes", resolution=8, latent_downsample=1, latent_channels=1,
-        patch_size=2, hidden_size=8, head_dim=4, kv_heads=1, time_dim=4, text_len=2, text_dim=4,
-        bna_blocks=4, kv_compress=2, stages={"down": outer, "middle": middle, "up": outer},
-    )
+    return tiny_space(
+        "tiny", resolution=8, latent_channels=1, hidden_size=8, head_dim=4, kv_heads=1, time_dim=4, text_len=2,
+        text_dim=4, bna_blocks=4,
+        down=StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2,), attn=("assa", "bna", "global"),
+                          radius=(1,), preset_ffn_ratio=2),
+        middle=StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2,), attn=("full",), radius=(),
+                            preset_ffn_ratio=2))
 
 
 def _tiny_cfg() -> SubnetConfig:

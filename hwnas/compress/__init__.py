@@ -4,32 +4,65 @@ the int4 ONNX runtime (onnxruntime MatMulNBits), and the close-the-loop results 
 Public API:
 - `resolve_pick(run_dir, pick)`, `from_supernet(net, cfg)`, `save_subdit`, `load_subdit`, `SubDiT`;
 - `DistillConfig`, `terms(mode)`, `distill(teacher, student, out=...)`;
-- `QuantSpec`, `quantize_model`, `quantized_model`, `layer_sensitivity`, `mixed_bits`,
+- `QuantSpec`, `quantize_model`, `dequantized_copy`, `layer_sensitivity`, `mixed_bits`,
   `finetune_biases_norms`, `PackedWeight`;
 - `export_int4_onnx`, `check_parity`, `time_onnx`;
-- `compress_pick(net, cfg, out=...)`, `quantize_subdit`, `quality_row`, `measure_latency`.
+- `compress_pick(net, cfg, out=...)`, `quantize_subdit`, `quantize_and_score`, `quality_row`,
+  `measure_latency`.
+
+The settings (`hwnas.compress.settings`: `DistillConfig`, `QuantSpec`) import without torch; the rest
+is imported on first use, so that reading the settings (the CLI does, to show its defaults) does
+not load torch.
 """
 
 from __future__ import annotations
 
-from hwnas.compress.distill import DistillConfig, distill, terms
-from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_pick, save_subdit
-from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
-from hwnas.compress.pipeline import compress_pick, measure_latency, quality_row, quantize_subdit
-from hwnas.compress.quant import (
-    PackedWeight,
-    QuantizedModel,
-    QuantSpec,
-    finetune_biases_norms,
-    layer_sensitivity,
-    mixed_bits,
-    quantize_model,
-    quantized_model,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hwnas.compress.settings import DistillConfig, QuantSpec, terms
+
+if TYPE_CHECKING:
+    from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_pick, save_subdit
+    from hwnas.compress.kdmd import distill
+    from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
+    from hwnas.compress.pipeline import (
+        compress_pick,
+        measure_latency,
+        quality_row,
+        quantize_and_score,
+        quantize_subdit,
+    )
+    from hwnas.compress.quant import (
+        PackedWeight,
+        QuantizedModel,
+        dequantized_copy,
+        finetune_biases_norms,
+        layer_sensitivity,
+        mixed_bits,
+        quantize_model,
+    )
+
+_LAZY = {
+    "kdmd": ("distill",),
+    "extract": ("SubDiT", "from_supernet", "load_subdit", "resolve_pick", "save_subdit"),
+    "onnx_int4": ("check_parity", "export_int4_onnx", "time_onnx"),
+    "pipeline": ("compress_pick", "measure_latency", "quality_row", "quantize_and_score", "quantize_subdit"),
+    "quant": ("PackedWeight", "QuantizedModel", "dequantized_copy", "finetune_biases_norms", "layer_sensitivity",
+              "mixed_bits", "quantize_model"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'hwnas.compress' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hwnas.compress.{_MODULE_OF[name]}"), name)
+
 
 __all__ = [
     "DistillConfig", "PackedWeight", "QuantSpec", "QuantizedModel", "SubDiT", "check_parity", "compress_pick",
-    "distill", "export_int4_onnx", "finetune_biases_norms", "from_supernet", "layer_sensitivity", "load_subdit",
-    "measure_latency", "mixed_bits", "quality_row", "quantize_model", "quantize_subdit", "quantized_model",
-    "resolve_pick", "save_subdit", "terms", "time_onnx",
+    "dequantized_copy", "distill", "export_int4_onnx", "finetune_biases_norms", "from_supernet", "layer_sensitivity",
+    "load_subdit", "measure_latency", "mixed_bits", "quality_row", "quantize_and_score", "quantize_model",
+    "quantize_subdit", "resolve_pick", "save_subdit", "terms", "time_onnx",
 ]

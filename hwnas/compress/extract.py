@@ -1,4 +1,4 @@
-"""Turn a search pick into a standalone sub-DiT: `export_subnet` / `load_subdit`.
+"""Turn a search pick into a standalone sub-DiT: `from_supernet`, `save_subdit` / `load_subdit`.
 
 A sub-DiT directory holds `model.safetensors` (the static DiT as `dit.*` and the text encoder as
 `text.*`) and `model.json` (format, the `SubnetConfig`, the experiment TOML, the tokenizer and
@@ -21,11 +21,11 @@ import torch
 from hwnas.data import Tokenizer
 from hwnas.io import atomic_write, atomic_write_json
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
-from hwnas.model.vae import Autoencoder, to_image, to_latent
+from hwnas.model.vae import Autoencoder
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import check_finite, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
-from hwnas.train.supernet import Supernet, space_vae
+from hwnas.train.supernet import Supernet, TextToImage, space_vae
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -33,8 +33,8 @@ FORMAT = "hwnas-subdit-1"
 
 
 @dataclass
-class SubDiT:
-    """A static sub-DiT with its text encoder; duck-types `Supernet` for sampling/evaluation."""
+class SubDiT(TextToImage):
+    """A static sub-DiT with its text encoder; samples and evaluates like a `Supernet` of one config."""
 
     space: SearchSpace
     cfg: SubnetConfig
@@ -43,20 +43,6 @@ class SubDiT:
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
     vae: Autoencoder | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
-
-    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        return to_latent(self.vae, images)
-
-    def to_image(self, latents: torch.Tensor) -> torch.Tensor:
-        return to_image(self.vae, latents)
-
-    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions -> text embeddings (B, L, Ct) and mask (B, L)."""
-        return self.text.encode(self.tokenizer.encode(captions, max_len=self.space.text_len))
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cfg: SubnetConfig, *, emb: torch.Tensor,

@@ -28,8 +28,8 @@ from onnx import helper, numpy_helper
 from hwnas.compress.quant import (
     PackedWeight,
     QuantizedModel,
+    dequantized_copy,
     pack,
-    quantized_model,
     weight_layers,
 )
 from hwnas.io import atomic_write
@@ -47,7 +47,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
         raise ValueError("MatMulNBits runs group-wise rtn codes only; quantize with method='rtn' for ONNX")
     path = Path(path)
     fp32_path = path.with_name(path.stem + ".dequant-fp32.onnx")
-    deq = quantized_model(model, q).eval()
+    deq = dequantized_copy(model, q).eval()
     export_onnx(deq, fp32_path, batch=batch)
     graph_model = onnx.load(str(fp32_path))
     fp32_path.unlink()
@@ -68,6 +68,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
             new_nodes.append(node)
             continue
         pw = q.packed[layer]
+        assert pw.scales is not None  # rtn (checked above) always stores scales
         n, blocks = pw.scales.shape
         tag = f"{layer}_q{pw.spec.bits}_{replaced}"
         tensors = [numpy_helper.from_array(pw.codes.reshape(n, blocks, -1), tag + "_B"),
@@ -154,7 +155,7 @@ def _match(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     return None, None
 
 
-def _session(path: str | Path, *, threads: int):  # -> onnxruntime.InferenceSession
+def _session(path: str | Path, *, threads: int) -> Any:  # an onnxruntime.InferenceSession (no type information)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -21,25 +21,38 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hwnas.compress.distill import DistillConfig, distill
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
+from hwnas.compress.kdmd import distill
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
-from hwnas.compress.quant import QuantSpec, layer_sensitivity, mixed_bits, quantize_model, quantized_model
+from hwnas.compress.quant import (
+    dequantized_copy,
+    finetune_biases_norms,
+    layer_sensitivity,
+    mixed_bits,
+    quantize_model,
+)
+from hwnas.compress.settings import DistillConfig, QuantSpec
 from hwnas.io import atomic_write_json
-from hwnas.metrics.evaluate import evaluate
+from hwnas.metrics.evaluate import Metric, evaluate
 from hwnas.model import example_inputs, export_onnx
 from hwnas.paths import REPO_ROOT
 from hwnas.space import SubnetConfig
 from hwnas.train.supernet import Supernet
 
+if TYPE_CHECKING:  # hwnas.latency is imported where used
+    from hwnas.latency import Precision
 
-def quality_row(model: Any, cfg: SubnetConfig, *, stage: str, metric: str, n: int, steps: int,
+_METRICS: tuple[Metric, ...] = ("compositional", "fd_ref")
+"""The quality rows of every stage, in `_scores`' order."""
+
+
+def quality_row(model: Any, cfg: SubnetConfig, *, stage: str, metric: Metric, n: int, steps: int,
                 cfg_scale: float, checkpoint: str | Path | None, seed: int = 0) -> dict[str, Any] | None:
     """One `quality_rows` entry, or None where the metric is unavailable (fd_ref weights missing)."""
     try:
-        res = evaluate(model, cfg, metric=metric, n=n, steps=steps, cfg_scale=cfg_scale, seed=seed,  # type: ignore[arg-type]
+        res = evaluate(model, cfg, metric=metric, n=n, steps=steps, cfg_scale=cfg_scale, seed=seed,
                        checkpoint=checkpoint)
     except (ValueError, FileNotFoundError) as exc:
         if metric == "fd_ref":
@@ -60,10 +73,32 @@ def quantize_subdit(model: SubDiT, spec: QuantSpec, *, mixed: bool = False, extr
         sens = layer_sensitivity(dit, spec, lambda m: m(*inputs))
         bits = mixed_bits(dit, spec, sens, extra_bits=extra_bits)
     q = quantize_model(dit, spec, bits=bits)
-    return model.with_dit(quantized_model(dit, q).eval(), quant=q.summary()), q
+    return model.with_dit(dequantized_copy(dit, q).eval(), quant=q.summary()), q
 
 
-def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") -> dict[str, Any]:
+def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, finetune_steps: int = 0,
+                       n: int = 100, steps: int = 28, cfg_scale: float = 4.0, checkpoint: str | Path | None = None,
+                       onnx_out: str | Path | None = None) -> dict[str, Any]:
+    """Quantize `sub` (`quantize_subdit`), optionally fine-tune its biases and norms against the fp32
+    sub-DiT, and score both on the same prompts and noises (compositional accuracy); with `onnx_out`,
+    also export the int4 ONNX model (rtn) and check its parity. Returns the summary `hwnas quantize` prints."""
+    qsub, q = quantize_subdit(sub, spec, mixed=mixed)
+    if finetune_steps:
+        finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
+                              steps=finetune_steps)
+    kw: dict[str, Any] = dict(metric="compositional", n=n, steps=steps, cfg_scale=cfg_scale, checkpoint=checkpoint)
+    before, after = quality_row(sub, sub.cfg, stage="fp32", **kw), quality_row(qsub, sub.cfg, stage="quantized", **kw)
+    assert before is not None and after is not None  # compositional is always available
+    result = {"config_id": sub.cfg.id, "method": spec.method, "group": spec.group, "symmetric": spec.symmetric,
+              "mixed": mixed, "finetune_steps": finetune_steps, **q.summary(), "acc_fp32": before["value"],
+              "acc_quant": after["value"], "source": after["source"], "n": n, "steps": steps, "cfg_scale": cfg_scale}
+    if onnx_out is not None:
+        result["onnx"] = export_int4_onnx(sub.dit, q, onnx_out)
+        result["parity"] = check_parity(onnx_out, qsub.dit)
+    return result
+
+
+def measure_latency(model: SubDiT, *, experiment: str, precision: Precision = "fp32") -> dict[str, Any]:
     """Host LUT prediction vs TVM-measured step latency (ms, batch 1); nulls with reasons. The host
     profile and LUT are the shipped ones (under the hwnas checkout, whatever the working directory)."""
     how: list[str] = []
@@ -73,7 +108,7 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: str = "fp32") 
         from hwnas.latency import load_table, predict_latency_ms
 
         table = load_table("host", experiment, table_dir=tables, profile_dir=profiles)
-        predicted = predict_latency_ms(model.cfg, table, steps=1, precision=precision,  # type: ignore[arg-type]
+        predicted = predict_latency_ms(model.cfg, table, steps=1, precision=precision,
                                        space=model.space).step_ms
         how.append(f"predicted: host LUT latency_tables/host/{experiment}.csv, {precision}, one step")
     except Exception as exc:  # missing table or kernel: say so, never invent a number
@@ -108,14 +143,14 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     save_subdit(sub, out / "subdit")
     few = dc.student_steps
     rows: list[dict[str, Any] | None] = []
-    for metric in ("compositional", "fd_ref"):
+    for metric in _METRICS:
         rows.append(quality_row(sub, cfg, stage=f"teacher {teacher_steps} steps", metric=metric, n=n,
                                 steps=teacher_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
         rows.append(quality_row(sub, cfg, stage=f"student {few} steps (before distillation)", metric=metric, n=n,
                                 steps=few, cfg_scale=1.0, checkpoint=checkpoint))
     student = from_supernet(net, cfg)
     summary = distill(net, student, out=out / "kdmd", dc=dc, resume=resume, progress=progress)
-    for metric in ("compositional", "fd_ref"):
+    for metric in _METRICS:
         rows.append(quality_row(student, cfg, stage=f"K-DMD {few} steps", metric=metric, n=n, steps=few,
                                 cfg_scale=1.0, checkpoint=checkpoint))
     before = _scores(rows, f"student {few} steps (before distillation)")
@@ -126,7 +161,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
            f"at {few} steps CFG 1 (compositional, then fd_ref): K-DMD {after[0]:.3f} / {-after[1]:.1f}, "
            f"undistilled {before[0]:.3f} / {-before[1]:.1f}")
     quant_model, q = quantize_subdit(shipped, spec, mixed=mixed)
-    for metric in ("compositional", "fd_ref"):
+    for metric in _METRICS:
         rows.append(quality_row(quant_model, cfg, stage=f"{name} {few} steps + int4", metric=metric, n=n, steps=few,
                                 cfg_scale=1.0, checkpoint=checkpoint))
     int4 = export_int4_onnx(shipped.dit, q, out / "int4.onnx")

@@ -19,7 +19,7 @@ layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to
 average bits rise by `mixed_extra_bits`. Everything else (biases, norms, adaLN tables, any other
 conv) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
 
-PyTorch quality uses the dequantized weights from the packed codes (`quantized_model`), which
+PyTorch quality uses the dequantized weights from the packed codes (`dequantized_copy`), which
 are the weights the int4 ONNX model (`hwnas.compress.onnx_int4`) runs.
 """
 
@@ -29,35 +29,17 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TypeAlias, TypeGuard, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-Method = Literal["rtn", "kmeans"]
-Bits = Literal[4, 8]
+from hwnas.compress.settings import Bits, QuantSpec
 
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
-    palette (kmeans; None = one palette per tensor)."""
-
-    method: Method = "rtn"
-    bits: Bits = 4
-    group: int | None = 32
-    symmetric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in ("rtn", "kmeans"):
-            raise ValueError(f"method must be 'rtn' or 'kmeans', got {self.method!r}")
-        if self.bits not in (4, 8):
-            raise ValueError(f"bits must be 4 or 8, got {self.bits!r}")
-        if self.method == "rtn" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
-            raise ValueError(f"rtn needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
-        if self.group is not None and self.group < 1:
-            raise ValueError(f"group must be positive, got {self.group!r}")
+WeightLayer: TypeAlias = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
+"""What `weight_layers` picks (a conv only with its kernel equal to its stride)."""
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass
@@ -110,9 +92,11 @@ class PackedWeight:
             q = q.reshape(n, blocks, self.block)
             zp = (self.zero_points.astype(np.float32) if self.zero_points is not None
                   else np.full((n, blocks), 2 ** (self.spec.bits - 1), np.float32))
+            assert self.scales is not None  # rtn always stores scales
             w = (q - zp[..., None]) * self.scales.astype(np.float32)[..., None]  # (N, blocks, block)
             return torch.from_numpy(w.reshape(n, -1)[:, :k].copy())
         rows_per = n if self.spec.group is None else self.spec.group
+        assert self.palette is not None  # kmeans always stores a palette
         pal = self.palette.astype(np.float32)[np.arange(n) // rows_per]  # (N, levels)
         return torch.from_numpy(np.take_along_axis(pal, q.astype(np.int64), axis=1))
 
@@ -169,8 +153,8 @@ def quantize_rtn(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         zp = torch.round(-lo / scale).clamp(0, levels - 1)
     q = torch.round(g / scale[..., None]) + zp[..., None]
-    q = q.clamp(0, levels - 1).to(torch.uint8).numpy()  # (N, blocks, bs); padding -> zp (exact 0)
-    return PackedWeight(spec=spec, shape=(n, k), block=bs, codes=pack(q, spec.bits),
+    codes = q.clamp(0, levels - 1).to(torch.uint8).numpy()  # (N, blocks, bs); padding -> zp (exact 0)
+    return PackedWeight(spec=spec, shape=(n, k), block=bs, codes=pack(codes, spec.bits),
                         scales=scale.numpy().astype(np.float16),
                         zero_points=None if spec.symmetric else zp.numpy().astype(np.uint8))
 
@@ -226,10 +210,10 @@ def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
     return quantize_rtn(w, spec) if spec.method == "rtn" else quantize_kmeans(w, spec)
 
 
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
     """The quantization targets by module name: every `nn.Linear`, and every `nn.Conv2d` /
     `nn.ConvTranspose2d` with a square kernel equal to its stride, no padding, one group."""
-    def patch_conv(m: nn.Module) -> bool:
+    def patch_conv(m: nn.Module) -> TypeGuard[nn.Conv2d | nn.ConvTranspose2d]:
         return (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.kernel_size[0] == m.kernel_size[1]
                 and tuple(m.kernel_size) == tuple(m.stride) and tuple(m.padding) == (0, 0)
                 and tuple(m.dilation) == (1, 1) and m.groups == 1
@@ -237,7 +221,7 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) or patch_conv(m)}
 
 
-def matmul_weight(m: nn.Module) -> torch.Tensor:
+def matmul_weight(m: WeightLayer) -> torch.Tensor:
     """The `(N, K)` matrix `m` multiplies by. Conv2d `(O, C, p, p)`: K in (p, p, C) order, the
     channel order of ONNX `SpaceToDepth`; ConvTranspose2d `(C, O, p, p)`: N in (p, p, O) order,
     the input order of `DepthToSpace` (DCR)."""
@@ -250,7 +234,7 @@ def matmul_weight(m: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def set_matmul_weight(m: nn.Module, w2d: torch.Tensor) -> None:
+def set_matmul_weight(m: WeightLayer, w2d: torch.Tensor) -> None:
     """Inverse of `matmul_weight`: write the `(N, K)` matrix back into `m.weight`."""
     w = m.weight
     if isinstance(m, nn.Conv2d):
@@ -271,9 +255,9 @@ class QuantizedModel:
     bytes_fp16: int
     avg_bits: float
     avg_bits_all: float
-    bits: dict[str, int]
+    bits: dict[str, Bits]
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, float | int | list[str]]:
         return {"avg_bits": round(self.avg_bits, 4), "avg_bits_all": round(self.avg_bits_all, 4),
                 "bytes": self.bytes, "bytes_fp16": self.bytes_fp16,
                 "compression_vs_fp16": round(self.bytes_fp16 / self.bytes, 3),
@@ -281,7 +265,7 @@ class QuantizedModel:
                 "layers": len(self.packed)}
 
 
-def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | None = None) -> QuantizedModel:
+def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, Bits] | None = None) -> QuantizedModel:
     """Quantize every weight layer of `model` (`weight_layers`) with `spec` (bits per layer from
     `bits` where given).
 
@@ -290,7 +274,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | 
     """
     layers = weight_layers(model)
     chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
-    packed = {name: quantize_weight(matmul_weight(m), QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))  # type: ignore[arg-type]
+    packed = {name: quantize_weight(matmul_weight(m), QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))
               for name, m in layers.items()}
     weight_ids = {id(m.weight) for m in layers.values()}
     total = sum(p.numel() for p in model.parameters())
@@ -303,7 +287,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, int] | 
 
 
 @torch.no_grad()
-def quantized_model(model: nn.Module, q: QuantizedModel) -> nn.Module:
+def dequantized_copy(model: _M, q: QuantizedModel) -> _M:
     """A copy of `model` whose weight layers hold the dequantized packed weights and whose other
     parameters are rounded to fp16 (as stored), in fp32 for PyTorch."""
     out = copy.deepcopy(model)
@@ -331,13 +315,13 @@ def layer_sensitivity(model: nn.Module, spec: QuantSpec, output: OutputFn) -> di
 
 
 def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float], *,
-               extra_bits: float = 0.3) -> dict[str, int]:
+               extra_bits: float = 0.3) -> dict[str, Bits]:
     """4 bits everywhere, then 8 bits for the layers with the highest sensitivity per added bit
     while the average over the quantized weights rises by at most `extra_bits` (SnapGen++: 4 -> 4.3)."""
     layers = weight_layers(model)
     params = {n: m.weight.numel() for n, m in layers.items()}
     total = sum(params.values())
-    bits = {n: 4 for n in layers}
+    bits: dict[str, Bits] = {n: 4 for n in layers}
     cost4 = {n: quantize_weight(matmul_weight(m), spec).nbytes for n, m in layers.items()}
     spec8 = QuantSpec(spec.method, 8, spec.group, spec.symmetric)
     cost8 = {n: quantize_weight(matmul_weight(m), spec8).nbytes for n, m in layers.items()}
@@ -351,7 +335,7 @@ def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float],
     return bits
 
 
-def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Callable[[int], tuple], *,
+def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Callable[[int], tuple[torch.Tensor, ...]], *,
                           steps: int = 100, lr: float = 1e-4) -> list[float]:
     """Self-distillation after quantization (SnapGen++): train only biases, norm affines and
     adaLN tables of the dequantized `student` to match the fp32 `teacher`'s output on

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+import torch
+from torch.utils.data import Subset
 
 from hwnas.data.digits import DigitsDataset, digit_caption
 from hwnas.data.folder import FolderDataset, load_image
@@ -50,15 +51,15 @@ _FOLDER_VAL_FRACTION = 0.1
 
 
 def make_dataset(
-    name: DatasetName,
+    name: str,
     *,
     split: Split = "train",
     resolution: int = 32,
     size: int | None = None,
     seed: int = 0,
     root: str | Path | None = None,
-) -> Dataset:
-    """A dataset by name, with exactly `size` items when given.
+) -> ShapesDataset | Subset[tuple[torch.Tensor, str]]:
+    """A dataset by name (one of `DATASETS`; ValueError otherwise), with exactly `size` items when given.
 
     shapes: `ShapesDataset(split, resolution, size=size, seed=seed)` (size defaults to 10,000).
     digits / folder: the split's images in a seeded order, repeated if `size` exceeds them (all of
@@ -70,7 +71,7 @@ def make_dataset(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name == "digits":
-        base: Dataset = DigitsDataset("train" if split == "train" else "val", resolution)
+        base: DigitsDataset | FolderDataset = DigitsDataset("train" if split == "train" else "val", resolution)
         keep = np.arange(len(base))
     elif name == "folder":
         if root is None:

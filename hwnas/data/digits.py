@@ -23,7 +23,7 @@ def digit_caption(label: int) -> str:
     return f"a handwritten {DIGIT_WORDS[label]}"
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(Dataset[tuple[torch.Tensor, str]]):
     """Handwritten digits, white ink on black, resized bilinearly from 8x8 to `resolution`.
 
     The split is a fixed permutation (`split_seed`) of the 1,797 images: the first `val_fraction`

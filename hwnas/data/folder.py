@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-class FolderDataset(Dataset):
+class FolderDataset(Dataset[tuple[torch.Tensor, str]]):
     """Images with sidecar captions, sorted by file name (subdirectories are not searched).
 
     Every image's caption is read up front (ValueError naming the image without one); an image is
@@ -67,6 +67,6 @@ def load_image(path: str | Path, resolution: int) -> np.ndarray:
             im = im.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - resolution) // 2, (nh - resolution) // 2
             im = im.crop((left, top, left + resolution, top + resolution))
-            return np.asarray(im, dtype=np.uint8).copy()
+            return np.array(im, dtype=np.uint8)  # a copy: the file closes on return
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {str(path)!r}: {exc}") from None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ Color = Literal["red", "yellow", "green", "cyan", "blue", "magenta"]
 Category = Literal["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 Relation = Literal["left of", "right of", "above", "below"]
 Split = Literal["train", "val", "heldout"]
+_W = TypeVar("_W", bound=str)
 
 SHAPES: tuple[Shape, ...] = get_args(Shape)
 COLORS: tuple[Color, ...] = get_args(Color)
@@ -195,7 +196,7 @@ def _parse_words(words: list[str]) -> PromptSpec:
         count, color, plural = words
         if not plural.endswith("s"):
             raise ValueError(plural)
-        return PromptSpec("counting", (ObjectSpec(plural[:-1], color, numbers[count]),))
+        return PromptSpec("counting", (ObjectSpec(_word(plural[:-1], SHAPES), _word(color, COLORS), numbers[count]),))
     for i in range(1, len(words)):
         for rel in RELATIONS:
             if words[i : i + len(rel.split())] == rel.split():
@@ -214,7 +215,12 @@ def _parse_words(words: list[str]) -> PromptSpec:
 def _parse_noun(words: list[str]) -> ObjectSpec:
     if words[0] != "a" or len(words) not in (2, 3):
         raise ValueError(words)
-    return ObjectSpec(words[-1], words[1] if len(words) == 3 else None)
+    return ObjectSpec(_word(words[-1], SHAPES), _word(words[1], COLORS) if len(words) == 3 else None)
+
+
+def _word(word: str, choices: tuple[_W, ...]) -> _W:
+    """`word` as one of `choices` (a Literal's values); ValueError if it is none of them."""
+    return choices[choices.index(word)]
 
 
 @functools.cache
@@ -281,8 +287,8 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:
     """A random valid layout of a prompt: objects inside the image, boxes at least `_GAP` apart,
     free colors drawn uniformly, and for `position` the relation clearly true (centre offset >=
     `_REL_MIN` along its axis, at most `_REL_PERP` times that across it)."""
-    items = [(o.shape, o.color) for o in spec.objects for _ in range(o.count)]
-    items = [(s, c if c is not None else COLORS[rng.integers(len(COLORS))]) for s, c in items]
+    wanted = [(o.shape, o.color) for o in spec.objects for _ in range(o.count)]
+    items = [(s, c if c is not None else COLORS[rng.integers(len(COLORS))]) for s, c in wanted]
     s_max = SIZE_RANGE[1] if len(items) <= 2 else _SIZE_MAX_CROWDED
     for _ in range(10_000):
         sizes = rng.uniform(SIZE_RANGE[0], s_max, size=len(items))
@@ -309,7 +315,7 @@ def _layout_ok(centers: np.ndarray, sizes: np.ndarray, relation: Relation | None
     d = centers[1] - centers[0]  # from the first object to the second, (dx, dy)
     along, across = {"left of": (d[0], d[1]), "right of": (-d[0], d[1]),
                      "above": (d[1], d[0]), "below": (-d[1], d[0])}[relation]  # fmt: skip
-    return along >= _REL_MIN and abs(across) <= _REL_PERP * along
+    return bool(along >= _REL_MIN and abs(across) <= _REL_PERP * along)
 
 
 def render(
@@ -358,7 +364,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(Dataset[tuple[torch.Tensor, str]]):
     """`size` seeded shapes scenes of one prompt split. Item i draws a category uniformly (among
     those the split has), then a prompt of it uniformly, then a layout, all from
     `numpy.random.default_rng([seed, i])`: items are independent of order and worker.

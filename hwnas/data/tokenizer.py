@@ -11,7 +11,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class Tokenizer:
     """`vocab`: the words, id = position + 3. Build with `from_texts`, persist with `save`/`load`."""
 
     vocab: tuple[str, ...]
+    _ids: dict[str, int] = field(init=False, repr=False, compare=False)  # word -> id, set by __post_init__
 
     def __post_init__(self) -> None:
         dup = sorted(w for w, n in Counter(self.vocab).items() if n > 1)
@@ -68,7 +69,7 @@ class Tokenizer:
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
         out = torch.full((len(texts), max_len), PAD_ID, dtype=torch.long)
         for row, text in enumerate(texts):
-            ids = [BOS_ID] + [self._ids.get(w, UNK_ID) for w in words(text)]  # type: ignore[attr-defined]
+            ids = [BOS_ID] + [self._ids.get(w, UNK_ID) for w in words(text)]
             out[row, : min(len(ids), max_len)] = torch.tensor(ids[:max_len])
         return out
 

@@ -22,6 +22,7 @@ rerun resumes it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import multiprocessing
 import os
 import sys
@@ -213,10 +214,11 @@ def build_measured_table(profile: DeviceProfile, space: SearchSpace, *, experime
                     written = write()
                     bar.set_postfix_str("")
                 else:
+                    assert tracker is not None and remote_key is not None  # a session is only made with both
                     for key, where in batch:
                         entries[key], remote = _time_remote_retrying(
                             remote, key, where, space=space, stop=stop, warmup=warmup, retries=retries,
-                            tracker=tracker, remote_key=remote_key, saved=len(entries))  # type: ignore[arg-type]
+                            tracker=tracker, remote_key=remote_key, saved=len(entries))
                         measured += 1
                         written = write()
                         bar.update(1)
@@ -325,9 +327,14 @@ def _time_local(batch: Sequence[tuple[KernelKey, CompiledKernel]], *, space: Sea
         for (key, func), (_, inputs) in zip(items, lib_calls):
             ev = vm.time_evaluator(func, tvm.cpu(), number=1, repeat=stop.per_round,
                                    min_repeat_ms=int(round(stop.min_repeat_ms)))
-            out[key] = time_evaluated(lambda ev=ev, inputs=inputs: list(ev(*inputs).results), stop)
+            out[key] = time_evaluated(functools.partial(_evaluate, ev, inputs), stop)
     out.update(zip(keys, time_rounds(calls, stop)))
     return out
+
+
+def _evaluate(evaluator: Any, inputs: Sequence[Any]) -> list[float]:
+    """One round of a `time_evaluator`: seconds per repeat."""
+    return [float(s) for s in evaluator(*inputs).results]
 
 
 class _Remote:

@@ -37,18 +37,21 @@ from hwnas.latency.estimate import (
     PARAM_NAMES,
     PRIOR_LOG_SD,
     EstimatorParams,
+    borrow_params,
     build_estimated_table,
     kernel_terms,
+    params_from_meta,
     prior_params,
 )
 from hwnas.latency.interval import ErrorModel, calibrated_error
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
-from hwnas.latency.primitives import COST_KINDS
+from hwnas.latency.primitives import COST_KINDS, AttentionLowering
 from hwnas.latency.profile import DeviceProfile
 from hwnas.latency.table import LatencyTable
-from hwnas.space import SearchSpace, SubnetConfig
+from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 Per = Literal["step", "image"]
+_PERS: tuple[Per, ...] = get_args(Per)
 COLUMNS_REQUIRED: tuple[str, ...] = ("config", "ms", "per")
 COLUMNS_OPTIONAL: tuple[str, ...] = ("steps", "precision", "runtime", "note")
 MEASUREMENT_LOG_SD = 0.05
@@ -73,22 +76,6 @@ class Measurement:
     runtime: str = ""
     note: str = ""
     line: int = 0
-
-
-def _resolve(text: str, space: SearchSpace) -> SubnetConfig:
-    text = text.strip()
-    if text.startswith("{"):
-        cfg = SubnetConfig.from_json(text)
-        space.validate(cfg)
-        return cfg
-    known = {**space.presets(), "smallest": space.smallest(), "largest": space.largest()}
-    if text in known:
-        return known[text]
-    by_id = {c.id: c for c in known.values()}
-    if text in by_id:
-        return by_id[text]
-    raise ValueError(f"unknown config {text!r}: not a preset ({', '.join(space.presets())}), smallest, largest, "
-                     f"the id of one of those, nor config JSON")
 
 
 def read_measurements(path: str | Path, *, space: SearchSpace, profile: DeviceProfile) -> list[Measurement]:
@@ -126,7 +113,7 @@ def read_measurements(path: str | Path, *, space: SearchSpace, profile: DevicePr
 
 
 def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProfile, line: int) -> Measurement:
-    cfg = _resolve(row["config"], space)
+    cfg = resolve_config(space, row["config"])
     try:
         ms = float(row["ms"])
     except ValueError:
@@ -134,8 +121,8 @@ def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProf
     if not math.isfinite(ms) or ms <= 0:
         raise ValueError(f"ms must be a positive number of milliseconds, got {row['ms']!r}")
     per = row["per"]
-    if per not in get_args(Per):
-        raise ValueError(f"per must be one of {', '.join(get_args(Per))}, got {per!r}")
+    if per not in _PERS:
+        raise ValueError(f"per must be one of {', '.join(_PERS)}, got {per!r}")
     steps = None
     if row.get("steps"):
         try:
@@ -150,8 +137,7 @@ def _measurement(row: dict[str, str], *, space: SearchSpace, profile: DeviceProf
     if precision not in PRECISIONS or precision not in profile.peak_gflops:
         raise ValueError(f"precision must be one the {profile.name} profile has ({', '.join(profile.precisions)}), "
                          f"got {precision!r}")
-    return Measurement(cfg, ms, per, steps, precision, row.get("runtime", ""), row.get("note", ""),  # type: ignore[arg-type]
-                       line)
+    return Measurement(cfg, ms, per, steps, precision, row.get("runtime", ""), row.get("note", ""), line)
 
 
 def measured_step_ms(m: Measurement, profile: DeviceProfile, space: SearchSpace) -> float:
@@ -162,7 +148,8 @@ def measured_step_ms(m: Measurement, profile: DeviceProfile, space: SearchSpace)
     vae = profile.vae_decoder.latency_ms.require(f"{profile.name}: pipeline.vae_decoder.latency_ms")
     if profile.vae_decoder.resolution:
         vae *= (space.resolution / profile.vae_decoder.resolution) ** 2
-    step = (m.ms - text - vae) / m.steps  # type: ignore[operator]
+    assert m.steps is not None  # `_measurement` requires steps for a per-image time
+    step = (m.ms - text - vae) / m.steps
     if step <= 0:
         raise MeasurementError(f"line {m.line}: {m.ms:g} ms per image is less than the profile's text encoder and "
                                f"VAE decoder ({text + vae:g} ms); is it per step?")
@@ -173,12 +160,12 @@ class _Design:
     """The primitives of each measured sub-DiT as arrays, to evaluate and differentiate the model fast."""
 
     def __init__(self, profile: DeviceProfile, space: SearchSpace, measurements: list[Measurement],
-                 attention: str) -> None:
+                 attention: AttentionLowering) -> None:
         self.rows: list[dict[str, np.ndarray]] = []
         for m in measurements:
             per_kind: dict[str, list[tuple[float, float, float]]] = {k: [] for k in COST_KINDS}
             for key, count in kernel_counts(m.config, space, precision=m.precision):
-                for kind, c, b in kernel_terms(key, profile, attention):  # type: ignore[arg-type]
+                for kind, c, b in kernel_terms(key, profile, attention):
                     per_kind[kind].append((count, c, b))
             self.rows.append({k: np.array(v, dtype=float).reshape(-1, 3) for k, v in per_kind.items()})
 
@@ -214,8 +201,9 @@ def _fit(design: _Design, y: np.ndarray, prior: np.ndarray, prior_sd: np.ndarray
         return np.vstack([top, np.diag(1 / prior_sd)])
 
     if not rows:
-        return prior.copy()
-    return least_squares(residuals, prior.copy(), jac=jacobian, method="trf", x_scale="jac").x
+        return np.copy(prior)
+    fit = least_squares(residuals, prior.copy(), jac=jacobian, method="trf", x_scale="jac")  # scipy has no types
+    return np.asarray(fit.x)
 
 
 @dataclass(frozen=True)
@@ -266,6 +254,7 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
     for i in everything:
         f_i, _ = design.predict(_fit(design, y, theta0, sd, [j for j in everything if j != i]))
         loo.append(float(y[i] - math.log(f_i[i])))
+    rows: list[dict[str, Any]]
     rows = [{"line": m.line, "config_id": m.config.id, "describe": m.config.describe(), "precision": m.precision,
              "runtime": m.runtime, "note": m.note, "measured_step_ms": round(math.exp(yi), 4),
              "prior_step_ms": round(float(p0), 4), "fitted_step_ms": round(float(fi), 4),
@@ -309,3 +298,39 @@ def calibrated_table(profile: DeviceProfile, space: SearchSpace, measurements_pa
     table = build_estimated_table(profile, space, fit.params, experiment_path=experiment_path, date=date)
     record = fit.record(file=Path(measurements_path).as_posix(), sha256=sha, date=date)
     return replace(table, meta=replace(table.meta, calibration_fit=record)), fit
+
+
+def estimated_table(profile: DeviceProfile, space: SearchSpace, *, experiment_path: str,
+                    precisions: tuple[Precision, ...] = (), donor: LatencyTable | None = None) -> LatencyTable:
+    """`profile`'s roofline-estimated table at `precisions` (default: every precision it has a peak
+    for), from its priors, or from `donor`'s calibrated parameters where given (an assumption: the two
+    devices are alike). Writes nothing."""
+    missing = [p for p in precisions if p not in profile.peak_gflops]
+    if missing:
+        raise ValueError(f"device {profile.name!r} has no peak for precision {missing[0]!r} "
+                         f"(it has {list(profile.precisions)})")
+    params = prior_params(profile)
+    if donor is not None:
+        if donor.meta.source != "estimated":
+            raise ValueError(f"the {donor.meta.device}/{donor.meta.experiment} table is {donor.meta.source}; "
+                             "--prior-from needs an estimated (ideally calibrated) table")
+        params = borrow_params(profile, params_from_meta(donor.meta), donor_name=donor.meta.device)
+    return build_estimated_table(profile, space, params, experiment_path=experiment_path,
+                                 precisions=precisions or None)
+
+
+def calibration_lines(table: LatencyTable, fit: Calibration) -> list[str]:
+    """What `hwnas lut calibrate` prints: one line per measurement (measured, prior, fitted, residual,
+    left-out residual), the leave-one-out error, the fit's note and the interval it gives."""
+    lines = [f"line {r['line']:>3}  {r['describe']:<44s} measured {r['measured_step_ms']:>10,.2f}  prior "
+             f"{r['prior_step_ms']:>10,.2f}  fitted {r['fitted_step_ms']:>10,.2f} ms/step  "
+             f"({r['residual_pct']:+.1f}%; left out {r['loo_residual_pct']:+.1f}%)" for r in fit.rows]
+    k = len(fit.rows)
+    lines.append(f"leave-one-out error: MAPE {fit.loo_mape_pct:.1f}%, max {fit.loo_max_pct:.1f}% over {k} "
+                 f"measurement{'s' if k != 1 else ''}"
+                 + (" (with one row: the uncalibrated prior's error)" if k == 1 else ""))
+    if fit.note:
+        lines.append(f"note: {fit.note}")
+    lines.append(f"interval: {table.error_model.describe(0.9)}")
+    return lines
+

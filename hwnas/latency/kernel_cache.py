@@ -37,7 +37,7 @@ from torch import nn
 from hwnas.io import atomic_write_json, sha256_bytes
 from hwnas.latency.kernels import KernelKey, key_to_row
 from hwnas.latency.table import KERNEL_CODE_FILES, code_hash, tvm_version
-from hwnas.space import SearchSpace
+from hwnas.space import STAGES, SearchSpace
 
 MEASURED_CODE_FILES: tuple[str, ...] = (
     *KERNEL_CODE_FILES, "latency/blocks.py", "latency/bench.py", "model/static.py", "model/attention.py",
@@ -66,11 +66,11 @@ class CompiledKernel:
 
 def kernel_digest(key: KernelKey, space: SearchSpace, *, target: Mapping[str, Any], threads: int) -> str:
     """SHA-256 (hex) of what the kernel's compiled code depends on (see the module docstring)."""
-    stage = key.kind.removesuffix("_block") if key.op.is_block else None
+    stage = next((s for s in STAGES if key.kind == f"{s}_block"), None)
     data = {
         "format": _FORMAT, "key": key_to_row(key),
         "model": {name: getattr(space, name) for name in _MODEL_FIELDS},
-        "stage": asdict(space.stages[stage]) if stage else None,  # type: ignore[index]
+        "stage": asdict(space.stages[stage]) if stage else None,
         "target": dict(target), "threads": threads, "tvm": tvm_version(), "code": code_hash(COMPILE_CODE_FILES),
     }
     return sha256_bytes(json.dumps(data, sort_keys=True, default=list).encode())

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from hwnas.latency.interval import ErrorModel, LatencyInterval, check_confidence
 from hwnas.latency.kernels import KernelKey, Precision, kernel_counts
-from hwnas.latency.table import LatencyTable, TableSource, label_source
+from hwnas.latency.table import LatencyTable, Source, TableSource, label_source
 from hwnas.space import SearchSpace, SubnetConfig
 
 Guidance = Literal["distilled", "cfg", "none"]
@@ -94,6 +94,44 @@ class LatencyPrediction:
         """Probability that one image takes at most `budget_ms`."""
         return self._error().prob_below((budget_ms - self._fixed_ms) / self.denoiser_ms)
 
+    def report(self, confidence: float) -> dict[str, Any]:
+        """The prediction as `hwnas predict --json` prints it: totals, the `confidence` interval, the
+        error model it comes from, the breakdown by pipeline part and kernel kind, the provenance."""
+        iv, err = self.interval(confidence), self._error()
+        return {
+            "latency_ms": round(self.total_ms, 3), "step_ms": round(self.step_ms, 3), "steps": self.steps,
+            "guidance": self.guidance, "passes_per_step": self.passes, "confidence": confidence,
+            "step_ms_lo": round(iv.step_ms_lo, 3), "step_ms_hi": round(iv.step_ms_hi, 3),
+            "latency_ms_lo": round(iv.latency_ms_lo, 3), "latency_ms_hi": round(iv.latency_ms_hi, 3),
+            "interval": {"kind": err.kind, "n": err.n, "log_bias": err.log_bias, "log_sd": err.log_sd,
+                         "dof": err.dof, "source": err.source},
+            "breakdown": {
+                "denoiser_ms": round(self.denoiser_ms, 3),
+                "denoiser_step_ms_by_kind": {k: round(v, 3) for k, v in self.step_ms_by_kind.items()},
+                "text_encoder_ms": round(self.text_encoder_ms, 3), "vae_decoder_ms": round(self.vae_decoder_ms, 3),
+            },
+            "source": self.source_label, "provenance": self.provenance, "corrected": self.corrected,
+            "device": self.device, "precision": self.precision, "experiment": self.experiment,
+            "config_id": self.config_id,
+        }
+
+    def lines(self, confidence: float, *, describe: str, device_description: str) -> list[str]:
+        """The prediction as `hwnas predict` prints it; `describe` names the sub-DiT."""
+        iv = self.interval(confidence)
+        return [
+            f"device       {self.device}  ({device_description})",
+            f"sub-DiT      {describe}  id {self.config_id}, {self.precision}, {self.steps} steps",
+            f"latency      {self.total_ms:,.1f} ms  ({self.source_label}); {confidence:.0%} interval "
+            f"{iv.latency_ms_lo:,.1f}..{iv.latency_ms_hi:,.1f} ms",
+            f"  denoiser   {self.steps} x {self.passes} x {self.step_ms:,.1f} ms = {self.denoiser_ms:,.1f} ms"
+            f"  (guidance {self.guidance})" + ("  (corrected)" if self.corrected else ""),
+            f"  text enc   {self.text_encoder_ms:,.1f} ms",
+            f"  VAE dec    {self.vae_decoder_ms:,.1f} ms",
+            *(f"    {kind:12s} {ms:>10,.2f} ms/step" for kind, ms in self.step_ms_by_kind.items()),
+            f"source       {self.provenance}",
+            f"interval     {self._error().describe(confidence)}",
+        ]
+
 
 def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, precision: Precision,
                        space: SearchSpace, correct: bool = False,
@@ -114,7 +152,7 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
         raise ValueError(f"the table is for experiment {table.meta.experiment!r}, the space is {space.name!r}")
     medians = table._median_ms
     by_kind: dict[str, float] = {}
-    sources: set[str] = set()
+    sources: set[Source] = set()
     for key, count in kernel_counts(cfg, space, precision=precision):
         entry = medians.get(key)
         if entry is None:
@@ -131,7 +169,7 @@ def predict_latency_ms(cfg: SubnetConfig, table: LatencyTable, *, steps: int, pr
     vae_ms = vae.latency_ms.require(f"{table.device}: pipeline.vae_decoder.latency_ms")
     if vae.resolution and vae.resolution != space.resolution:
         vae_ms *= (space.resolution / vae.resolution) ** 2
-    source: TableSource = sources.pop() if len(sources) == 1 else "mixed"  # type: ignore[assignment]
+    source: TableSource = sources.pop() if len(sources) == 1 else "mixed"
     provenance = table._memo.get(source)
     if provenance is None:
         provenance = table._memo[source] = _provenance(table, source, text_ms=text_ms)

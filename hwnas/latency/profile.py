@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,6 +33,7 @@ from hwnas.latency.kernels import PRECISIONS, Precision
 from hwnas.latency.primitives import ATTENTION_LOWERINGS, AttentionLowering
 
 DeviceKind = Literal["cpu", "gpu", "npu"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
 SOURCE_KINDS: tuple[str, ...] = ("datasheet", "paper", "measured", "derived", "assumed", "TODO")
 DEFAULT_PROFILE_DIR = Path("device_profiles")
 NATIVE_CPU = "native"
@@ -104,6 +105,8 @@ class DeviceProfile:
     attention: Lowering = DEFAULT_LOWERING
     runtime: str = ""
     """The runtime the device's figures and calibration come from (e.g. "Core ML"); "" where unstated."""
+    ram_gib: Figure | None = None
+    """Installed DRAM in GiB (2**30 bytes), where the profile gives it (`[ram]`): a sanity bound on memory."""
     path: Path | None = field(default=None, compare=False)
     native_cpu: bool = False
 
@@ -148,7 +151,10 @@ def load_profile(name_or_path: str | Path, *, profile_dir: str | Path = DEFAULT_
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, expected: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _get(table: dict[str, Any], key: str, kind: type[_T] | tuple[type[_T], ...], where: str, expected: str) -> _T:
     if key not in table:
         raise ValueError(f"missing field {where}{key} (expected {expected})")
     value = table[key]
@@ -200,7 +206,8 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
 
 
 _KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"device", "tvm", "peak", "memory", "pipeline", "runtime"}),
+    "": frozenset({"device", "tvm", "peak", "memory", "ram", "pipeline", "runtime"}),
+    "ram": frozenset({"gib", "source"}),
     "runtime": frozenset({"name", "attention", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
@@ -214,7 +221,7 @@ _KEYS: dict[str, frozenset[str]] = {
 
 
 def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
-    for where in ("", "device", "tvm", "memory", "pipeline", "runtime"):
+    for where in ("", "device", "tvm", "memory", "ram", "pipeline", "runtime"):
         table = raw.get(where) if where else raw
         if isinstance(table, dict):
             check_keys(table, _KEYS[where], where=where)
@@ -222,9 +229,9 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
     name = check_name(_get(dev, "name", str, "device.", "a string"), what="field device.name")
     if name != path.stem:
         raise ValueError(f"field device.name must equal the file name {path.stem!r}, got {name!r}")
-    kind = _get(dev, "kind", str, "device.", f"one of {get_args(DeviceKind)}")
-    if kind not in get_args(DeviceKind):
-        raise ValueError(f"field device.kind must be one of {get_args(DeviceKind)}, got {kind!r}")
+    kind = _get(dev, "kind", str, "device.", f"one of {DEVICE_KINDS}")
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"field device.kind must be one of {DEVICE_KINDS}, got {kind!r}")
     threads = _get(dev, "threads", int, "device.", "a positive integer")
     if threads < 1:
         raise ValueError(f"field device.threads must be a positive integer, got {threads!r}")
@@ -254,7 +261,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         if not isinstance(table, dict):
             raise ValueError(f"[peak.{prec}] must be a table with gflops and source, got {table!r}")
         check_keys(table, _KEYS["peak.*"], where=f"peak.{prec}")
-        peaks[prec] = _figure(table, "gflops", f"peak.{prec}.", unit="GFLOP/s")  # type: ignore[index]
+        peaks[prec] = _figure(table, "gflops", f"peak.{prec}.", unit="GFLOP/s")
     if precision not in peaks:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
                          f"peaks given for {sorted(peaks)}")
@@ -267,14 +274,15 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         if lowering not in ATTENTION_LOWERINGS:
             raise ValueError(f"field runtime.attention must be one of {', '.join(ATTENTION_LOWERINGS)}, "
                              f"got {lowering!r}")
-        attention = Lowering(lowering, _source(rt, "runtime."))  # type: ignore[arg-type]
+        attention = Lowering(lowering, _source(rt, "runtime."))
+    ram = _figure(_section(raw, "ram"), "gib", "ram.", unit="GiB") if "ram" in raw else None
     return DeviceProfile(
         name=name,
         description=_get(dev, "description", str, "device.", "a string"),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         local=local,
         threads=threads,
-        default_precision=precision,  # type: ignore[arg-type]
+        default_precision=precision,
         target=target,
         rpc_key=rpc_key,
         peak_gflops=peaks,
@@ -283,6 +291,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
         attention=attention,
         runtime=runtime,
+        ram_gib=ram,
         path=path,
         native_cpu=native_cpu,
     )
@@ -339,8 +348,8 @@ def scaffold_profile(name: str, *, target: dict[str, Any], description: str = ""
                      kind: DeviceKind = "cpu") -> str:
     """TOML text of a new profile with every field; numbers are 0 with TODO sources."""
     check_name(name, what="a device name")
-    if kind not in get_args(DeviceKind):
-        raise ValueError(f"kind must be one of {get_args(DeviceKind)}, got {kind!r}")
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"kind must be one of {DEVICE_KINDS}, got {kind!r}")
     target_toml = ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in target.items())
     peaks = "\n".join(
         f"[peak.{p}]\ngflops = 0.0\nsource = \"TODO: datasheet/paper/measured/derived/assumed: how\"\n"

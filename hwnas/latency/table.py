@@ -28,12 +28,13 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import hwnas
 from hwnas._keys import check_name
 from hwnas.io import atomic_write_text, sha256_bytes
-from hwnas.latency.interval import ErrorModel, prior_error
+from hwnas.latency.interval import ErrorModel as ErrorModel  # re-exported: latency/estimate.py imports it from here
+from hwnas.latency.interval import prior_error as prior_error  # re-exported, as ErrorModel
 from hwnas.latency.kernels import KEY_COLUMNS, KernelKey, Precision, key_from_row, key_to_row
 from hwnas.latency.profile import (
     DEFAULT_PROFILE_DIR,
@@ -200,7 +201,7 @@ class LatencyTable:
     @property
     def source(self) -> TableSource:
         kinds = {t.source for t in self.entries.values()}
-        return kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[return-value]
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     @property
     def error_model(self) -> ErrorModel:
@@ -334,7 +335,7 @@ def read_table(csv_path: str | Path, meta_path: str | Path, *, text_encoder: Pip
             try:
                 key = key_from_row(row)
                 timing = Timing(float(row["median_ms"]), float(row["p10_ms"]), float(row["p90_ms"]),
-                                float(row["cv"]), int(row["n"]), row["source"])  # type: ignore[arg-type]
+                                float(row["cv"]), int(row["n"]), cast(Source, row["source"]))  # Timing checks it
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"line {line}: {exc}") from None
             if key in entries:

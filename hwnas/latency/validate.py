@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,7 @@ def _measure_all(cfgs: Sequence[SubnetConfig], measure: Measure, *, cache: Path 
     if prepare is not None and todo:  # compile everything first, so no compiler runs beside a timing
         prepare(todo, progress=progress)
     many = getattr(measure, "many", None)
+    fresh: Iterable[tuple[SubnetConfig, Timing]]
     if many is not None and todo:
         if progress:
             print(f"{desc}: timing {len(todo)} sub-DiTs together", file=sys.stderr)
@@ -373,26 +374,74 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: DeviceProfi
     return report
 
 
-def write_error(table: LatencyTable, *, rows: Sequence[dict[str, Any]], source: str,
-                table_dir: str | Path) -> tuple[Path, Path]:
-    """Record the table's validated error (from a report's `rows`: predicted_ms, measured_ms) in its
-    sidecar (atomic rewrite); predictions then carry intervals from it."""
+def reuse_report(path: str | Path, *, device: str, experiment: str) -> dict[str, Any]:
+    """An earlier `hwnas lut validate --json` report, checked to be of `device` and `experiment`."""
+    try:
+        report: dict[str, Any] = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a validation report (not JSON: {exc})") from None
+    if (report.get("device"), report.get("experiment")) != (device, experiment):
+        raise ValueError(f"{path} validates {report.get('device')}/{report.get('experiment')}, "
+                         f"not {device}/{experiment}")
+    missing = [k for k in ("rows", "budget_ms", "seed", "n_calibration", "corrected", "baseline") if k not in report]
+    if missing or not report["rows"]:
+        raise ValueError(f"{path} is not a complete validation report: "
+                         + (f"no {missing[0]!r}" if missing else "no measured rows"))
+    return report
+
+
+def check_intervals(report: dict[str, Any], *, confidence: float = 0.9) -> dict[str, Any]:
+    """`report` with the cross-fitted interval check of its rows added under `interval_90`."""
+    pred_ms = [r["predicted_ms"] for r in report["rows"]]
+    meas_ms = [r["measured_ms"] for r in report["rows"]]
+    return {**report, "interval_90": interval_check(pred_ms, meas_ms, confidence=confidence,
+                                                    budget_ms=report["budget_ms"])}
+
+
+def record_validation(table: LatencyTable, report: dict[str, Any], *, interval: bool, correction: bool,
+                      table_dir: str | Path) -> tuple[Path, Path] | None:
+    """Store what `report` measured in the table's sidecar, in one atomic rewrite: the held-out error
+    (`interval`: predictions then carry intervals from it) and the fitted correction (`correction`:
+    used by `predict --correct`). Returns the paths written, or None where nothing was asked."""
     from dataclasses import replace
 
     from hwnas.latency.interval import validated_error
-    from hwnas.latency.table import write_table
-
-    err = validated_error([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows], source=source)
-    meta = replace(table.meta, error=err)
-    return write_table(LatencyTable(meta, table.entries, table.text_encoder, table.vae_decoder), table_dir=table_dir)
-
-
-def write_correction(table: LatencyTable, *, a: float, b_ms: float, source: str,
-                     table_dir: str | Path) -> tuple[Path, Path]:
-    """Record a fitted step-time correction `a * step_ms + b_ms` in the table's sidecar (atomic rewrite)."""
-    from dataclasses import replace
-
     from hwnas.latency.table import Correction, write_table
 
-    meta = replace(table.meta, correction=Correction(a, b_ms, source))
+    meta = table.meta
+    if interval:
+        rows = report["rows"]
+        meta = replace(meta, error=validated_error(
+            [r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows],
+            source=f"hwnas lut validate --seed {report['seed']} on {len(rows)} held-out sub-DiTs "
+                   f"({report.get('host_cpu')}, TVM {report.get('tvm_version')})"))
+    if correction:
+        c = report["corrected"]
+        meta = replace(meta, correction=Correction(
+            c["a"], c["b_ms"], f"measured: hwnas lut validate --seed {report['seed']}, least squares on "
+                               f"{report['n_calibration']} calibration sub-DiTs disjoint from the held-out ones"))
+    if meta is table.meta:
+        return None
     return write_table(LatencyTable(meta, table.entries, table.text_encoder, table.vae_decoder), table_dir=table_dir)
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """What `hwnas lut validate` prints: accuracy of the table, its correction and the FLOPs baseline,
+    the 90% intervals' coverage and the noise floor."""
+    lines = [f"{name:14s} n {r['n']}  within 5% {r['within_5pct']:.0%}  within 10% {r['within_10pct']:.0%}  "
+             f"MAPE {r['mape']:.1f}%  max {r['max_abs_pct']:.1f}%  bias {r['bias_pct']:+.1f}%  "
+             f"spearman {r['spearman']:.3f}  kendall {r['kendall']:.3f}  "
+             f"false-feasible {r['false_feasible_rate']:.0%} at {r['budget_ms']:.2f} ms"
+             for name, r in (("LUT", report), ("LUT corrected", report["corrected"]),
+                             ("FLOPs-linear", report["baseline"]))]
+    if "interval_90" in report:
+        iv = report["interval_90"]
+        lines.append(f"90% intervals  coverage {iv['coverage']:.0%}; at the one-sided 90% bound, false-feasible "
+                     f"{iv['false_feasible_rate']:.0%} of {iv['predicted_feasible']} at {iv['budget_ms']:.2f} ms "
+                     f"({iv['folds']}-fold cross-fitted)")
+    if "noise_floor" in report:
+        nf = report["noise_floor"]
+        lines.append(f"noise floor    same sub-DiT x{nf['times']}: CV {nf['cv']:.1%}, max {nf['max_abs_pct']:.1f}% "
+                     f"from the median")
+    return lines
+

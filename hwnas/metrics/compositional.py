@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from hwnas.data.shapes import CATEGORIES, COLOR_RGB, COLORS, Color, ObjectSpec, PromptSpec, Relation, Shape
+from hwnas.data.shapes import CATEGORIES, COLOR_RGB, COLORS, Category, Color, ObjectSpec, PromptSpec, Relation, Shape
 
 _VALUE_MIN = 0.45  # brightest channel, [0, 1]; a rendered edge pixel needs >= ~50 % coverage
 _VALUE_EDGE = 0.05  # brightest channel of a pixel whose hue is still read (anti-aliased edges)
@@ -81,8 +81,8 @@ class CompositionalScore:
 
     accuracy: float
     n: int
-    per_category: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    per_category: dict[Category, float] = field(default_factory=dict)
+    counts: dict[Category, int] = field(default_factory=dict)
 
     @property
     def category_mean(self) -> float:
@@ -232,7 +232,7 @@ def score(
     after `.cpu().numpy()`."""
     if len(images) != len(specs):
         raise ValueError(f"got {len(images)} images for {len(specs)} prompts")
-    hits: dict[str, list[bool]] = {}
+    hits: dict[Category, list[bool]] = {}
     for image, spec in zip(images, specs):
         hits.setdefault(spec.category, []).append(check(image, spec, min_area_frac=min_area_frac).correct)
     per_cat = {c: float(np.mean(hits[c])) for c in CATEGORIES if c in hits}

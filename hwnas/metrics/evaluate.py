@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from hwnas.data import make_dataset
+from hwnas.data import PromptSpec, make_dataset
 from hwnas.metrics.compositional import score
 from hwnas.metrics.fd_ref import features, frechet_distance, load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
@@ -20,13 +21,13 @@ from hwnas.train.supernet import DEFAULT_CHECKPOINT, Supernet
 Metric = Literal["compositional", "fd_ref", "val_loss"]
 
 
-def heldout_prompts(n: int) -> list[Any]:
+def heldout_prompts(n: int) -> list[PromptSpec]:
     """`n` held-out shapes prompts: the held-out split cycled in a fixed, category-balanced order."""
     from hwnas.data.shapes import CATEGORIES, list_prompts
 
     by_cat = [list_prompts("heldout", category=c) for c in CATEGORIES]
     by_cat = [p for p in by_cat if p]
-    out = []
+    out: list[PromptSpec] = []
     i = 0
     while len(out) < n:
         group = by_cat[i % len(by_cat)]
@@ -71,5 +72,8 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
                             f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}")
     else:
         raise ValueError(f"metric must be one of compositional, fd_ref, val_loss; got {metric!r}")
+    if not math.isfinite(result["value"]):
+        raise ValueError(f"{metric} of {cfg.describe()} is {result['value']} (not a number): the checkpoint "
+                         f"or the sampling diverged; no result reported")
     result["wall_s"] = round(time.perf_counter() - start, 2)
     return result

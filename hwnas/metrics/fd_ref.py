@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def train_reference(dataset: str, *, resolution: int, out: str | Path, steps: in
     return {"final_loss": loss.item(), "val_exact_match": exact}
 
 
-def load_reference(directory: str | Path) -> tuple[ReferenceNet, dict]:
+def load_reference(directory: str | Path) -> tuple[ReferenceNet, dict[str, Any]]:
     tensors, meta = load_weights(Path(directory) / WEIGHTS_DIR)
     tok = Tokenizer.from_dict(meta["tokenizer"])
     net = ReferenceNet(channels=int(meta["channels"]), vocab_size=tok.vocab_size, side=meta.get("side"))
@@ -125,5 +126,5 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
-def describe(meta: dict) -> str:
+def describe(meta: dict[str, Any]) -> str:
     return json.dumps({k: meta[k] for k in ("dataset", "resolution", "train_images", "val_exact_match")})

@@ -17,6 +17,7 @@ static sub-DiT runs as well.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
 from torch import nn
@@ -123,12 +124,16 @@ class ElasticDiT(nn.Module):
                     nn.init.zeros_(lin.bias)
                 nn.init.zeros_(module.o.weight)
                 nn.init.zeros_(module.o.bias)
-        for lin in [*self.stage_mod.values(), self.final_mod, self.final_linear]:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        for proj in [*self._stage_mods(), self.final_mod, self.final_linear]:
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     def stage_blocks(self) -> dict[Stage, nn.ModuleList]:
         return {"down": self.down_blocks, "middle": self.middle_blocks, "up": self.up_blocks}
+
+    def _stage_mods(self) -> list[ElasticLinear]:
+        """`stage_mod`'s projections in `STAGES` order (nn.ModuleDict types its items as plain Modules)."""
+        return [cast(ElasticLinear, self.stage_mod[s]) for s in STAGES]
 
     def forward(
         self,
@@ -153,7 +158,7 @@ class ElasticDiT(nn.Module):
             x, t, text, text_mask, space=space,
             patch_embed=self.patch_embed.at(c, dims["down"]),
             time_mlp=self.time_mlp,
-            stage_mod={s: self.stage_mod[s].at(tm, dims[s]) for s in STAGES},
+            stage_mod={s: mod.at(tm, dims[s]) for s, mod in zip(STAGES, self._stage_mods())},
             blocks=blocks,
             downsample=self.downsample.at(dims["down"], dims["middle"]),
             upsample=self.upsample.at(dims["middle"], dims["up"]),

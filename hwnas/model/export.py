@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class _VelocityOnly(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(x, t, text, text_mask)  # type: ignore[return-value]
+        return self.model(x, t, text, text_mask)
 
 
 def example_inputs(space: SearchSpace, *, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -65,13 +66,14 @@ def export_onnx(
     was_training = model.training
     wrapper = _VelocityOnly(model.eval())
     args = example_inputs(model.space, batch=batch)
+    dynamo_only: dict[str, Any] = {"external_data": False} if dynamo else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer/deprecation chatter about constant index tensors
             return atomic_write(path, lambda tmp: torch.onnx.export(
                 wrapper, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                 opset_version=opset or (18 if dynamo else 17), dynamo=dynamo,
-                **({"external_data": False} if dynamo else {}),
+                **dynamo_only,
             ))
     finally:
         model.train(was_training)

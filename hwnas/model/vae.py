@@ -20,12 +20,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from hwnas.io import atomic_write_json
+from hwnas.space import SearchSpace
+
+# diffusers is imported where used (it is slow to import), from the module that defines AutoencoderKL:
+# mypy resolves the lazy `diffusers.AutoencoderKL` to the library's torch-less placeholder class.
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +45,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 class Autoencoder:
     """A loaded VAE folder: the diffusers model, its latent shape and its content hash."""
 
-    model: nn.Module
+    model: AutoencoderKL
     path: Path
     sha256: str
     channels: int
@@ -70,6 +75,11 @@ class Autoencoder:
 
     def describe(self) -> str:
         return f"{self.path.name} ({self.channels} ch, {self.downsample}x, sha256 {self.sha256[:12]})"
+
+    def to(self, device: str | torch.device) -> Autoencoder:
+        """Move the model to `device` (in place)."""
+        self.model.to(device)  # type: ignore[arg-type]  # diffusers wraps ModelMixin.to in functools.wraps: self unbound
+        return self
 
 
 def to_latent(vae: Autoencoder | None, images: torch.Tensor) -> torch.Tensor:
@@ -132,7 +142,7 @@ def load_autoencoder(path: str | Path, *, channels: int | None = None,
     if have != want:
         raise ValueError(f"{path}: VAE latent is {have[0]} channels at {have[1]}x downsampling, "
                          f"the experiment expects {want[0]} channels at {want[1]}x")
-    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # its "install accelerate" advice is noise here
@@ -148,10 +158,10 @@ def load_autoencoder(path: str | Path, *, channels: int | None = None,
                        shift=float(shift) if shift is not None else 0.0)
 
 
-def build_autoencoder(*, channels: int, block_out: tuple[int, ...], resolution: int) -> nn.Module:
+def build_autoencoder(*, channels: int, block_out: tuple[int, ...], resolution: int) -> AutoencoderKL:
     """A small AutoencoderKL: `len(block_out)` levels (downsampling 2^(levels-1)), one ResNet
     layer per level, `channels` latent channels."""
-    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=channels,
@@ -181,7 +191,8 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
     torch.manual_seed(seed)
     data = make_dataset(dataset, split="train", resolution=resolution, size=dataset_size, seed=seed)
     images = torch.stack([data[i][0] for i in range(len(data))]).to(device)  # (N, 3, H, W)
-    model = build_autoencoder(channels=channels, block_out=block_out, resolution=resolution).to(device)
+    model = build_autoencoder(channels=channels, block_out=block_out, resolution=resolution)
+    model.to(device)  # type: ignore[arg-type]  # as in Autoencoder.to
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     start, log = time.perf_counter(), []
@@ -209,7 +220,7 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
     out.mkdir(parents=True, exist_ok=True)
     model.cpu().save_pretrained(out, safe_serialization=True)
     vae = load_autoencoder(out)
-    vae.model.to(device)
+    vae.to(device)
     quality = evaluate_autoencoder(vae, dataset=dataset, resolution=resolution)
     summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
                "block_out_channels": list(block_out), "latent_channels": channels,
@@ -221,19 +232,38 @@ def train_autoencoder(*, dataset: str, resolution: int, out: str | Path, channel
     return summary
 
 
+def train_autoencoder_for(space: SearchSpace, *, out: str | Path, steps: int = 1500, batch_size: int = 32,
+                          device: str = "cpu") -> dict[str, Any]:
+    """`train_autoencoder` shaped by a latent experiment: its dataset, resolution and latent channels,
+    one down-sampling level per factor of 2 of `latent_downsample` (32, 64, 128, 128... channels).
+    Refuses a pixel-space experiment and an `out` that already holds files."""
+    down = space.latent_downsample
+    if down == 1:
+        raise ValueError(f"{space.name}: a pixel-space experiment (latent_downsample 1) has no VAE")
+    levels = down.bit_length()
+    if 2 ** (levels - 1) != down:
+        raise ValueError(f"{space.name}: latent_downsample must be a power of 2, got {down}")
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"{out} is not empty; choose a new --out")
+    block_out = tuple(min(32 * 2**i, 128) for i in range(levels))
+    return train_autoencoder(dataset=space.dataset, resolution=space.resolution, out=out,
+                             channels=space.latent_channels, block_out=block_out,
+                             steps=steps, batch_size=batch_size, device=device)
+
+
 def evaluate_autoencoder(vae: Autoencoder, *, dataset: str, resolution: int, n: int = 200,
                          seed: int = 0) -> dict[str, Any]:
     """PSNR of reconstructions of `n` validation images and, on shapes, the compositional checker's
     accuracy on those reconstructions next to its accuracy on the originals."""
-    from hwnas.data import make_dataset
+    from hwnas.data import ShapesDataset, make_dataset
     from hwnas.metrics.compositional import score
 
     data = make_dataset(dataset, split="val", resolution=resolution, size=n, seed=seed)
     x = torch.stack([data[i][0] for i in range(n)])
     recon = vae.decode(vae.encode(x))
     result: dict[str, Any] = {"val_n": n, "psnr_db": round(psnr_db(recon, x), 2)}
-    if dataset == "shapes":
-        specs = [data.scene(i).spec for i in range(n)]  # type: ignore[attr-defined]
+    if isinstance(data, ShapesDataset):  # make_dataset("shapes", ...)
+        specs = [data.scene(i).spec for i in range(n)]
         result["checker_on_reconstructions"] = score(recon.permute(0, 2, 3, 1).numpy(), specs).accuracy
         result["checker_on_originals"] = score(x.permute(0, 2, 3, 1).numpy(), specs).accuracy
     return result

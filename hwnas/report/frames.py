@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,12 @@ class RunData:
     samples: dict[str, Path]  # config_id -> PNG
     samples_meta: dict[str, Any]
     compress: list[dict[str, Any]]  # RUN_DIR/compress/<config_id>/results.json, in pick order
+    confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)  # confirmed.csv (hwnas.search.confirm)
+
+    @property
+    def fidelity(self) -> dict[str, str]:
+        """Which quality the trials and the picks carry, in words (runs before fidelities: the val loss)."""
+        return self.settings.get("quality_fidelity") or {"trials": "val loss", "picks": "val loss"}
 
     @property
     def budget_ms(self) -> float:
@@ -54,13 +60,15 @@ def load_run(run_dir: str | Path) -> RunData:
     samples = {p.stem: p for p in sorted(sample_dir.glob("*.png"))} if sample_dir.is_dir() else {}
     meta_path = sample_dir / "samples.json"
     samples_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    confirmed_path = run_dir / "confirmed.csv"
+    confirmed = pd.read_csv(confirmed_path) if confirmed_path.is_file() else pd.DataFrame()
     return RunData(run_dir=run_dir, settings=settings, trials=trials, pareto=pareto, presets=presets, best=best,
                    cost=cost, samples=samples, samples_meta=samples_meta,
-                   compress=_compress_results(run_dir, pareto))
+                   compress=_compress_results(run_dir, pareto), confirmed=confirmed)
 
 
 def _compress_results(run_dir: Path, pareto: pd.DataFrame) -> list[dict[str, Any]]:
-    """Results of `hwnas export` per processed pick, if any (schema in the distillation contract)."""
+    """Results of `hwnas compress` per processed pick, if any (schema in the distillation contract)."""
     order = {cid: i for i, cid in enumerate(pareto.get("config_id", []))}
     out = []
     for path in sorted((run_dir / "compress").glob("*/results.json")):
@@ -74,15 +82,30 @@ def _compress_results(run_dir: Path, pareto: pd.DataFrame) -> list[dict[str, Any
 
 
 def summary_frame(data: RunData) -> pd.DataFrame:
-    """The Pareto picks as the table people read: pick, sub-DiT, latency, quality, margin to budget."""
+    """The Pareto picks as the table people read: pick, sub-DiT, latency (point and the one-sided upper
+    bound the search constrained), the probability that one image fits the budget, quality, margin to budget."""
     p = data.pareto
     if not len(p):
-        return pd.DataFrame(columns=["pick", "config_id", "sub-DiT", "latency_ms", "source", "val_loss", "headroom_ms"])
-    return pd.DataFrame({
+        return pd.DataFrame(columns=["pick", "config_id", "sub-DiT", "latency_ms", "latency_hi_ms", "p_fit", "source",
+                                     "val_loss", "headroom_ms"])
+    out = pd.DataFrame({
         "pick": p["pick"], "config_id": p["config_id"], "sub-DiT": p["describe"],
-        "latency_ms": p["latency_ms"].round(1), "source": p["latency_source"], "val_loss": p["quality"].round(5),
+        "latency_ms": p["latency_ms"].round(1),
+        "latency_hi_ms": p.get("latency_ms_hi", p["latency_ms"]).round(1),
+        "p_fit": p.get("p_within_budget", pd.Series(float("nan"), index=p.index)).round(3),
+        "source": p["latency_source"], "val_loss": p["quality"].round(5),
         "headroom_ms": (data.budget_ms - p["latency_ms"]).round(1),
     })
+    if "params" in p and p["params"].notna().all():  # runs from before the footprint columns lack them
+        out["params_M"] = (p["params"] / 1e6).round(2)
+        out["size_MB"] = (p["size_bytes"] / 1e6).round(1)
+        out["memory_MB"] = (p["memory_bytes"] / 1e6).round(1)
+    if "quality_screen" in p.columns and p["quality_screen"].notna().any():  # confirmed picks: the screen's too
+        out.insert(6, "screen_val_loss", p["quality_screen"].round(5))
+    for metric in ("compositional", "fd_ref"):
+        if metric in p.columns:
+            out[metric] = p[metric].round(4)
+    return out
 
 
 def breakdown_frame(data: RunData) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from hwnas.paths import display_path, redact_passwords, redact_url
 from hwnas.report.frames import RunData, breakdown_frame, summary_frame
+from hwnas.search.constraints import format_bytes, format_count
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#222;
@@ -65,8 +66,29 @@ def _pareto_section(data: RunData) -> str:
     note = (f"Samples: {meta.get('steps')} {meta.get('solver')} steps, CFG {meta.get('cfg_scale')}, seed "
             f"{meta.get('seed')}, from the proxy supernet (quality of the proxy, not of a deployed model). "
             f"Prompts: {', '.join(map(str, meta.get('prompts', [])))}." if meta else "")
+    s = data.settings
+    interval = (f"latency_hi_ms: the one-sided {s.get('confidence', 0.9):.0%} upper bound of the latency, which the "
+                f"search keeps within the budget ({s.get('latency_interval') or 'interval of the table'}); p_fit: the "
+                f"probability that one image takes at most {data.budget_ms:g} ms.")
     return (_table(df, left=("sub-DiT", "config_id", "samples"), raw=("source", "samples"))
-            + f'<p class="small">{_esc(note)}</p>')
+            + f'<p class="small">{_esc(interval)}</p><p class="small">{_esc(note)}</p>')
+
+
+def _confirm_section(data: RunData) -> str:
+    """The candidates scored again after the search (`confirmed.csv`), each value with its fidelity."""
+    c = data.confirmed
+    if not len(c):
+        return ""
+    fid = data.fidelity
+    cols = {"front": "front", "config_id": "config_id", "latency_ms": "latency_ms",
+            "quality_screen": f"trials: {fid['trials']}", "quality": "full val loss",
+            "compositional": "compositional accuracy", "fd_ref": "fd_ref"}
+    df = c[[k for k in cols if k in c.columns]].rename(columns=cols)
+    sources = {src for m in ("compositional", "fd_ref") for src in c.get(f"{m}_source", pd.Series()).dropna()}
+    note = (f"The candidates (fronts 1-{int(c['front'].max())} of the trials) were scored again; the Pareto picks "
+            f"are chosen on the full val loss." + "".join(f" {s}." for s in sorted(sources)))
+    return (f"<h2>Confirmed candidates</h2>{_table(df, left=('config_id',))}"
+            f'<p class="small">{_esc(note)}</p>')
 
 
 def _compress_section(data: RunData) -> str:
@@ -99,6 +121,30 @@ def _cost_section(data: RunData) -> str:
     return _table(df, left=("what",)) + f'<p class="small">{sessions} session(s); wall time summed over them.</p>'
 
 
+def _footprint(best: dict[str, Any]) -> str:
+    """` · 167.2M params · 334.5 MB on disk · 421 MB peak memory` where the run recorded them."""
+    if "params" not in best:
+        return ""
+    return (f" &middot; {format_count(best['params'])} params &middot; {format_bytes(best['size_bytes'])} on disk "
+            f"&middot; {format_bytes(best['memory_bytes'])} peak memory")
+
+
+def _constraints_item(s: dict[str, Any]) -> str:
+    """The constraints beyond latency, the smallest achievable values and how footprints are counted."""
+    if "footprint_model" not in s:  # a run from before the constraints
+        return ""
+    bounds = s.get("constraints") or []
+    least = s.get("smallest", {})
+    head = (f"{_esc(', '.join(bounds))}, besides the latency budget; a sub-DiT outside any of them is infeasible "
+            f"and not evaluated" if bounds else "none besides the latency budget (no --max-params, --max-size, "
+                                                "--max-memory)")
+    smallest = (f" The smallest sub-DiT has {format_count(least['params'])} params, "
+                f"{format_bytes(least['size_bytes'])} on disk and {format_bytes(least['memory_bytes'])} peak memory."
+                if least else "")
+    return (f"<li><b>Constraints</b>: {head}.{_esc(smallest)} Footprints at {_esc(s['precision'])}: "
+            f"{_esc(s['footprint_model'])}.</li>")
+
+
 def _transpose(bd: pd.DataFrame) -> pd.DataFrame:
     """Breakdown with one row per pipeline part and one column per pick (plus the total)."""
     parts = bd.drop(columns=["config_id"]).round(2)
@@ -118,15 +164,18 @@ def render_html(data: RunData, *, scatter_png: Path, breakdown_png: Path) -> str
             f'<div class="box"><b>Best sub-DiT within the budget</b>: <code>{_esc(best["describe"])}</code> '
             f'(id <code>{_esc(best["config_id"])}</code>, Pareto pick {best["pick"]})<br>'
             f'latency {best["latency_ms"]:,.1f} ms ({_source(best["latency_source"])}, budget {s["budget_ms"]:g} ms) '
-            f'&middot; val loss {best["quality"]:.5f}</div>')
+            f'&middot; val loss {best["quality"]:.5f}{_footprint(best)}</div>')
     bd = breakdown_frame(data)
-    settings_rows = pd.DataFrame({"setting": ["device", "budget", "experiment (latency)", "steps", "precision",
-                                              "resolution", "sampler", "trials", "seed", "storage", "study"],
-                                  "value": [s["device"], f"{s['budget_ms']:g} ms", s["experiment_name"], s["steps"],
-                                            s["precision"], s["resolution"], s["sampler"], s["n_trials"], s["seed"],
-                                            redact_url(str(s["storage"])), s["study"]]})
+    settings_rows = pd.DataFrame({"setting": ["device", "budget", "constraints", "experiment (latency)", "steps",
+                                              "precision", "resolution", "sampler", "trials", "seed", "storage",
+                                              "study"],
+                                  "value": [s["device"], f"{s['budget_ms']:g} ms",
+                                            "; ".join(s.get("constraints") or ["latency only"]),
+                                            s["experiment_name"], s["steps"], s["precision"], s["resolution"],
+                                            s["sampler"], s["n_trials"], s["seed"], redact_url(str(s["storage"])),
+                                            s["study"]]})
     trials = data.trials[["trial", "config_id", "describe", "quality", "latency_ms", "latency_source", "feasible",
-                          "quality_cached"]]
+                          "quality_cached", *(c for c in ("params", "memory_bytes") if c in data.trials)]]
     body = f"""
 <h1>{_esc(title)}</h1>
 <p class="small">Run directory <code>{_esc(display_path(data.run_dir))}</code>. Open the study in optuna-dashboard:
@@ -137,12 +186,16 @@ def render_html(data: RunData, *, scatter_png: Path, breakdown_png: Path) -> str
 <li><b>Latency</b> ({_source(s['latency_table_source'])}): predicted end-to-end for one image =
 {s['steps']} x denoiser step + text encoder + VAE decoder, from the {_esc(s['latency_table'])} lookup table at
 {_esc(s['precision'])}. {_esc(s['latency_provenance'])}</li>
-<li><b>Quality</b>: {_esc(s['quality_source'])}. Lower is better. Sub-DiTs over the budget are not evaluated.</li>
+<li><b>Quality</b>: {_esc(s['quality_source'])}. Lower is better. Sub-DiTs over the budget are not evaluated.
+Fidelity: the trials carry the {_esc(data.fidelity['trials'])}; the Pareto picks and presets the
+{_esc(data.fidelity['picks'])}.</li>
+{_constraints_item(s)}
 </ul>
 <h2>Quality vs latency</h2>
 {_img(scatter_png, "quality-latency scatter with Pareto front and budget")}
 <h2>Pareto picks (by latency)</h2>
 {_pareto_section(data)}
+{_confirm_section(data)}
 <h2>Latency breakdown of the picks (ms)</h2>
 {_img(breakdown_png, "latency breakdown")}
 {_table(_transpose(bd), left=("part",)) if len(bd) else ""}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -10,7 +11,8 @@ from hwnas.io import atomic_write
 from hwnas.report.frames import RunData, breakdown_frame
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,22 +25,31 @@ def plot_pareto(data: RunData, path: Path) -> Path:
     """Quality (val loss) vs predicted latency: all trials, the Pareto front, the budget line, the presets.
 
     Filled markers are measured latencies, hollow ones estimated; over-budget trials (quality not
-    evaluated) are ticks along the bottom.
+    evaluated) are ticks along the bottom. The legend says each series' quality fidelity. Each Pareto
+    pick carries a bar from its predicted latency to the one-sided upper bound the search constrained
+    (its probability of fitting is in the table).
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    fid = data.fidelity
     t = data.trials
     ev = t[t["quality_evaluated"]]
     for source, sub in ev.groupby("latency_source"):
         filled = source == "measured"
         ax.scatter(sub["latency_ms"], sub["quality"], s=22, marker="o",
                    facecolors="tab:blue" if filled else "none", edgecolors="tab:blue", alpha=0.7,
-                   label=f"trials ({source} latency)")
+                   label=f"trials ({source} latency; {fid['trials']})")
     p = data.pareto
     if len(p):
         ax.step(p["latency_ms"], p["quality"], where="post", color="tab:red", lw=1.5)
-        ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3, label="Pareto picks")
-        for _, r in p.iterrows():
+        ax.scatter(p["latency_ms"], p["quality"], s=46, color="tab:red", zorder=3,
+                   label=f"Pareto picks ({fid['picks']})")
+        if "latency_ms_hi" in p:
+            conf = data.settings.get("confidence", 0.9)
+            ax.errorbar(p["latency_ms"], p["quality"], xerr=[[0.0] * len(p), p["latency_ms_hi"] - p["latency_ms"]],
+                        fmt="none", ecolor="tab:red", elinewidth=0.8, capsize=2, alpha=0.6,
+                        label=f"to the {conf:.0%} upper bound of latency")
+        for _, r in p.iterrows():  # each pick's probability of fitting is in the table beside the plot
             ax.annotate(str(int(r["pick"])), (r["latency_ms"], r["quality"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color="tab:red")
     pr = data.presets
@@ -48,11 +59,14 @@ def plot_pareto(data: RunData, path: Path) -> Path:
                        edgecolors="black", linewidths=0.5)
             ax.annotate(str(r["name"]), (r["latency_ms"], r["quality"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=8, color="darkgreen")
-        ax.scatter([], [], marker="*", s=140, color="tab:green", edgecolors="black", label="presets (reference)")
+        ax.scatter([], [], marker="*", s=140, color="tab:green", edgecolors="black",
+                   label=f"presets (reference; {fid['picks']})")
     over = t[~t["quality_evaluated"]]
     if len(over):
         ax.plot(over["latency_ms"], np.zeros(len(over)), "|", color="grey", ms=10, alpha=0.6,
-                transform=ax.get_xaxis_transform(), label=f"over budget, not evaluated ({len(over)})")
+                transform=ax.get_xaxis_transform(),
+                label=f"over budget{' or bounds' if data.settings.get('constraints') else ''}, not evaluated "
+                      f"({len(over)})")
     ax.axvline(data.budget_ms, color="black", ls="--", lw=1.2, label=f"budget {data.budget_ms:g} ms")
     s = data.settings
     ax.set_xlabel(f"predicted latency on {s['device']} (ms, {s['steps']} steps, {s['precision']}, "

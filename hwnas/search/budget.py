@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from hwnas.latency import Guidance, LatencyTable, Precision, predict_latency_ms
-from hwnas.space import PRESET_WIDTHS, SearchSpace, StageConfig, SubnetConfig
+from hwnas.space import LOCAL_ATTNS, PRESET_WIDTHS, SearchSpace, StageConfig, SubnetConfig
 
 BARE_SECONDS_MAX = 60.0
 """Largest bare number (no unit) read as seconds. As milliseconds it would be a budget no text-to-image
@@ -85,10 +85,10 @@ def fastest_candidates(space: SearchSpace) -> list[SubnetConfig]:
     options: dict[str, list[StageConfig]] = {}
     for name in ("down", "up"):
         ch = space.stages[name]
-        stage = base.stage(name)  # type: ignore[arg-type]
-        opts = []
+        stage = base.stage(name)
+        opts: list[StageConfig] = []
         for attn in ch.attn:
-            radii = ch.radius if attn in ("assa", "bna") else (0,)
+            radii = ch.radius if attn in LOCAL_ATTNS else (0,)
             opts.extend(replace(stage, attn=attn, radius=r) for r in radii)
         options[name] = opts or [stage]
     return [SubnetConfig(down=d, middle=base.middle, up=u)

@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 
 from hwnas.io import atomic_write_json
+from hwnas.search.constraints import Bounds, footprint
 from hwnas.search.objective import LatencyModel, QualityModel
 from hwnas.search.results import BREAKDOWN_COLUMNS
 from hwnas.search.study import SearchSettings
@@ -20,9 +21,11 @@ from hwnas.space import PRESET_WIDTHS, SearchSpace, SubnetConfig
 
 
 def evaluate_presets(space: SearchSpace, *, latency: LatencyModel, quality: QualityModel, budget_ms: float,
-                     fastest: SubnetConfig, confidence: float | None = None) -> pd.DataFrame:
-    """SnapGen++'s presets and the fastest sub-DiT: latency, quality (cached by id) and feasibility
-    (of the one-sided `confidence` upper bound, as the search judges it; None: of the point)."""
+                     fastest: SubnetConfig, confidence: float | None = None,
+                     bounds: Bounds | None = None) -> pd.DataFrame:
+    """SnapGen++'s presets and the fastest sub-DiT: latency, footprint, quality (cached by id) and feasibility
+    (of the one-sided `confidence` upper bound, as the search judges it, None: of the point; and within
+    `bounds`)."""
     rows = []
     configs = {}
     for name in PRESET_WIDTHS:
@@ -34,10 +37,12 @@ def evaluate_presets(space: SearchSpace, *, latency: LatencyModel, quality: Qual
         pred = latency(cfg)
         q, _ = quality(cfg)
         bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
+        fp = footprint(cfg, space, precision=latency.precision)
         rows.append({"name": name, "config_id": cfg.id, "describe": cfg.describe(), "quality": q,
                      "latency_ms": pred.total_ms, "latency_source": pred.source_label,
                      "latency_ms_hi": bound_ms, "p_within_budget": pred.prob_within(budget_ms),
-                     "feasible": bound_ms <= budget_ms,
+                     "feasible": bound_ms <= budget_ms and fp.within(bounds or Bounds()),
+                     "params": fp.params, "size_bytes": fp.size_bytes, "memory_bytes": fp.memory_bytes,
                      "step_ms": pred.step_ms, **{c: getattr(pred, c) for c in BREAKDOWN_COLUMNS},
                      "config_json": cfg.to_json()})
     return pd.DataFrame(rows)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
 from hwnas.latency import Guidance, LatencyPrediction, LatencyTable, Precision, predict_latency_ms
+from hwnas.search.constraints import Bounds, footprint
 from hwnas.search.study import TrialFailed
-from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
+from hwnas.space import LOCAL_ATTNS, STAGES, SearchSpace, Stage, StageConfig, SubnetConfig
 
 
 def _param_choices(space: SearchSpace) -> dict[str, list[Any]]:
@@ -29,7 +30,7 @@ def _param_choices(space: SearchSpace) -> dict[str, list[Any]]:
         out[f"{stage}.ffn_ratio"] = list(ch.ffn_ratio)
         if len(ch.attn) > 1:
             out[f"{stage}.attn"] = list(ch.attn)
-        if ch.radius and any(a in ("assa", "bna") for a in ch.attn):
+        if ch.radius and any(a in LOCAL_ATTNS for a in ch.attn):
             out[f"{stage}.radius"] = list(ch.radius)
     return out
 
@@ -46,7 +47,7 @@ def config_from_params(params: dict[str, Any], space: SearchSpace) -> SubnetConf
     for stage in STAGES:
         ch = space.stages[stage]
         attn = params.get(f"{stage}.attn", ch.attn[0])
-        radius = int(params.get(f"{stage}.radius", min(ch.radius, default=0))) if attn in ("assa", "bna") else 0
+        radius = int(params.get(f"{stage}.radius", min(ch.radius, default=0))) if attn in LOCAL_ATTNS else 0
         stages[stage] = StageConfig(width=float(params[f"{stage}.width"]), depth=int(params[f"{stage}.depth"]),
                                     ffn_ratio=int(params[f"{stage}.ffn_ratio"]), attn=attn, radius=radius)
     return SubnetConfig(**stages)
@@ -57,10 +58,11 @@ def params_from_config(cfg: SubnetConfig, space: SearchSpace) -> dict[str, Any]:
     space.validate(cfg)
     out: dict[str, Any] = {}
     for name in _param_choices(space):
-        stage, attr = name.split(".")
-        value = getattr(cfg.stage(stage), attr)  # type: ignore[arg-type]
+        prefix, attr = name.split(".")
+        stage = cast(Stage, prefix)  # `_param_choices` names are "<stage>.<attribute>"
+        value = getattr(cfg.stage(stage), attr)
         if attr == "radius" and value == 0:
-            value = min(space.stages[stage].radius)  # type: ignore[index]
+            value = min(space.stages[stage].radius)
         out[name] = value
     return out
 
@@ -131,8 +133,8 @@ class QualityModel:
 
 
 def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel, quality: QualityModel,
-              budget_ms: float, confidence: float | None = None) -> tuple[float, float]:
-    """One trial: latency first (constraint), quality only for sub-DiTs within the budget.
+              budget_ms: float, confidence: float | None = None, bounds: Bounds | None = None) -> tuple[float, float]:
+    """One trial: latency first (constraint), quality only for sub-DiTs within the budget and `bounds`.
 
     With `confidence`, the constraint is on the latency's one-sided `confidence` upper bound
     (`LatencyPrediction.upper_ms`), not on the point prediction; None constrains the point.
@@ -143,16 +145,22 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
 
     Raises `TrialFailed` (the trial fails with that reason) where the latency or the quality is not
     a finite number.
+
+    `bounds` (parameters, size, peak memory at the latency model's precision) are further constraints,
+    each `value / bound - 1` (`hwnas.search.constraints`); the trial records its footprint either way.
     """
+    cpu0 = latency.cpu_s  # before suggesting: a sampler may predict latencies to propose (FeasibleRandomSampler)
     cfg = suggest_config(trial, space)
-    cpu0 = latency.cpu_s
     pred = latency(cfg)
     bound_ms = pred.total_ms if confidence is None else pred.upper_ms(confidence)
     if not (math.isfinite(pred.total_ms) and math.isfinite(bound_ms)):
         raise TrialFailed(f"latency of {cfg.id} is {pred.total_ms} ms (upper bound {bound_ms} ms): "
                           f"the latency table gives a non-finite time")
-    feasible = bound_ms <= budget_ms
+    fp, bounds = footprint(cfg, space, precision=latency.precision), bounds or Bounds()
+    feasible = bound_ms <= budget_ms and fp.within(bounds)
     trial.set_constraint("latency_over_budget_ms", bound_ms - budget_ms)
+    for name, value in fp.violations(bounds).items():
+        trial.set_constraint(name, value)
     attrs: dict[str, Any] = {
         "config_id": cfg.id, "config_json": cfg.to_json(), "describe": cfg.describe(),
         "latency_ms": pred.total_ms, "latency_source": pred.source_label, "step_ms": pred.step_ms,
@@ -160,6 +168,7 @@ def run_trial(trial: optuna.Trial, *, space: SearchSpace, latency: LatencyModel,
         "denoiser_ms": pred.denoiser_ms, "text_encoder_ms": pred.text_encoder_ms,
         "vae_decoder_ms": pred.vae_decoder_ms, "step_ms_by_kind": pred.step_ms_by_kind,
         "latency_cpu_s": latency.cpu_s - cpu0, "feasible": feasible,
+        "params": fp.params, "size_bytes": fp.size_bytes, "memory_bytes": fp.memory_bytes,
     }
     value = math.inf
     if feasible:

@@ -21,10 +21,14 @@ import pandas as pd
 from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.space import STAGES, SubnetConfig
 
-CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in ("width", "depth", "ffn_ratio", "attn", "radius"))
+_CHOICES = ("width", "depth", "ffn_ratio", "attn", "radius")
+CHOICE_COLUMNS = tuple(f"{s}.{a}" for s in STAGES for a in _CHOICES)
 BREAKDOWN_COLUMNS = ("denoiser_ms", "text_encoder_ms", "vae_decoder_ms")
+FOOTPRINT_COLUMNS = ("params", "size_bytes", "memory_bytes")
+"""Parameters, bytes on disk and peak bytes of one step at the run's precision (`hwnas.search.constraints`)."""
 TRIAL_COLUMNS = ("trial", "config_id", "describe", *CHOICE_COLUMNS, "quality", "quality_evaluated", "quality_cached",
-                 "latency_ms", "latency_source", "latency_ms_hi", "p_within_budget", "feasible", "step_ms",
+                 "latency_ms", "latency_source", "latency_ms_hi", "p_within_budget", "feasible",
+                 *FOOTPRINT_COLUMNS, "step_ms",
                  *BREAKDOWN_COLUMNS, "quality_cpu_s", "latency_cpu_s", "worker", "retry_of", "config_json")
 """The columns of `trials.csv` (plus one `step_ms.<kind>` per kernel kind), also when it has no rows."""
 
@@ -40,13 +44,15 @@ def trials_frame(trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
         q = a.get("quality")
         row: dict[str, Any] = {
             "trial": t.number, "config_id": a["config_id"], "describe": a["describe"],
-            **{c: getattr(cfg.stage(c.split(".")[0]), c.split(".")[1]) for c in CHOICE_COLUMNS},  # type: ignore[arg-type]
+            **{f"{s}.{c}": getattr(cfg.stage(s), c) for s in STAGES for c in _CHOICES},  # CHOICE_COLUMNS
             "quality": float(q) if q is not None else math.nan,
             "quality_evaluated": q is not None, "quality_cached": bool(a.get("quality_cached", False)),
             "latency_ms": float(a["latency_ms"]), "latency_source": a["latency_source"],
             "latency_ms_hi": float(a.get("latency_ms_hi", a["latency_ms"])),
             "p_within_budget": float(a.get("p_within_budget", math.nan)),
-            "feasible": bool(a["feasible"]), "step_ms": float(a["step_ms"]),
+            "feasible": bool(a["feasible"]),
+            **{c: int(a[c]) if c in a else math.nan for c in FOOTPRINT_COLUMNS},  # NaN: a run from before them
+            "step_ms": float(a["step_ms"]),
             **{c: float(a[c]) for c in BREAKDOWN_COLUMNS},
             **{f"step_ms.{k}": float(v) for k, v in a.get("step_ms_by_kind", {}).items()},
             "quality_cpu_s": float(a.get("quality_cpu_s", 0.0)), "latency_cpu_s": float(a.get("latency_cpu_s", 0.0)),
@@ -87,8 +93,11 @@ def best_record(pareto: pd.DataFrame, *, settings: dict[str, Any]) -> dict[str, 
         "confidence": settings.get("confidence"),
         "latency_breakdown_ms": {c: round(float(row[c]), 3) for c in BREAKDOWN_COLUMNS},
         "latency_provenance": settings["latency_provenance"],
+        **{c: int(row[c]) for c in FOOTPRINT_COLUMNS if c in row and not pd.isna(row[c])},
+        "constraints": settings.get("constraints", []),
         "quality": float(row["quality"]), "quality_metric": "val_loss (lower is better)",
         "quality_source": settings["quality_source"],
+        **_confirmed_fields(row, settings),
         "budget_ms": settings["budget_ms"], "device": settings["device"], "experiment": settings["experiment_name"],
         "proxy_experiment": settings["proxy_experiment"], "steps": settings["steps"],
         "precision": settings["precision"],
@@ -108,11 +117,30 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
     return area
 
 
-def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None)."""
+def _confirmed_fields(row: pd.Series, settings: dict[str, Any]) -> dict[str, Any]:
+    """The fidelity of a pick's quality and, where the candidates were confirmed, the screen's value and
+    the confirming metric (`hwnas.search.confirm`)."""
+    fid = settings.get("quality_fidelity", {})
+    confirmed = "quality_screen" in row.index
+    out: dict[str, Any] = {"quality_fidelity": fid.get("picks" if confirmed else "trials", "")}
+    if confirmed and pd.notna(row["quality_screen"]):
+        out["quality_screen"] = float(row["quality_screen"])
+        out["quality_source"] = (f"{settings['quality_source']} (the trials' screen); this pick's quality: "
+                                 f"{out['quality_fidelity']}")
+    for metric in ("compositional", "fd_ref"):
+        if metric in row.index and pd.notna(row[metric]):
+            out[metric] = float(row[metric])
+            out[f"{metric}_source"] = row[f"{metric}_source"]
+    return out
+
+
+def write_results(trials: pd.DataFrame, *, run_dir: Path, settings: dict[str, Any],
+                  pareto_from: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """Write trials.csv, pareto.csv and best.json into `run_dir`; return the best record (or None).
+    The Pareto picks come from `pareto_from` where given (the confirmed candidates), else from `trials`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "trials.csv", trials.to_csv(index=False))
-    pareto = pareto_frame(trials)
+    pareto = pareto_frame(trials if pareto_from is None else pareto_from)
     atomic_write_text(run_dir / "pareto.csv", pareto.to_csv(index=False))
     best = best_record(pareto, settings=settings)
     atomic_write_json(run_dir / "best.json", best)

@@ -23,7 +23,8 @@ import json
 import multiprocessing
 import shutil
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,23 @@ from hwnas.io import atomic_write_json, atomic_write_text
 from hwnas.latency import LatencyTable, load_profile, load_table
 from hwnas.latency.table import table_paths
 from hwnas.paths import display_path, redact_url, repo_path
-from hwnas.search.budget import Feasibility, check_budget
+from hwnas.search.budget import Feasibility, check_budget, fastest_candidates
+from hwnas.search.confirm import confirm_search, fidelity
+from hwnas.search.constraints import (
+    FOOTPRINT_MODEL,
+    check_bounds,
+    fastest_within,
+    footprint,
+    format_bytes,
+    smallest_footprint,
+)
 from hwnas.search.objective import LatencyModel, QualityModel, params_from_config, run_trial, same_choices
 from hwnas.search.results import trials_frame, write_results
-from hwnas.search.start import feasible_start, startup_trials
+from hwnas.search.start import first_trials, fits_budget, search_sampler, startup_trials
 from hwnas.search.study import (
     LoopStats,
     SearchSettings,
     failed_reasons,
-    make_sampler,
     open_study,
     recover_stale_trials,
     run_loop,
@@ -89,12 +98,19 @@ class _Context:
     space: SearchSpace
     table: LatencyTable
     feasibility: Feasibility
+    start: SubnetConfig
+    """The fastest sub-DiT within the budget and the bounds (the first trial of a fresh study)."""
+    smallest: dict[str, tuple[int, SubnetConfig]]
+    """Per bound, the smallest value any sub-DiT has (`hwnas.search.constraints.smallest_footprint`)."""
 
 
 def prepare(settings: SearchSettings) -> _Context:
-    """Load the device, experiment and LUT, resolve precision, check the budget. No model, no study.
+    """Load the device, experiment and LUT, resolve precision, check the bounds and the budget. No model,
+    no study.
 
-    Raises ValueError (unknown device, bad precision/resolution, no table) or InfeasibleBudgetError.
+    Raises ValueError (unknown device, bad precision/resolution, no table), BoundError (a bound below the
+    smallest sub-DiT, a memory bound above the device's RAM, bounds and budget that exclude each other)
+    or InfeasibleBudgetError.
     """
     profile = load_profile(settings.device, profile_dir=_repo_path(settings.profile_dir))
     space = load_space(_repo_path(settings.experiment))
@@ -107,12 +123,28 @@ def prepare(settings: SearchSettings) -> _Context:
         raise ValueError(f"the {profile.name}/{space.name} latency table has no precision {precision!r} "
                          f"(it has {list(table.meta.precisions)})")
     settings = replace(settings, precision=precision, resolution=space.resolution)
+    minimal = fastest_candidates(space)
+    smallest = smallest_footprint(minimal, space, precision=precision)
+    ram = profile.ram_gib
+    check_bounds(settings.bounds, smallest, precision=precision, experiment=space.name, device=profile.name,
+                 ram_bytes=ram.value * 2**30 if ram else None, ram_source=ram.source if ram else "")
+    if ram and smallest["max_memory_bytes"][0] > ram.value * 2**30:
+        warnings.warn(f"the smallest sub-DiT of {space.name} needs {format_bytes(smallest['max_memory_bytes'][0])} "
+                      f"of peak memory at {precision}, more than the {ram.value:g} GiB RAM of {profile.name}",
+                      stacklevel=2)
     feas = check_budget(settings.budget_ms, table=table, space=space, steps=settings.steps,
-                        precision=precision, confidence=settings.confidence,  # type: ignore[arg-type]
-                        guidance=settings.guidance)  # type: ignore[arg-type]
+                        precision=precision, confidence=settings.confidence,
+                        guidance=settings.guidance)
     if not feas.feasible:
         raise InfeasibleBudgetError(feas, device=profile.name, steps=settings.steps, precision=precision)
-    return _Context(settings=settings, space=space, table=table, feasibility=feas)
+    start = feas.fastest
+    if settings.bounds.active:
+        latency = LatencyModel(table=table, space=space, steps=settings.steps, precision=precision,
+                               guidance=settings.guidance)
+        start = fastest_within(minimal, space, precision=precision, bounds=settings.bounds,
+                               budget_ms=settings.budget_ms,
+                               latency_ms=lambda cfg: latency(cfg).upper_ms(settings.confidence))
+    return _Context(settings=settings, space=space, table=table, feasibility=feas, start=start, smallest=smallest)
 
 
 def _sha256(paths: list[Path]) -> str:
@@ -153,6 +185,8 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
             parts.append(f"{HASH_KEYS[key]} changed (sha256 {before} -> {str(new.get(key))[:8]})")
         elif key in new:
             parts.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+        else:  # e.g. a constraint the other search had
+            parts.append(f"{key} {old[key]!r} -> unset")
     return ", ".join(parts) or "its identity differs"
 
 
@@ -187,13 +221,27 @@ def _load_quality(settings: SearchSettings, space: SearchSpace) -> tuple[Quality
     if not same_choices(net.space, space):
         raise ValueError(f"the supernet in {path} (experiment {net.space.name!r}) does not offer the same choices "
                          f"as experiment {space.name!r}; its quality cannot stand in for that space")
+    _check_quality(settings, net, path)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
-    val = make_val_set(net, n=settings.val_images, seed=0)
+    if settings.screen_images:  # the cheap val loss screens the trials (hwnas.search.confirm)
+        val = make_val_set(net, n=settings.screen_images, grid=settings.screen_t, seed=0)
+    else:
+        val = make_val_set(net, n=settings.val_images, seed=0)
     step = net.meta.get("step", "?")
     source = f"proxy supernet {net.space.name} ({display_path(path)}, training step {step}): {val.description}"
     caveat = proxy_caveat(net.space)
     return QualityModel(net=net, val=val), source + (f"; {caveat}" if caveat else ""), net.space.name
+
+
+def _check_quality(settings: SearchSettings, net: Any, path: Path) -> None:
+    """Refuse at once a confirming metric the checkpoint cannot give."""
+    if settings.quality == "compositional" and net.space.dataset != "shapes":
+        raise ValueError(f"--quality compositional needs a supernet of the shapes dataset; {display_path(path)} "
+                         f"was trained on {net.space.dataset!r}")
+    if settings.quality == "fd_ref" and not (Path(path) / "fd_ref").is_dir():
+        raise ValueError(f"--quality fd_ref needs a reference classifier in {display_path(Path(path) / 'fd_ref')} "
+                         f"(hwnas.metrics.fd_ref.train_reference; the shipped checkpoints/shapes-32 has one)")
 
 
 def proxy_caveat(proxy: SearchSpace) -> str:
@@ -260,10 +308,13 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _worker(settings: SearchSettings, storage: str, study_name: str, index: int, ready: Any) -> None:
-    """A worker process: the same loop against the shared storage, sampler seeded seed + index."""
+def _worker(settings: SearchSettings, storage: str, study_name: str, index: int, ready: Any,
+            cache: dict[str, float] | None = None) -> None:
+    """A worker process: the same loop against the shared storage, sampler seeded seed + index; `cache`
+    seeds its quality cache (a sweep's earlier evaluations)."""
     ctx = prepare(settings)
     quality, _, _ = _load_quality(ctx.settings, ctx.space)
+    quality.cache.update(cache or {})
     ready.set()
     try:
         _loop(ctx, quality, _latency_model(ctx), storage=storage, study_name=study_name, seed=settings.seed + index,
@@ -274,27 +325,50 @@ def _worker(settings: SearchSettings, storage: str, study_name: str, index: int,
 
 def _latency_model(ctx: _Context) -> LatencyModel:
     s = ctx.settings
-    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,  # type: ignore[arg-type]
-                        guidance=s.guidance)  # type: ignore[arg-type]
+    assert s.precision is not None  # resolved by `prepare`
+    return LatencyModel(table=ctx.table, space=ctx.space, steps=s.steps, precision=s.precision,
+                        guidance=s.guidance)
 
 
-def _first_generation(ctx: _Context) -> list[SubnetConfig]:
-    """The sub-DiTs a fresh study enqueues: the sampler's startup trials, all predicted within the budget."""
+def _first_generation(ctx: _Context, carry: Sequence[SubnetConfig] = ()) -> list[SubnetConfig]:
+    """The sub-DiTs a fresh study enqueues: `carry` (a sweep's evaluations that fit this budget), then
+    `first_trials` where `carry` has fewer than the sampler's startup trials (the fastest sub-DiT within
+    the bounds, or the startup trials all predicted within the budget and the bounds)."""
     s = ctx.settings
-    return feasible_start(ctx.space, _latency_model(ctx), fastest=ctx.feasibility.fastest, budget_ms=s.budget_ms,
-                          confidence=s.confidence, n=startup_trials(s.sampler, population_size=s.population_size),
-                          seed=s.seed)
+    if len(carry) >= startup_trials(s.sampler, population_size=s.population_size):
+        return list(carry)
+    start = first_trials(ctx.space, _latency_model(ctx), start=s.start, sampler=s.sampler, fastest=ctx.start,
+                         budget_ms=s.budget_ms, confidence=s.confidence, population_size=s.population_size,
+                         seed=s.seed, within_bounds=_within_bounds(ctx))
+    carried = {cfg.id for cfg in carry}
+    return [*carry, *(cfg for cfg in start if cfg.id not in carried)]
+
+
+def _within_bounds(ctx: _Context) -> Callable[[SubnetConfig], bool] | None:
+    """Does a sub-DiT meet the search's bounds beyond latency (None: no bounds set)?"""
+    s = ctx.settings
+    precision = s.precision
+    assert precision is not None  # `prepare` resolved it
+    if not s.bounds.active:
+        return None
+    bounds = s.bounds
+
+    def within(cfg: SubnetConfig) -> bool:
+        return footprint(cfg, ctx.space, precision=precision).within(bounds)
+
+    return within
 
 
 def _loop(ctx: _Context, quality: QualityModel, latency: LatencyModel, *, storage: str, study_name: str, seed: int,
           progress: Any) -> LoopStats:
     s = ctx.settings
-    sampler = make_sampler(s.sampler, seed=seed, population_size=s.population_size)
+    sampler = search_sampler(s.sampler, start=s.start, space=ctx.space, seed=seed, population_size=s.population_size,
+                             fits=fits_budget(latency, budget_ms=s.budget_ms, confidence=s.confidence))
     study = open_study(storage=storage, name=study_name, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         return run_trial(trial, space=ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
-                         confidence=s.confidence)
+                         confidence=s.confidence, bounds=s.bounds)
 
     return run_loop(study, objective, n_trials=s.n_trials, on_trial=progress, on_complete=quality.seed_cache,
                     timeout_s=s.timeout_s)
@@ -314,9 +388,14 @@ def _settings_record(ctx: _Context, *, identity: dict[str, Any], run_dir: Path, 
         "latency_table": display_path(table_paths(s.device, ctx.space.name, table_dir=_repo_path(s.table_dir))[0]),
         "latency_table_source": ctx.table.source_label,
         "latency_provenance": pred.provenance, "quality_source": quality_source,
+        "quality_fidelity": fidelity(s),
         "latency_interval": pred.error.describe(s.confidence) if pred.error else "",
         "latency_constraint": f"one-sided {s.confidence:.0%} upper bound <= budget",
         "quality_metric": "val_loss", "fastest_ms": ctx.feasibility.fastest_ms,
+        "constraints": s.bounds.describe(),
+        "smallest": {"params": ctx.smallest["max_params"][0], "size_bytes": ctx.smallest["max_size_bytes"][0],
+                     "memory_bytes": ctx.smallest["max_memory_bytes"][0]},
+        "footprint_model": FOOTPRINT_MODEL,
         "fastest_config_id": ctx.feasibility.fastest.id, "optuna_version": optuna.__version__,
         "dashboard": f"optuna-dashboard {storage}",
     }
@@ -324,12 +403,16 @@ def _settings_record(ctx: _Context, *, identity: dict[str, Any], run_dir: Path, 
 
 def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports", out: str | Path | None = None,
                console: Any = None, report: bool = True, force: bool = False,
-               today: _dt.date | None = None) -> dict[str, Any]:
+               today: _dt.date | None = None, shared_quality: tuple[QualityModel, str, str] | None = None,
+               carry: Sequence[SubnetConfig] = ()) -> dict[str, Any]:
     """Run (or resume) a search; write the run directory; return {"run_dir", "best", "settings", "cost",
     "notes", "timed_out", "failed"}.
 
     `console` (a rich Console) shows progress bars and notes; None runs silently. `today` names a new
-    run directory (default: the local date). Raises RunConflictError, StorageError (both ValueError),
+    run directory (default: the local date). A budget sweep (`hwnas.search.sweep`) passes
+    `shared_quality` (`_load_quality`'s result: one supernet and one cache for all its searches) and
+    `carry`: sub-DiTs already evaluated that fit this budget, the first trials of a fresh study, beyond
+    which it asks `settings.n_trials`. Raises RunConflictError, StorageError (both ValueError),
     AllTrialsFailedError, or SearchInterrupted on Ctrl-C after writing the partial results.
     """
     from hwnas.search.extras import evaluate_presets, progress_bar, sample_grids, update_cost
@@ -338,7 +421,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     ctx = prepare(settings)
     s = ctx.settings
     identity = run_identity(ctx)
-    quality, quality_source, proxy_name = _load_quality(s, ctx.space)
+    quality, quality_source, proxy_name = shared_quality or _load_quality(s, ctx.space)
     run_dir, note = resolve_run_dir(s, identity, reports_dir=Path(reports_dir), out=Path(out) if out else None,
                                     force=force, today=today)
     notes = [note] if note else []
@@ -357,8 +440,13 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
                                    f"({identity_diff(stored, identity)}); give another --study")
         recovered = recover_stale_trials(study)
         if not study.get_trials(deepcopy=False):  # a fresh study: the first generation fits the budget
-            for cfg in _first_generation(ctx):
+            for cfg in _first_generation(ctx, carry):
                 study.enqueue_trial(params_from_config(cfg, ctx.space))
+            if carry:
+                study.set_user_attr("hwnas_carried", len(carry))
+        carried = int(study.user_attrs.get("hwnas_carried", 0))
+        n_trials = carried + s.n_trials  # a sweep member asks n_trials beyond the trials it carries over
+        record["carried_trials"] = carried
         atomic_write_json(run_dir / "settings.json", record)
         study.set_user_attr("hwnas_settings", record)
 
@@ -366,7 +454,8 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     if s.workers > 1:
         mp = multiprocessing.get_context("spawn")
         ready = [mp.Event() for _ in range(1, s.workers)]
-        procs = [mp.Process(target=_worker, args=(s, storage, study_name, i, ready[i - 1]), daemon=False)
+        procs = [mp.Process(target=_worker, args=(replace(s, n_trials=n_trials), storage, study_name, i,
+                                                      ready[i - 1], dict(quality.cache)), daemon=False)
                  for i in range(1, s.workers)]
         for p in procs:
             p.start()
@@ -376,9 +465,9 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
     latency = _latency_model(ctx)
     stats, interrupted = LoopStats(), False
     try:
-        with progress_bar(console, total=s.n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
-            stats = _loop(ctx, quality, latency, storage=storage, study_name=study_name, seed=s.seed,
-                          progress=advance)
+        with progress_bar(console, total=n_trials, label=f"search {s.device} <= {s.budget_ms:g} ms") as advance:
+            stats = _loop(replace(ctx, settings=replace(s, n_trials=n_trials)), quality, latency, storage=storage,
+                          study_name=study_name, seed=s.seed, progress=advance)
     except KeyboardInterrupt:
         interrupted = True
     for p in procs:
@@ -394,11 +483,15 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
         trials = trials_frame(study.get_trials(deepcopy=False))
         reasons = failed_reasons(study)
         q0 = quality.cpu_s
+        picks_from, picks_quality = None, quality
+        if not partial and len(trials) and s.confirms:  # the Pareto candidates, scored again
+            picks_from, picks_quality = confirm_search(trials, settings=s, quality=quality,
+                                                       checkpoint=_checkpoint_path(s), run_dir=run_dir)
         if not partial and len(trials):
-            presets = evaluate_presets(ctx.space, latency=latency, quality=quality, budget_ms=s.budget_ms,
-                                       fastest=ctx.feasibility.fastest, confidence=s.confidence)
+            presets = evaluate_presets(ctx.space, latency=latency, quality=picks_quality, budget_ms=s.budget_ms,
+                                       fastest=ctx.feasibility.fastest, confidence=s.confidence, bounds=s.bounds)
             atomic_write_text(run_dir / "presets.csv", presets.to_csv(index=False))
-        best = write_results(trials, run_dir=run_dir, settings=record)
+        best = write_results(trials, run_dir=run_dir, settings=record, pareto_from=picks_from)
         grid_cpu = sample_grids(quality.net, run_dir=run_dir, settings=s, console=console) if not partial else 0.0
         cost = update_cost(run_dir, trials=trials, study=study, session={
             "wall_s": time.perf_counter() - wall0, "search_loop_wall_s": stats.wall_s,
@@ -411,7 +504,7 @@ def run_search(settings: SearchSettings, *, reports_dir: str | Path = "reports",
 
             build_report(run_dir)
     if interrupted:
-        raise SearchInterrupted(run_dir, done=len(trials) + len(reasons), n_trials=s.n_trials)
+        raise SearchInterrupted(run_dir, done=len(trials) + len(reasons), n_trials=n_trials)
     if reasons and not (len(trials) and trials["quality_evaluated"].any()):
         raise AllTrialsFailedError(f"every evaluation failed ({len(reasons)} trials), no sub-DiT was scored; "
                                    f"the first: {reasons[0]}")

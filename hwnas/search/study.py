@@ -24,38 +24,48 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
 
+from hwnas.latency import Guidance, Precision
 from hwnas.paths import redact_passwords, redact_url
 from hwnas.search.budget import format_ms
+from hwnas.search.constraints import CONSTRAINT_NAMES, Bounds
 
-SamplerName = Literal["nsga2", "tpe", "gp", "random"]
-SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "tpe", "gp", "random")
-DIRECTIONS = ("minimize", "minimize")
+SamplerName = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
+SAMPLERS: tuple[SamplerName, ...] = ("nsga2", "nsga3", "tpe", "gp", "random")
+StartName = Literal["feasible", "plain"]
+STARTS: tuple[StartName, ...] = ("feasible", "plain")
+"""How a fresh study starts (`hwnas.search.start`): feasible, from sub-DiTs predicted within the budget;
+plain, from the fastest sub-DiT only, then whatever the sampler proposes."""
+QualityName = Literal["val_loss", "compositional", "fd_ref"]
+QUALITIES: tuple[QualityName, ...] = ("val_loss", "compositional", "fd_ref")
+"""The metric that confirms the Pareto candidates besides the full val loss (`hwnas.search.confirm`)."""
+DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "minimize")
 """Objectives, in order: proxy quality (val loss, lower is better) and predicted latency in ms."""
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything that defines a search. Resolved (no None left) by `hwnas.search.resolve`."""
+    """Everything that defines a search. `hwnas.search.prepare` resolves its defaults (device precision, resolution)."""
 
     device: str
     budget_ms: float
     experiment: str = "experiments/snapgenpp-1024.toml"
     checkpoint: str | None = None
     steps: int = 4
-    precision: str | None = None
+    precision: Precision | None = None
     resolution: int | None = None
     confidence: float = 0.9
     """A sub-DiT is feasible when its latency's one-sided `confidence` upper bound is within the budget."""
-    guidance: str = "distilled"
+    guidance: Guidance = "distilled"
     """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
     sampler: SamplerName = "nsga2"
+    start: StartName = "feasible"
     n_trials: int = 96
     population_size: int = 16
     seed: int = 0
@@ -66,6 +76,14 @@ class SearchSettings:
     """torch threads per worker: the proxy sub-DiTs are too small to gain from more, and oversubscribed
     cores (other jobs, several workers) cost several times the CPU time."""
     val_images: int = 64
+    screen_images: int = 0
+    """0: each trial's quality is the full val loss (`val_images` images, 8 t values). Otherwise the cheap
+    val loss on `screen_images` images and `screen_t` t values screens the trials, and the Pareto candidates
+    are confirmed with the full val loss (`hwnas.search.confirm`)."""
+    screen_t: int = 4
+    quality: QualityName = "val_loss"
+    """compositional or fd_ref: the Pareto candidates are also scored with it (`confirm_n` images)."""
+    confirm_n: int = 64
     sample_steps: int = 8
     sample_prompts: int = 4
     max_grids: int = 8
@@ -73,10 +91,27 @@ class SearchSettings:
     """Stop asking for new trials once this session has run this long (checked after each trial)."""
     profile_dir: str = "device_profiles"
     table_dir: str = "latency_tables"
+    max_params: int | None = None
+    max_size_bytes: int | None = None
+    """Bytes of the weights on disk at `precision`."""
+    max_memory_bytes: int | None = None
+    """Peak bytes of weights plus activations of one denoising step at `precision` (`hwnas.search.constraints`)."""
+    sweep_budgets_ms: tuple[float, ...] = ()
+    """Set on the members of a budget sweep (`hwnas.search.sweep`): every budget of the sweep."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {list(STARTS)}, got {self.start!r}")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {list(QUALITIES)}, got {self.quality!r}")
+        if not 0 <= self.screen_images < self.val_images:
+            raise ValueError(f"screen images must be between 0 (no screening) and the {self.val_images} validation "
+                             f"images (exclusive), got {self.screen_images!r}")
+        if self.screen_t < 1 or self.confirm_n < 2:
+            raise ValueError(f"screen t values must be >= 1 and confirm_n >= 2, got {self.screen_t!r} and "
+                             f"{self.confirm_n!r}")
         for name in ("steps", "n_trials", "workers", "threads", "val_images", "sample_steps", "sample_prompts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -90,20 +125,46 @@ class SearchSettings:
             raise ValueError(f"timeout must be positive, got {self.timeout_s!r} s")
         if self.guidance not in ("distilled", "cfg", "none"):
             raise ValueError(f"guidance must be one of distilled, cfg, none, got {self.guidance!r}")
+        _ = self.bounds  # a ValueError quotes a bad bound
+        object.__setattr__(self, "sweep_budgets_ms", tuple(float(b) for b in self.sweep_budgets_ms))
+
+    @property
+    def bounds(self) -> Bounds:
+        """The constraints beyond latency."""
+        return Bounds(max_params=self.max_params, max_size_bytes=self.max_size_bytes,
+                      max_memory_bytes=self.max_memory_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def confirms(self) -> bool:
+        """Are the Pareto candidates scored again after the search (screened trials, or another metric)?"""
+        return self.screen_images > 0 or self.quality != "val_loss"
+
     def identity(self) -> dict[str, Any]:
         """The settings that make two runs the same search (not: how many trials or how long, workers,
-        storage location). `hwnas.search.run.run_identity` adds the content hashes of the inputs."""
+        storage location, the metric that confirms the picks). `hwnas.search.run.run_identity` adds the
+        content hashes of the inputs."""
         skip = {"n_trials", "timeout_s", "workers", "threads", "storage", "study", "profile_dir", "table_dir",
-                "max_grids"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+                "max_grids", "quality", "confirm_n"}  # the last two score the picks again, not the trials
+        # unset constraints and no sweep are left out, so runs from before they existed keep their identity
+        unset = {k for k in (*CONSTRAINT_NAMES, "sweep_budgets_ms") if getattr(self, k) in (None, ())}
+        if self.start == "feasible":  # what every search did before --start existed
+            unset.add("start")
+        if not self.screen_images:  # no screening: one fidelity, as before --screen existed
+            unset |= {"screen_images", "screen_t"}
+        ident = {k: v for k, v in self.to_dict().items() if k not in skip | unset}
+        if "sweep_budgets_ms" in ident:
+            ident["sweep_budgets_ms"] = list(ident["sweep_budgets_ms"])  # as settings.json stores it
+        return ident
 
     def default_study_name(self, experiment_name: str) -> str:
+        bounds = "".join(f"-{tag}{value}" for tag, value in (("p", self.max_params), ("s", self.max_size_bytes),
+                                                             ("m", self.max_memory_bytes)) if value is not None)
+        sweep = "-sweep" + "-".join(format_ms(b) for b in self.sweep_budgets_ms) if self.sweep_budgets_ms else ""
         return (f"{self.device}-{experiment_name}-{format_ms(self.budget_ms)}-{self.steps}steps-{self.precision}-"
-                f"{self.sampler}-seed{self.seed}")
+                f"{self.sampler}-seed{self.seed}{bounds}{sweep}")
 
     def run_dir_stem(self, *, date: _dt.date) -> str:
         return f"{self.device}-{format_ms(self.budget_ms)}-{date.isoformat()}"
@@ -121,6 +182,8 @@ def make_sampler(name: SamplerName, *, seed: int, population_size: int = 16) -> 
     """Optuna's sampler `name`, seeded. Constraints come from `trial.set_constraint` (Optuna >= 5)."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population_size)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if name == "gp":
@@ -227,7 +290,6 @@ def failed_reasons(study: optuna.Study) -> list[str]:
 class LoopStats:
     trials_run: int = 0
     wall_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
     timed_out: bool = False
 
 
@@ -261,30 +323,43 @@ def run_loop(study: optuna.Study, objective: Callable[[optuna.Trial], tuple[floa
                 stats.timed_out = True
                 break
             trial = study.ask()
-            trial.set_user_attr("worker", tag)
-            if isinstance(study.sampler, optuna.samplers.BaseGASampler):
-                # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
-                # every population (NSGA-II would never breed from the feasible start)
-                study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
             try:
+                trial.set_user_attr("worker", tag)
+                if isinstance(study.sampler, optuna.samplers.BaseGASampler):
+                    # Optuna gives a generation only to trials it samples; an enqueued one would sit outside
+                    # every population (NSGA-II would never breed from the feasible start)
+                    study.sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
                 values = objective(trial)
             except TrialFailed as exc:
                 trial.set_user_attr("fail_reason", str(exc))
-                study.tell(trial, state=TrialState.FAIL)
-                stats.errors.append(str(exc))
-                stats.trials_run += 1
+                stats.trials_run += _tell(study, trial, state=TrialState.FAIL)
                 continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker finished this very trial first (see `_tell`); its result stands
             except KeyboardInterrupt:
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                if _tell(study, trial, state=TrialState.FAIL):
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
                 raise
             except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
+                _tell(study, trial, state=TrialState.FAIL)
                 raise
-            study.tell(trial, list(values))
-            stats.trials_run += 1
+            stats.trials_run += _tell(study, trial, list(values))
     stats.wall_s = clock() - start
     return stats
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None = None, *,
+          state: TrialState | None = None) -> bool:
+    """`study.tell`; False where another worker already finished this trial. Optuna's RDB storage can
+    hand one enqueued trial to two workers that ask at the same instant (SQLite reads it as WAITING in
+    both before either writes); the first to finish records it and the other's result is dropped."""
+    try:
+        study.tell(trial, values, state=state)
+    except ValueError:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return False
+        raise
+    return True
 
 
 @contextmanager

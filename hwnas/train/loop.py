@@ -17,6 +17,7 @@ import csv
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,16 +29,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from hwnas.data import Tokenizer, make_dataset
-from hwnas.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
+from hwnas.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text, sha256_file
 from hwnas.model.vae import Autoencoder
 from hwnas.space import SearchSpace, SubnetConfig, load_space
 from hwnas.train.checkpoint import (
+    WEIGHTS,
     load_train_state,
+    load_weights,
     save_train_state,
     save_weights,
+    unprefixed,
 )
-from hwnas.train.config import TrainConfig, load_train_config, tomllib
+from hwnas.train.config import TrainConfig, load_train_config
 from hwnas.train.flow import flow_matching_loss, interpolate, sample_train_time
 from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet, build_supernet, space_vae
@@ -137,13 +146,18 @@ def _dist_info() -> tuple[int, int]:
 def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, resume: bool = False,
           progress: bool = True, overrides: dict[str, Any] | None = None,
           standalone: SubnetConfig | None = None, vae: str | Path | None = None,
-          max_wall_s: float | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
+          max_wall_s: float | None = None, cache_dir: str | Path | None = None,
+          init_from: str | Path | None = None, stop_at: int | None = None) -> dict[str, Any]:
     """Train the elastic supernet of `experiment`; write checkpoints to `out`; return the summary.
 
     `standalone` trains that one sub-DiT from scratch instead (same recipe, flow matching only).
     `vae` overrides the experiment's `[vae] path`. `max_wall_s` stops the run (with a checkpoint)
-    once it has trained that long in total; `--resume` continues it. `cache_dir` keeps the encoded
-    training set (see `training_set`).
+    once it has trained that long in total, and `stop_at` once it reaches that step (on the same
+    schedule: a run of 800 steps stopped at 200 is the first quarter of it); `--resume` continues
+    it. `cache_dir` keeps the encoded
+    training set (see `training_set`). `init_from` starts from the weights of another checkpoint of
+    the same model (see `_warm_start`), with a fresh optimizer and schedule: to continue a run whose
+    resume state is lost, or to go on with another batch size or on another machine.
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group (gloo on CPU, NCCL on CUDA) and
     splits each global batch across ranks; rank 0 writes the checkpoints.
@@ -153,6 +167,9 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     tc = load_train_config(experiment).with_overrides(steps=steps, **(overrides or {}))
     if standalone is not None:
         space.validate(standalone)
+        if init_from is not None:
+            raise ValueError("--init-from starts a supernet from another's weights; "
+                             "a stand-alone run starts from scratch")
     autoencoder = space_vae(space, experiment.read_text(), override=vae, source=str(experiment))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -164,7 +181,7 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     torch.manual_seed(tc.seed)
 
     if autoencoder is not None:
-        autoencoder.model.to(device)
+        autoencoder.to(device)
     images, captions = training_set(space, tc, vae=autoencoder,
                                     cache_dir=Path(cache_dir) if cache_dir is not None else None)
     images = images.to(device)  # (N, C, h, w): the whole training set lives on the device
@@ -177,6 +194,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     objective: nn.Module = _ElasticObjective(net, tc, standalone=standalone)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+    parent = (_warm_start(net, Path(init_from), experiment.read_text())
+              if init_from is not None and not resume else None)
     params = [p for p in list(net.dit.parameters()) + list(net.text.parameters())]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     ema = [p.detach().clone() for p in params]
@@ -192,6 +211,9 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         if tc.steps < saved_steps:
             raise ValueError(f"{out}: the run there is scheduled for {saved_steps} steps; "
                              f"--steps {tc.steps} would shorten it")
+        parent = state.get("init_from")
+        if init_from is not None and (parent is None or Path(parent["path"]) != Path(init_from)):
+            raise ValueError(f"{out}: the run there did not start from {init_from}; resume it without --init-from")
         schedule = list(state.get("schedule", [saved_steps]))
         if tc.steps > saved_steps:
             schedule.append(tc.steps)
@@ -202,12 +224,12 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
             e.copy_(saved)
         start, wall_before = int(state["step"]), float(state["wall_s"])
         history = _read_log(out)
-    if start >= tc.steps:
+    if start >= min(tc.steps, stop_at or tc.steps):
         return _summary(out, tc, start, wall_before)
 
     per_rank = tc.batch_size // world
     t0 = time.perf_counter()
-    run = _RunInfo(experiment=experiment, tc=tc, schedule=schedule, standalone=standalone)
+    run = _RunInfo(experiment=experiment, tc=tc, schedule=schedule, standalone=standalone, parent=parent)
     bar = loss_progress(progress and rank == 0, label="train", total=tc.steps, start=start)
     for step in range(start, tc.steps):
         g = _step_generator(tc.seed, step, 0)
@@ -233,7 +255,7 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
         history.append({"step": done, "loss": loss.item(), **logs, "grad_norm": grad_norm,
                         "lr": lr_at(step, tc), "wall_s": round(elapsed, 2)})
         bar(done, loss.item())
-        deadline = max_wall_s is not None and elapsed >= max_wall_s
+        deadline = (max_wall_s is not None and elapsed >= max_wall_s) or (stop_at is not None and done >= stop_at)
         if rank == 0 and (done % tc.val_every == 0 or done == tc.steps or deadline):
             _log_validation(out, net, ema, params, done, standalone)
         if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.steps or deadline):
@@ -276,12 +298,52 @@ class _RunInfo:
 
     `schedule` lists the step targets the run was given: [1000] for one run, [1000, 3000] for a
     run extended with `--resume --steps 3000` (its cosine learning rate restarted at step 1000).
+    `parent` describes the checkpoint a warm-started run began from (`_warm_start`).
     """
 
     experiment: Path
     tc: TrainConfig
     schedule: list[int]
     standalone: SubnetConfig | None
+    parent: dict[str, Any] | None = None
+
+    def samples(self, step: int) -> int:
+        """Training samples seen by the weights at `step`, the parent's included."""
+        return step * self.tc.batch_size + (int(self.parent["samples"]) if self.parent else 0)
+
+
+_MODEL_SECTIONS = ("experiment", "vae", "model", "space")
+
+
+def _warm_start(net: Supernet, directory: Path, experiment_toml: str) -> dict[str, Any]:
+    """Load the (EMA) weights of the checkpoint in `directory` into `net`; return what the new
+    run records about it. The checkpoint must be of the same model: the same experiment sections
+    other than [train], the same VAE (by hash) and the same tokenizer; anything else is refused."""
+    tensors, meta = load_weights(directory)
+    mine = tomllib.loads(experiment_toml)
+    try:
+        theirs = tomllib.loads(meta["experiment_toml"])
+        differ = [s for s in _MODEL_SECTIONS if mine.get(s) != theirs.get(s)]
+        if differ:
+            raise ValueError(f"{directory}: trained on another model ([{'], ['.join(differ)}] differ from "
+                             "this experiment's); --init-from needs a checkpoint of the same model")
+        vae_hash = net.vae.sha256 if net.vae is not None else None
+        if (meta.get("vae") or {}).get("sha256") != vae_hash:
+            raise ValueError(f"{directory}: trained with VAE sha256 {str((meta.get('vae') or {}).get('sha256'))[:12]}, "
+                             f"this run uses {str(vae_hash)[:12]}")
+        if meta["tokenizer"] != net.tokenizer.to_dict():
+            raise ValueError(f"{directory}: its tokenizer vocabulary differs from this run's training captions")
+        if meta.get("standalone") is not None:
+            raise ValueError(f"{directory}: a stand-alone sub-DiT run, not a supernet")
+        net.dit.load_state_dict(unprefixed("dit", tensors))
+        net.text.load_state_dict(unprefixed("text", tensors))
+        step, batch = int(meta["step"]), int(meta["train"]["batch_size"])
+    except (KeyError, RuntimeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{directory}: not a supernet checkpoint of this hwnas version ({exc})") from None
+    parent = meta.get("init_from")
+    return {"path": str(directory), "sha256": sha256_file(directory / WEIGHTS), "step": step,
+            "batch_size": batch, "device": meta.get("device"), "command": meta.get("command"),
+            "samples": step * batch + (int(parent["samples"]) if parent else 0), "init_from": parent}
 
 
 @contextmanager
@@ -313,6 +375,7 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
         atomic_write_text(out / "standalone.json", run.standalone.to_json() + "\n")
     command = "; ".join(f"hwnas train --experiment {run.experiment} --steps {n} --out {out}"
                         + (f" --standalone {out / 'standalone.json'}" if run.standalone is not None else "")
+                        + (f" --init-from {run.parent['path']}" if run.parent is not None and not i else "")
                         + (" --resume" if i else "") for i, n in enumerate(run.schedule))
     meta = {
         "format": "hwnas-supernet-1",
@@ -330,11 +393,13 @@ def _checkpoint(out: Path, net: Supernet, ema: list[torch.Tensor], params: list[
         "vae": ({"path": net.vae.path.name, "sha256": net.vae.sha256} if net.vae is not None else None),
         "device": str(net.device),
         "command": command,
+        "init_from": run.parent,
+        "samples": run.samples(step),
     }
     save_weights(out, weights, meta)
     save_train_state(out, {"step": step, "wall_s": wall_s, "train": asdict(run.tc),
                            "experiment_toml": experiment_toml, "schedule": run.schedule,
-                           "standalone": standalone, "dit": raw["dit"],
+                           "standalone": standalone, "init_from": run.parent, "dit": raw["dit"],
                            "text": raw["text"], "optimizer": opt.state_dict(),
                            "ema": [e.detach().cpu().clone() for e in ema]})
 

@@ -25,30 +25,22 @@ from hwnas.train.flow import guided_velocity
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes-32"
 
 
-@dataclass
-class Supernet:
-    """`vae` is None for a pixel-space experiment (`latent_downsample` 1): images are the latents."""
+class TextToImage:
+    """What the supernet and an extracted sub-DiT (`hwnas.compress.SubDiT`) share around their DiT: the
+    text side, the latent side and the device. Subclasses are dataclasses holding these attributes."""
 
     space: SearchSpace
-    dit: ElasticDiT
+    dit: torch.nn.Module
     text: BuiltinTextEncoder
     tokenizer: Tokenizer
-    meta: dict[str, Any] = field(default_factory=dict)
-    vae: Autoencoder | None = None
+    vae: Autoencoder | None
 
     @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
 
-    def to(self, device: str | torch.device) -> Supernet:
-        """Move the DiT, the text encoder and the autoencoder to `device` (in place)."""
-        self.dit.to(device)
-        self.text.to(device)
-        if self.vae is not None:
-            self.vae.model.to(device)
-        return self
-
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> what the DiT denoises (the images themselves without a VAE)."""
         return to_latent(self.vae, images)
 
     def to_image(self, latents: torch.Tensor) -> torch.Tensor:
@@ -58,6 +50,26 @@ class Supernet:
         """Captions -> text embeddings (B, L, Ct) and mask (B, L), on the text encoder's device."""
         ids = self.tokenizer.encode(captions, max_len=self.space.text_len)
         return self.text.encode(ids.to(next(self.text.parameters()).device))
+
+
+@dataclass
+class Supernet(TextToImage):
+    """`vae` is None for a pixel-space experiment (`latent_downsample` 1): images are the latents."""
+
+    space: SearchSpace
+    dit: ElasticDiT
+    text: BuiltinTextEncoder
+    tokenizer: Tokenizer
+    meta: dict[str, Any] = field(default_factory=dict)
+    vae: Autoencoder | None = None
+
+    def to(self, device: str | torch.device) -> Supernet:
+        """Move the DiT, the text encoder and the autoencoder to `device` (in place)."""
+        self.dit.to(device)
+        self.text.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
+        return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**prefixed("dit", self.dit.state_dict()), **prefixed("text", self.text.state_dict())}

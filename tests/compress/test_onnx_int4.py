@@ -7,9 +7,9 @@ import pytest
 from hwnas.compress import (
     QuantSpec,
     check_parity,
+    dequantized_copy,
     export_int4_onnx,
     quantize_model,
-    quantized_model,
 )
 from hwnas.compress.quant import layer_sensitivity, mixed_bits
 from hwnas.model import example_inputs, extract_subnet
@@ -25,7 +25,7 @@ def test_matmulnbits_matches_dequantized_pytorch(tiny_net: Supernet, tmp_path: P
     bits = mixed_bits(static, spec, layer_sensitivity(static, spec, lambda m: m(*inputs)), extra_bits=1.0)
     q = quantize_model(static, spec, bits=bits)
     assert 8 in q.bits.values()
-    deq = quantized_model(static, q)
+    deq = dequantized_copy(static, q)
     exact = export_int4_onnx(static, q, tmp_path / "exact.onnx", accuracy_level=0)  # fp32 compute
     assert exact["matmulnbits"] == len(q.packed)
     parity = check_parity(tmp_path / "exact.onnx", deq)

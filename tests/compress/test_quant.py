@@ -8,6 +8,7 @@ from torch import nn
 from hwnas.compress.quant import (
     QuantSpec,
     block_size,
+    dequantized_copy,
     finetune_biases_norms,
     layer_sensitivity,
     mixed_bits,
@@ -15,7 +16,6 @@ from hwnas.compress.quant import (
     quantize_kmeans,
     quantize_model,
     quantize_rtn,
-    quantized_model,
     unpack,
 )
 
@@ -100,10 +100,10 @@ def test_mixed_precision_average_bits() -> None:
     assert mixed.avg_bits_all > mixed.avg_bits  # biases counted at 16 bits
 
 
-def test_quantized_model_uses_the_packed_weights_and_finetune_moves_only_biases() -> None:
+def test_dequantized_copy_uses_the_packed_weights_and_finetune_moves_only_biases() -> None:
     model = _mlp()
     q = quantize_model(model, QuantSpec("rtn", 4, 32, False))
-    qm = quantized_model(model, q)
+    qm = dequantized_copy(model, q)
     assert torch.equal(qm[0].weight, q.packed["0"].dequantize())
     weight = qm[2].weight.clone()
     bias = qm[2].bias.clone()

@@ -16,6 +16,7 @@ from hwnas.latency import (
     load_profile,
     write_table,
 )
+from hwnas.latency.adaptive import DEFAULT_STOP
 from hwnas.latency.build import measured_meta
 from hwnas.latency.validate import (
     accuracy,
@@ -90,7 +91,7 @@ def test_samples_are_seeded_distinct_and_disjoint(space: SearchSpace) -> None:
 
 def _synthetic_table(space: SearchSpace) -> LatencyTable:
     prof = load_profile("host", profile_dir=ROOT / "device_profiles")
-    meta = measured_meta(prof, space, experiment_path=EXPERIMENT, remote=False, repeat=5, min_repeat_ms=0, warmup=1)
+    meta = measured_meta(prof, space, experiment_path=EXPERIMENT, remote=False, stop=DEFAULT_STOP, warmup=1)
     entries: dict[KernelKey, Timing] = {}
     for k in enumerate_kernels(space, precisions=("fp32",)):
         ms = 0.002 + k.op.tokens * k.op.dim * (k.op.ffn_ratio + 1) * 1e-6
@@ -185,12 +186,17 @@ def test_validate_cli_without_table_is_one_line(tmp_path: Path) -> None:
     assert "no latency table for device 'host'" in res.output
 
 
-def test_write_correction_round_trip(space: SearchSpace, tmp_path: Path) -> None:
+def test_record_validation_writes_correction_and_interval_together(space: SearchSpace, tmp_path: Path) -> None:
     from hwnas.latency import load_table
-    from hwnas.latency.validate import write_correction
+    from hwnas.latency.validate import record_validation
 
     table = _synthetic_table(space)
     write_table(table, table_dir=tmp_path)
-    write_correction(table, a=1.1, b_ms=0.2, source="measured: test", table_dir=tmp_path)
+    rows = [{"predicted_ms": p, "measured_ms": p * f} for p, f in zip((1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+                                                                       (1.1, 0.9, 1.2, 1.05, 0.95, 1.15))]
+    report = {"seed": 0, "rows": rows, "n_calibration": 20, "corrected": {"a": 1.1, "b_ms": 0.2}}
+    assert record_validation(table, report, interval=False, correction=False, table_dir=tmp_path) is None
+    record_validation(table, report, interval=True, correction=True, table_dir=tmp_path)
     loaded = load_table("host", space.name, table_dir=tmp_path, profile_dir=ROOT / "device_profiles")
     assert loaded.meta.correction is not None and loaded.meta.correction.a == 1.1
+    assert loaded.meta.error is not None and loaded.meta.error.n == 6  # both in one rewrite: neither lost

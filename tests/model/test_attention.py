@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_space import tiny_space  # tests/ is on sys.path via the root conftest
 
 from hwnas.model.attention import (
     ElasticCrossAttention,
@@ -20,15 +21,12 @@ from hwnas.space import SearchSpace, StageChoices
 
 def _tiny_space(*, blocks: int = 8) -> SearchSpace:
     """16x16 RGB, patch 2 -> 8x8 = 64 tokens; hidden 32 = 4 heads of 8, 2 KV heads."""
-    outer = StageChoices(width=(0.5, 0.75, 1.0), depth=(1,), ffn_ratio=(2,), attn=("assa", "bna", "global"),
-                         radius=(1, 2), preset_ffn_ratio=2)
-    middle = StageChoices(width=(0.5, 1.0), depth=(1,), ffn_ratio=(2,), attn=("full",), radius=(),
-                          preset_ffn_ratio=2)
-    return SearchSpace(
-        name="tiny-attn", dataset="shapes", resolution=16, latent_downsample=1, latent_channels=3,
-        patch_size=2, hidden_size=32, head_dim=8, kv_heads=2, time_dim=16, text_len=5, text_dim=12,
-        bna_blocks=blocks, kv_compress=2, stages={"down": outer, "middle": middle, "up": outer},
-    )
+    return tiny_space(
+        "tiny-attn", bna_blocks=blocks,
+        down=StageChoices(width=(0.5, 0.75, 1.0), depth=(1,), ffn_ratio=(2,), attn=("assa", "bna", "global"),
+                          radius=(1, 2), preset_ffn_ratio=2),
+        middle=StageChoices(width=(0.5, 1.0), depth=(1,), ffn_ratio=(2,), attn=("full",), radius=(),
+                            preset_ffn_ratio=2))
 
 
 def _brute_force_mask(tokens: int, blocks: int, radius: int) -> torch.Tensor:

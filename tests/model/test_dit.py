@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_space import tiny_space  # tests/ is on sys.path via the root conftest
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from hwnas.cost import count_params, flops_per_step, local_key_pairs
@@ -36,21 +37,16 @@ def _sdpa_flops(q: list[int], k: list[int], v: list[int], *args: object, **kwarg
 
 
 def _tiny_space() -> SearchSpace:
-    """16x16 RGB, patch 2 -> 8x8 = 64 Down/Up tokens (8 BNA blocks), Middle 16 tokens; hidden 32
-    (4 heads of 8, 2 KV heads; width 0.75 -> 3 heads with 1 self-attention KV head). Up is deeper
-    than Down, so some Up blocks have no long skip."""
+    """16x16 RGB, patch 2 -> 64 Down/Up tokens (8 BNA blocks), Middle 16 tokens; hidden 32 (4 heads of 8,
+    2 KV heads; width 0.75 -> 3 heads with 1 self-attention KV head). Up is deeper than Down, so some Up
+    blocks have no long skip."""
     outer = dict(ffn_ratio=(2, 3), attn=("assa", "bna", "global"), radius=(1, 2), preset_ffn_ratio=2)
-    return SearchSpace(
-        name="tiny-dit", dataset="shapes", resolution=16, latent_downsample=1, latent_channels=3,
-        patch_size=2, hidden_size=32, head_dim=8, kv_heads=2, time_dim=16, text_len=5, text_dim=12,
-        bna_blocks=8, kv_compress=2,
-        stages={
-            "down": StageChoices(width=(0.5, 0.75, 1.0), depth=(1, 2), **outer),  # type: ignore[arg-type]
-            "middle": StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2, 3), attn=("full",), radius=(),
-                                   preset_ffn_ratio=3),
-            "up": StageChoices(width=(0.5, 0.75, 1.0), depth=(1, 2, 3), **outer),  # type: ignore[arg-type]
-        },
-    )
+    return tiny_space(
+        "tiny-dit",
+        down=StageChoices(width=(0.5, 0.75, 1.0), depth=(1, 2), **outer),  # type: ignore[arg-type]
+        middle=StageChoices(width=(0.5, 1.0), depth=(1, 2), ffn_ratio=(2, 3), attn=("full",), radius=(),
+                            preset_ffn_ratio=3),
+        up=StageChoices(width=(0.5, 0.75, 1.0), depth=(1, 2, 3), **outer))  # type: ignore[arg-type]
 
 
 def _random_supernet(space: SearchSpace, *, seed: int = 0) -> ElasticDiT:
@@ -289,7 +285,7 @@ def test_flops_match_cost_model(tiny: tuple[SearchSpace, ElasticDiT], down: Stag
         extract_subnet(net, cfg)(*_inputs(space, batch=1))
     masked_slot_flops = 0
     for s in (cfg.down, cfg.up):
-        if s.attn in ("assa", "bna"):
+        if s.has_local:
             n, blocks = space.tokens_outer, space.bna_blocks
             slots = (n // blocks) ** 2 * blocks * (2 * s.radius + 1) - local_key_pairs(n, blocks, s.radius)
             masked_slot_flops += s.depth * 4 * slots * space.dim(s.width)

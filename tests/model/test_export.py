@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_space import tiny_space  # tests/ is on sys.path via the root conftest
 
 from hwnas.model import (
     ElasticDiT,
@@ -18,15 +19,12 @@ from hwnas.space import SearchSpace, StageChoices, StageConfig, SubnetConfig
 
 def _tiny_space() -> SearchSpace:
     """16x16 RGB, patch 2 -> 64 tokens in 8 BNA blocks; hidden 32 = 4 heads of 8, 2 KV heads."""
-    outer = StageChoices(width=(0.75, 1.0), depth=(1,), ffn_ratio=(2,), attn=("assa", "bna", "global"),
-                         radius=(1,), preset_ffn_ratio=2)
-    middle = StageChoices(width=(0.5, 1.0), depth=(1,), ffn_ratio=(2,), attn=("full",), radius=(),
-                          preset_ffn_ratio=2)
-    return SearchSpace(
-        name="tiny-export", dataset="shapes", resolution=16, latent_downsample=1, latent_channels=3,
-        patch_size=2, hidden_size=32, head_dim=8, kv_heads=2, time_dim=16, text_len=5, text_dim=12,
-        bna_blocks=8, kv_compress=2, stages={"down": outer, "middle": middle, "up": outer},
-    )
+    return tiny_space(
+        "tiny-export",
+        down=StageChoices(width=(0.75, 1.0), depth=(1,), ffn_ratio=(2,), attn=("assa", "bna", "global"),
+                          radius=(1,), preset_ffn_ratio=2),
+        middle=StageChoices(width=(0.5, 1.0), depth=(1,), ffn_ratio=(2,), attn=("full",), radius=(),
+                            preset_ffn_ratio=2))
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,17 @@ def test_run_directory_holds_every_file(run_dir: Path) -> None:
     assert summary_frame(load_run(run_dir))["headroom_ms"].min() >= 0
 
 
+def test_picks_carry_their_latency_bound_and_probability_of_fitting(run_dir: Path) -> None:
+    data = load_run(run_dir)
+    df = summary_frame(data)
+    budget = data.budget_ms
+    assert len(df) and (df["latency_hi_ms"] >= df["latency_ms"]).all()
+    assert (df["latency_hi_ms"] <= budget + 0.05).all()  # the search constrained the bound, not the point
+    assert df["p_fit"].between(data.settings["confidence"] - 1e-3, 1.0).all()  # bound within budget: P >= conf
+    page = (run_dir / "report.html").read_text()
+    assert "latency_hi_ms" in page and "p_fit" in page and "upper bound of the latency" in page
+
+
 def test_cli_report_rebuilds_from_files(run_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)

@@ -171,3 +171,48 @@ def test_a_swallowed_ctrl_c_still_stops_the_loop() -> None:
         run_loop(study, objective, n_trials=10)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert len(complete) == 3  # trials 0-2 finished; the next boundary raised
+
+
+def test_a_trial_another_worker_finished_first_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """Two workers asking at the same instant can be handed the same enqueued trial by Optuna's SQLite
+    storage; the first to finish records it, and the second goes on with the next trial."""
+    from hwnas.search.study import run_loop
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(directions=["minimize", "minimize"], storage=storage, study_name="s")
+    twin = optuna.load_study(study_name="s", storage=storage)  # the other worker's handle
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x = trial.suggest_int("x", 0, 9)
+        if trial.number == 1:
+            twin.tell(trial.number, [-1.0, -1.0])  # the twin finished this very trial first
+        return float(x), float(x)
+
+    stats = run_loop(study, objective, n_trials=4)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert trials[1].values == [-1.0, -1.0]  # the first result stands
+    assert stats.trials_run == 3  # this worker's result for trial 1 was dropped, not counted
+
+
+def test_a_trial_finished_elsewhere_while_its_objective_runs_is_dropped(tmp_path: Path) -> None:
+    """The twin may finish the shared trial while this worker's objective is still writing to it."""
+    from hwnas.search.study import run_loop
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(directions=["minimize", "minimize"], storage=storage, study_name="s")
+    twin = optuna.load_study(study_name="s", storage=storage)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x = trial.suggest_int("x", 0, 9)
+        if trial.number == 1:
+            twin.tell(trial.number, [-1.0, -1.0])
+            trial.set_user_attr("hwnas", {"x": x})  # what run_trial does next: refused, the trial is finished
+        return float(x), float(x)
+
+    stats = run_loop(study, objective, n_trials=4)
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 4
+    assert stats.trials_run == 3
+

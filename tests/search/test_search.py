@@ -90,7 +90,7 @@ def test_rerun_of_finished_search_adds_no_trials(tiny_env, tmp_path: Path) -> No
     assert len(again["cost"]["sessions"]) == 2 and again["best"] == first["best"]
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+@pytest.mark.parametrize("sampler", ["nsga3", "tpe", "gp"])
 def test_other_samplers_run(tiny_env, tmp_path: Path, sampler: str) -> None:  # type: ignore[no-untyped-def]
     res = run_search(tiny_env.settings(sampler=sampler, n_trials=12), out=tmp_path / sampler, report=False)
     assert res["cost"]["trials"] == 12 and res["best"] is not None

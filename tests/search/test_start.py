@@ -20,7 +20,7 @@ def _latency(tiny_env):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("sampler", "population", "expected"), [
-    ("nsga2", 16, 16), ("nsga2", 4, 4), ("tpe", 16, 10), ("gp", 4, 10), ("random", 16, 1),
+    ("nsga2", 16, 16), ("nsga2", 4, 4), ("nsga3", 8, 8), ("tpe", 16, 10), ("gp", 4, 10), ("random", 16, 1),
 ])
 def test_startup_trials(sampler: str, population: int, expected: int) -> None:
     assert startup_trials(sampler, population_size=population) == expected  # type: ignore[arg-type]
@@ -74,7 +74,74 @@ def test_fresh_study_enqueues_a_feasible_first_generation(tiny_env, tmp_path: Pa
     assert len(study.trials) == 14 and sum("fixed_params" in t.system_attrs for t in study.trials) == 6
 
 
-def test_random_sampler_stays_random(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    a = run_search(tiny_env.settings(sampler="random"), out=tmp_path / "r", report=False)
-    study = optuna.load_study(study_name=a["settings"]["study"], storage=a["settings"]["storage"])
-    assert [t.number for t in study.trials if "fixed_params" in t.system_attrs] == [0]  # the fastest only
+def _study(result):  # type: ignore[no-untyped-def]
+    return optuna.load_study(study_name=result["settings"]["study"], storage=result["settings"]["storage"])
+
+
+def test_plain_start_enqueues_the_fastest_only(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = tiny_env.settings(population_size=6, start="plain")
+    study = _study(run_search(settings, out=tmp_path / "p", report=False))
+    assert [t.number for t in study.trials if "fixed_params" in t.system_attrs] == [0]
+    assert config_from_params(study.trials[0].params, load_space(tiny_env.experiment)) == \
+        prepare(settings).feasibility.fastest
+    assert study.user_attrs["hwnas_settings"]["start"] == "plain"
+
+
+@pytest.mark.parametrize("start", ["feasible", "plain"])
+def test_random_sampler_draws_from_the_feasible_region_with_the_feasible_start(
+        tiny_env, tmp_path: Path, start: str) -> None:  # type: ignore[no-untyped-def]
+    res = run_search(tiny_env.settings(sampler="random", start=start, n_trials=16), out=tmp_path / start,
+                     report=False)
+    study = _study(res)
+    assert [t.number for t in study.trials if "fixed_params" in t.system_attrs] == [0]  # the fastest, enqueued
+    feasible = [t.user_attrs["hwnas"]["feasible"] for t in study.trials]
+    if start == "feasible":  # rejection sampling against the LUT: every proposal fits
+        assert all(feasible)
+    else:  # plain uniform sampling: a quarter of the way from the fastest to the largest, most do not fit
+        assert not all(feasible)
+
+
+def test_feasible_random_sampler_repeats_across_a_resume(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    whole = _study(run_search(tiny_env.settings(sampler="random", n_trials=10), out=tmp_path / "a", report=False))
+    run_search(tiny_env.settings(sampler="random", n_trials=4), out=tmp_path / "b", report=False)
+    resumed = _study(run_search(tiny_env.settings(sampler="random", n_trials=10), out=tmp_path / "b", report=False))
+    assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
+    assert len({config_from_params(t.params, load_space(tiny_env.experiment)).id for t in whole.trials}) > 5
+
+
+def _every_config(space):  # type: ignore[no-untyped-def]
+    import itertools
+
+    from hwnas.space import STAGES, StageConfig, SubnetConfig
+
+    per_stage = []
+    for name in STAGES:
+        ch = space.stages[name]
+        per_stage.append([StageConfig(width=w, depth=d, ffn_ratio=f, attn=a, radius=r)
+                          for w, d, f, a in itertools.product(ch.width, ch.depth, ch.ffn_ratio, ch.attn)
+                          for r in (ch.radius if a in ("assa", "bna") else (0,))])
+    return [SubnetConfig(*stages) for stages in itertools.product(*per_stage)]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 1.0])
+def test_feasible_set_is_every_sub_dit_that_fits(tiny_env, fraction: float) -> None:  # type: ignore[no-untyped-def]
+    from hwnas.search.start import feasible_set, fits_budget
+
+    space, latency = _latency(tiny_env)
+    budget = tiny_env.fastest_ms + fraction * (tiny_env.largest_ms - tiny_env.fastest_ms)
+    calls = []
+
+    def counted(cfg):  # type: ignore[no-untyped-def]
+        calls.append(cfg)
+        return latency(cfg)
+
+    fits = fits_budget(counted, budget_ms=budget, confidence=0.9)
+    found = feasible_set(space, fits)
+    every = _every_config(space)
+    assert len(every) == space.size()
+    walked = len(calls)
+    brute = {c.id for c in every if fits(c)}
+    assert [c.id for c in found] == list(dict.fromkeys(c.id for c in found))  # no repeats
+    assert {c.id for c in found} == brute and len(brute) >= 1
+    if fraction < 1.0:  # it predicts the feasible sub-DiTs and their upper neighbours, not the whole space
+        assert walked < len(every)

@@ -58,7 +58,7 @@ def test_load_supernet_and_eval_refuse_a_nan_checkpoint(tmp_path: Path) -> None:
 def test_eval_exits_non_zero_on_a_nan_result(monkeypatch: pytest.MonkeyPatch) -> None:
     from hwnas.metrics import evaluate as evaluate_mod
 
-    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **k: {"value": math.nan, "source": "test"})
+    monkeypatch.setattr(evaluate_mod, "val_loss", lambda *a, **k: math.nan)  # what a diverged checkpoint gives
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(ROOT / "checkpoints" / "shapes-32"),  # not the default
                                     "--metric", "val_loss", "--n", "2", "--json"])
     assert res.exit_code == 2 and "val_loss of" in res.output and "not a number" in res.output

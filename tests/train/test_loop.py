@@ -120,3 +120,49 @@ def test_ddp_two_cpu_processes_keep_weights_identical(tiny_experiment: Path, tmp
     assert len(summaries) == 2
     assert all(s["ranks_identical"] for s in summaries)
     assert json.loads((out / "supernet.json").read_text())["step"] == 3
+
+
+def test_stop_at_is_the_start_of_the_longer_schedule(tiny_experiment: Path, tmp_path: Path) -> None:
+    """--stop-at 2 of a 4-step run checkpoints at step 2 on the 4-step learning-rate schedule,
+    and --resume finishes it bit for bit like an uninterrupted run."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(tiny_experiment, out=straight, steps=4, progress=False)
+    assert train(tiny_experiment, out=stopped, steps=4, stop_at=2, progress=False)["steps"] == 2
+    assert json.loads((stopped / "supernet.json").read_text())["schedule"] == [4]
+    train(tiny_experiment, out=stopped, steps=4, resume=True, progress=False)
+    a, b = load_file(str(straight / WEIGHTS)), load_file(str(stopped / WEIGHTS))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_init_from_starts_at_the_parents_weights(tiny_experiment: Path, tmp_path: Path) -> None:
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    train(tiny_experiment, out=parent, steps=3, progress=False)
+    train(tiny_experiment, out=child, steps=2, stop_at=1, init_from=parent, progress=False,
+          overrides={"batch_size": 4, "lr": 1e-9, "warmup_steps": 1})
+    meta = json.loads((child / "supernet.json").read_text())
+    assert meta["step"] == 1 and meta["init_from"]["step"] == 3 and meta["init_from"]["path"] == str(parent)
+    assert meta["samples"] == 4 + 3 * json.loads((parent / "supernet.json").read_text())["train"]["batch_size"]
+    assert f"--init-from {parent}" in meta["command"]
+    # with a learning rate of 1e-9 one step leaves the parent's (EMA) weights in place
+    a, b = load_file(str(parent / WEIGHTS)), load_file(str(child / WEIGHTS))
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    # the resumed child keeps its lineage without being told again; a different parent is refused
+    train(tiny_experiment, out=child, steps=2, resume=True, progress=False,
+          overrides={"batch_size": 4, "lr": 1e-9, "warmup_steps": 1})
+    assert json.loads((child / "supernet.json").read_text())["init_from"]["step"] == 3
+    with pytest.raises(ValueError, match="did not start from"):
+        train(tiny_experiment, out=child, steps=3, resume=True, init_from=tmp_path / "other", progress=False,
+              overrides={"batch_size": 4, "lr": 1e-9, "warmup_steps": 1})
+
+
+def test_init_from_another_model_is_refused(tiny_experiment: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    train(tiny_experiment, out=parent, steps=1, progress=False)
+    wider = tmp_path / "wider.toml"
+    wider.write_text(tiny_experiment.read_text().replace("hidden_size = 16", "hidden_size = 24"))
+    assert wider.read_text() != tiny_experiment.read_text()
+    with pytest.raises(ValueError, match=r"\[model\] differ"):
+        train(wider, out=tmp_path / "child", steps=1, init_from=parent, progress=False)
+    assert not (tmp_path / "child" / WEIGHTS).exists()
+    with pytest.raises(ValueError, match="not found"):
+        train(tiny_experiment, out=tmp_path / "child", steps=1, init_from=tmp_path / "none", progress=False)

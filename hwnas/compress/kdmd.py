@@ -26,15 +26,16 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from hwnas.compress.extract import SubDiT, save_subdit
+from hwnas.compress.settings import DistillConfig
 from hwnas.io import atomic_write_csv, atomic_write_json
 from hwnas.model.ops import plain_norm
 from hwnas.space import SubnetConfig
@@ -43,59 +44,8 @@ from hwnas.train.flow import flow_matching_loss, interpolate, time_grid
 from hwnas.train.progress import loss_progress
 from hwnas.train.supernet import Supernet
 
-Mode = Literal["dmd", "kd", "kdmd"]
 STATE = "distill_state.pt"
 LOG = "distill_log.csv"
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """K-DMD settings. `batch_size` is global (split across torchrun ranks)."""
-
-    steps: int = 300
-    batch_size: int = 8
-    student_steps: int = 4
-    lr: float = 5e-5
-    critic_lr: float = 1e-4
-    beta1: float = 0.0
-    critic_updates: int = 3
-    cfg_scale: float = 4.0
-    dmd_weight: float = 1.0
-    kd_weight: float = 1.0
-    feat_weight: float = 0.1
-    kd_teacher_steps: int = 4
-    t_min: float = 0.02
-    t_max: float = 0.98
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "student_steps", "critic_updates", "kd_teacher_steps",
-                     "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("dmd_weight", "kd_weight", "feat_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.dmd_weight == self.kd_weight == self.feat_weight == 0:
-            raise ValueError("all loss terms are off (dmd_weight = kd_weight = feat_weight = 0)")
-        if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1!r}")
-        if not 0.0 < self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-
-
-def terms(mode: Mode, base: DistillConfig | None = None) -> DistillConfig:
-    """DMD-only (no knowledge terms), KD-only (no DMD, no critic needed) or K-DMD (all)."""
-    base = base or DistillConfig()
-    if mode == "dmd":
-        return replace(base, kd_weight=0.0, feat_weight=0.0, dmd_weight=base.dmd_weight or 1.0)
-    if mode == "kd":
-        return replace(base, dmd_weight=0.0, kd_weight=base.kd_weight or 1.0)
-    if mode == "kdmd":
-        return base
-    raise ValueError(f"mode must be 'dmd', 'kd' or 'kdmd', got {mode!r}")
 
 
 class _Generator(nn.Module):

@@ -1,0 +1,5 @@
+"""`python -m hwnas.cli` (and `torchrun ... -m hwnas.cli train ...`)."""
+
+from hwnas.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""`hwnas export`, `distill`, `quantize`, `compress`: from a search pick to a deployable sub-DiT."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hwnas.cli._app import main, user_errors
+from hwnas.cli._options import CONFIG_HELP, checkpoint_option, config_option, json_option, load_supernet
+from hwnas.compress.settings import METHODS, MODES, DistillConfig, Method, Mode, QuantSpec
+from hwnas.space import SearchSpace, SubnetConfig, resolve_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DC, _QS = DistillConfig(), QuantSpec()
+
+
+def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str | None) -> SubnetConfig:
+    """`--run DIR --pick N|best` or `--config NAME|FILE.json` (exactly one way)."""
+    from hwnas.compress import resolve_pick
+
+    if (run is None) == (config is None):
+        raise click.UsageError("give --run RUN_DIR (with --pick) or --config NAME|FILE.json, not both")
+    if config is not None:
+        return resolve_config(space, config)
+    assert run is not None
+    cfg = resolve_pick(run, pick or "best")
+    space.validate(cfg)
+    return cfg
+
+
+def _pick_options(f: F) -> F:
+    f = click.option("--config", "config", help=CONFIG_HELP)(f)
+    f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
+    f = click.option("--run", "run", type=click.Path(file_okay=False), help="A search run directory.")(f)
+    return checkpoint_option(f)
+
+
+@main.command("export")
+@_pick_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--onnx", "with_onnx", is_flag=True, help="Also write model.onnx (fp32).")
+@user_errors
+def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str,
+               with_onnx: bool) -> None:
+    """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON)."""
+    from hwnas.compress import from_supernet, save_subdit
+
+    net = load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
+                        + (f", search run {run} pick {pick}" if run else ""))
+    save_subdit(sub, out)
+    if with_onnx:
+        from hwnas.model import export_onnx
+
+        export_onnx(sub.dit, Path(out) / "model.onnx")
+    click.echo(json.dumps({"out": out, "config_id": cfg.id, "describe": cfg.describe(),
+                           "params": sum(p.numel() for p in sub.dit.parameters())}))
+
+
+@main.command("distill")
+@_pick_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=_DC.steps, show_default=True, type=click.IntRange(min=1), help="Student updates.")
+@click.option("--student-steps", default=_DC.student_steps, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=_DC.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--critic-updates", default=_DC.critic_updates, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=_DC.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Student learning rate (AdamW, constant).")
+@click.option("--critic-lr", default=_DC.critic_lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Critic (fake score) learning rate.")
+@click.option("--beta1", default=_DC.beta1, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
+              help="AdamW beta1 of student and critic (DMD2 uses 0; beta2 is 0.99).")
+@click.option("--cfg-scale", default=_DC.cfg_scale, show_default=True, type=click.FloatRange(min=1),
+              help="Classifier-free guidance of the teacher (real score and KD targets).")
+@click.option("--mode", type=click.Choice(MODES), default="kdmd", show_default=True,
+              help="K-DMD (all terms), DMD-only or KD-only (output + feature).")
+@click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
+@click.option("--kd-teacher-steps", default=_DC.kd_teacher_steps, show_default=True, type=click.IntRange(min=1))
+@click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, mode: Mode,
+                no_feature: bool, resume: bool, quiet: bool, **settings: Any) -> None:
+    """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
+    from hwnas.compress import distill, from_supernet, terms
+
+    net = load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    if not resume and (Path(out) / "distill_state.pt").exists():
+        raise click.UsageError(f"{out} already holds a distillation; pass --resume or choose another --out")
+    dc = terms(mode, DistillConfig(**settings))
+    if no_feature:
+        dc = replace(dc, feat_weight=0.0)
+    click.echo(json.dumps(distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)))
+
+
+@main.command("quantize")
+@checkpoint_option
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="A sub-DiT dir (export/distill output).")
+@config_option()
+@click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True)
+@click.option("--group", default=_QS.group, show_default=True, type=click.IntRange(min=0),
+              help="rtn: input channels per scale; kmeans: output rows per palette (0 = per tensor).")
+@click.option("--asymmetric", is_flag=True, help="rtn with zero points.")
+@click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")
+@click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bias/norm self-distillation steps after quantization.")
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
+@click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
+@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Write the int4 ONNX model here (rtn).")
+@json_option
+@user_errors
+def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: Method, group: int,
+                 asymmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
+                 onnx_out: str | None, as_json: bool) -> None:
+    """Weight-only int4 quantization; accuracy before/after on the quantized weights."""
+    from hwnas.compress import from_supernet, load_subdit, quantize_and_score
+
+    if model_dir is not None:
+        sub = load_subdit(model_dir)
+    else:
+        net = load_supernet(checkpoint)
+        sub = from_supernet(net, resolve_config(net.space, config))
+    spec = QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, not asymmetric)
+    r = quantize_and_score(sub, spec, mixed=mixed, finetune_steps=finetune_steps, n=n, steps=steps,
+                           cfg_scale=cfg_scale, checkpoint=checkpoint, onnx_out=onnx_out)
+    click.echo(json.dumps(r, indent=2) if as_json else
+               f"{method} g{spec.group} {'sym' if spec.symmetric else 'asym'}{' mixed' if mixed else ''}: "
+               f"{r['avg_bits']:.3f} bits, {r['bytes']} B vs {r['bytes_fp16']} B fp16; accuracy "
+               f"{r['acc_fp32']:.3f} -> {r['acc_quant']:.3f} (n={n}, {steps} steps)")
+
+
+@main.command("compress")
+@_pick_options
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Default: RUN_DIR/compress/<config_id> (with --run), else runs/compress/<config_id>.")
+@click.option("--distill-steps", default=_DC.steps, show_default=True, type=click.IntRange(min=1))
+@click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--resume", is_flag=True, help="Resume the distillation in OUT/kdmd.")
+@click.option("--keep-distilled", is_flag=True,
+              help="Quantize and export the K-DMD student even where the undistilled sub-DiT scores better.")
+@click.option("--quiet", is_flag=True)
+@user_errors
+def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
+                 distill_steps: int, n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
+    """Close the loop for one pick: quality at 28 / 4 / K-DMD 4 / int4, predicted vs measured latency."""
+    from hwnas.compress import compress_pick
+
+    net = load_supernet(checkpoint)
+    cfg = _pick(net.space, run=run, pick=pick, config=config)
+    target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
+    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=DistillConfig(steps=distill_steps),
+                           n=n, resume=resume, progress=not quiet, keep_distilled=keep_distilled)
+    click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
+                           "shipped": result["shipped"], "latency": result["latency"]}, indent=2))

@@ -1,0 +1,84 @@
+"""The settings of compression, without torch: K-DMD distillation (`DistillConfig`, `terms`) and
+weight quantization (`QuantSpec`). The CLI takes its choices and defaults from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
+
+Mode = Literal["dmd", "kd", "kdmd"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+Method = Literal["rtn", "kmeans"]
+METHODS: tuple[Method, ...] = get_args(Method)
+Bits = Literal[4, 8]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """K-DMD settings. `batch_size` is global (split across torchrun ranks)."""
+
+    steps: int = 300
+    batch_size: int = 8
+    student_steps: int = 4
+    lr: float = 5e-5
+    critic_lr: float = 1e-4
+    beta1: float = 0.0
+    critic_updates: int = 3
+    cfg_scale: float = 4.0
+    dmd_weight: float = 1.0
+    kd_weight: float = 1.0
+    feat_weight: float = 0.1
+    kd_teacher_steps: int = 4
+    t_min: float = 0.02
+    t_max: float = 0.98
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "student_steps", "critic_updates", "kd_teacher_steps",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("dmd_weight", "kd_weight", "feat_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.dmd_weight == self.kd_weight == self.feat_weight == 0:
+            raise ValueError("all loss terms are off (dmd_weight = kd_weight = feat_weight = 0)")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1!r}")
+        if not 0.0 < self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+
+
+def terms(mode: Mode, base: DistillConfig | None = None) -> DistillConfig:
+    """DMD-only (no knowledge terms), KD-only (no DMD, no critic needed) or K-DMD (all)."""
+    base = base or DistillConfig()
+    if mode == "dmd":
+        return replace(base, kd_weight=0.0, feat_weight=0.0, dmd_weight=base.dmd_weight or 1.0)
+    if mode == "kd":
+        return replace(base, dmd_weight=0.0, kd_weight=base.kd_weight or 1.0)
+    if mode == "kdmd":
+        return base
+    raise ValueError(f"mode must be 'dmd', 'kd' or 'kdmd', got {mode!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
+    palette (kmeans; None = one palette per tensor)."""
+
+    method: Method = "rtn"
+    bits: Bits = 4
+    group: int | None = 32
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("rtn", "kmeans"):
+            raise ValueError(f"method must be 'rtn' or 'kmeans', got {self.method!r}")
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {self.bits!r}")
+        if self.method == "rtn" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
+            raise ValueError(f"rtn needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
+        if self.group is not None and self.group < 1:
+            raise ValueError(f"group must be positive, got {self.group!r}")
