@@ -84,6 +84,12 @@ CASES: dict[str, list[str]] = {
                                       "--estimate"],
     "lut build tables under a file": ["lut", "build", "--device", "pixel8", "--experiment", SHAPES, "--estimate",
                                       "--tables", "{tmp}/notes.txt/tables"],
+    "lut build cache and no cache": ["lut", "build", "--device", "host", "--experiment", SHAPES, "--cache",
+                                     "{tmp}/kernels", "--no-cache", "--tables", "{tmp}/tables"],
+    "lut build cache under a file": ["lut", "build", "--device", "host", "--experiment", SHAPES, "--cache",
+                                     "{tmp}/notes.txt/kernels", "--tables", "{tmp}/tables"],
+    "lut build estimate with a cache": ["lut", "build", "--device", "pixel8", "--experiment", SHAPES, "--estimate",
+                                        "--cache", "{tmp}/kernels", "--tables", "{tmp}/tables"],
     # export, quantize, compress
     "export into a file's folder": ["export", "--checkpoint", CKPT, "--config", "small", "--out", "{tmp}/notes.txt/m"],
     "export from a missing run": ["export", "--checkpoint", CKPT, "--run", "{tmp}/missing", "--out", "{tmp}/m"],

@@ -17,7 +17,7 @@ BENCH = ROOT / "benchmarks"
 # search_efficiency.py is being rewritten to the same interface elsewhere; add it here once it is.
 SCRIPTS = {  # script -> argv before --help
     "budget_sweep.py": [], "distill.py": [], "host_peaks.py": [], "int4.py": [], "int4_scale.py": [],
-    "lut_accuracy.py": [], "lut_gap.py": [], "proxy_quality.py": [], "rank_fidelity.py": ["report"],
+    "lut_accuracy.py": [], "lut_build.py": [], "lut_gap.py": [], "proxy_quality.py": [], "rank_fidelity.py": ["report"],
     "transfer.py": [], "tvm_schedule.py": [], "tvm_vs_ort.py": [], "width_quality.py": [],
 }
 

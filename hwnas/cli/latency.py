@@ -126,20 +126,29 @@ def lut() -> None:
 @click.option("--prior-from", "prior_from", help="Estimates: take this device's calibrated per-kind parameters as "
                                                  "the priors (an assumption: alike hardware).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Local builds: compile this many kernels at once (timing runs alone, after each chunk).")
+              help="Measured builds: compile processes (locally, timing runs alone between waves of compiles).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False),
+              help="Measured builds: folder of compiled kernels, reused by later builds [default: "
+                   "$XDG_CACHE_HOME/hwnas/kernels, else ~/.cache/hwnas/kernels]; delete it to clear it.")
+@click.option("--no-cache", "no_cache", is_flag=True, help="Measured builds: compile into a temporary folder.")
 @profile_option
 @table_option
 @user_errors
 def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None, rpc_key: str | None,
-              precisions: tuple[Precision, ...], prior_from: str | None, jobs: int, profiles: str, tables: str) -> None:
+              precisions: tuple[Precision, ...], prior_from: str | None, jobs: int, cache: str | None,
+              no_cache: bool, profiles: str, tables: str) -> None:
     """Build the LUT of a device for an experiment: every kernel of its search space."""
     from hwnas.latency.calibrate import estimated_table
 
     prof, sp, table_dir = load_device(device, profiles), load_experiment(experiment), repo_path(tables)
+    if cache and no_cache:
+        raise click.UsageError("--cache and --no-cache exclude each other")
     if not estimate:
         _measured_build(prof, sp, experiment, tracker=tracker, rpc_key=rpc_key, precisions=precisions, jobs=jobs,
-                        tables=tables)
+                        cache=cache, no_cache=no_cache, tables=tables)
         return
+    if cache or no_cache:
+        raise click.UsageError("--cache/--no-cache are for measured builds; an --estimate build compiles nothing")
     if tracker is not None or rpc_key is not None:
         raise click.UsageError("--tracker/--key are for measured builds; an --estimate build needs no device")
     donor = load_table(load_device(prior_from, profiles), sp.name, table_dir=table_dir) if prior_from else None
@@ -150,9 +159,11 @@ def lut_build(device: str, experiment: str, estimate: bool, tracker: str | None,
 
 
 def _measured_build(prof: DeviceProfile, sp: SearchSpace, experiment: str, *, tracker: str | None,
-                    rpc_key: str | None, precisions: tuple[str, ...], jobs: int, tables: str) -> None:
+                    rpc_key: str | None, precisions: tuple[str, ...], jobs: int, cache: str | None, no_cache: bool,
+                    tables: str) -> None:
     from hwnas.latency.bench import TrackerError, parse_tracker
     from hwnas.latency.build import DeviceDroppedError, build_measured_table
+    from hwnas.latency.kernel_cache import DEFAULT_KERNEL_CACHE
 
     if precisions and set(precisions) != {"fp32"}:
         raise click.UsageError(f"measured builds time fp32 kernels only, got --precision {list(precisions)}")
@@ -160,13 +171,15 @@ def _measured_build(prof: DeviceProfile, sp: SearchSpace, experiment: str, *, tr
         if tracker is not None:
             parse_tracker(tracker)
         rep = build_measured_table(prof, sp, experiment_path=experiment, table_dir=repo_path(tables),
-                                   tracker=tracker, rpc_key=rpc_key, jobs=jobs)
+                                   tracker=tracker, rpc_key=rpc_key, jobs=jobs,
+                                   cache=None if no_cache else cache or DEFAULT_KERNEL_CACHE)
     except (TrackerError, DeviceDroppedError) as exc:
         raise click.UsageError(str(exc)) from None
     if rep.note:
         click.echo(rep.note)
     click.echo(f"wrote {rep.paths[0]} ({len(rep.table.entries)} kernels; measured {rep.measured} now, kept "
-               f"{rep.kept}) in {rep.wall_s:.0f} s")
+               f"{rep.kept}; compiled {rep.compiled}, {rep.cached} from the kernel cache) in {rep.wall_s:.0f} s "
+               f"({rep.compile_s:.0f} s compiling, {rep.timing_s:.0f} s timing)")
 
 
 @lut.command("calibrate")

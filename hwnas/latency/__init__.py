@@ -12,7 +12,8 @@ estimator (`prior_params`, `estimate_kernel_ms`, `build_estimated_table`), the f
 
 Measuring (needs torch and TVM, so imported explicitly, not from here): `hwnas.latency.bench`
 (`measure_kernel`, `time_subnet_tvm`, `connect_tracker`), `hwnas.latency.build`
-(`build_measured_table`, resumable) and `hwnas.latency.validate` (`validate_table`).
+(`build_measured_table`, resumable; it compiles through `hwnas.latency.kernel_cache` and times with
+`hwnas.latency.adaptive`) and `hwnas.latency.validate` (`validate_table`).
 """
 
 from __future__ import annotations

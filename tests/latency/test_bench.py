@@ -1,4 +1,4 @@
-"""Kernel modules, TVM measurement, and resumable / retrying measured LUT builds (tiny key sets)."""
+"""Kernel modules and TVM measurement (tiny key sets); builds are tested in test_build.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwnas.latency import KernelKey, Timing, enumerate_kernels, kernels, load_profile, load_table
+from hwnas.latency import KernelKey, Timing, enumerate_kernels, kernels, load_profile
 from hwnas.latency.blocks import kernel_module
 from hwnas.model import StaticDiT, example_inputs
 from hwnas.space import SearchSpace, StageConfig, SubnetConfig, load_space
@@ -134,94 +134,6 @@ def test_compiled_block_matches_torch_and_timing_is_sane(space: SearchSpace, key
     assert isinstance(timing, Timing) and timing.source == "measured" and timing.n == 12
     assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms < 1000
     assert 0 <= timing.cv < 5
-
-
-@pytest.mark.tvm
-def test_build_is_resumable_after_an_interrupt(space: SearchSpace, keys: dict[str, KernelKey], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Interrupt a build after its first kernel; the rerun keeps it and measures only the rest."""
-    _tvm()
-    from hwnas.latency import build
-
-    prof = load_profile("host", profile_dir=PROFILES)
-    chosen = [keys["stage_mod"], keys["final"]]
-    monkeypatch.setattr(build, "CHUNK", 1)  # local builds measure chunk by chunk
-    real = build._measure_chunk
-    calls: list[KernelKey] = []
-
-    def interrupted(chunk: list[KernelKey], *args: object, **kw: object) -> dict[KernelKey, Timing]:
-        if calls:
-            raise KeyboardInterrupt
-        calls.extend(chunk)
-        return real(chunk, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(build, "_measure_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
-                                   repeat=5, progress=False)
-    first = load_table(prof, space.name, table_dir=tmp_path, profile_dir=PROFILES)
-    assert set(first.entries) == {chosen[0]} and first.meta.source == "measured"
-    assert first.meta.host_cpu and first.meta.threads == prof.threads and first.meta.tvm_version
-    assert first.entries[chosen[0]].n == 5 and "rounds interleaved" in first.meta.calibration
-
-    monkeypatch.setattr(build, "_measure_chunk",
-                        lambda chunk, *a, **kw: {k: Timing(0.5, 0.4, 0.6, 0.1, 5, "measured") for k in chunk})
-    rep = build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
-                                     repeat=5, progress=False)
-    assert (rep.measured, rep.kept, rep.discarded) == (1, 1, 0)
-    again = load_table(prof, space.name, table_dir=tmp_path, profile_dir=PROFILES)
-    assert again.entries[chosen[0]] == first.entries[chosen[0]] and len(again.entries) == 2
-
-    monkeypatch.setattr(build, "code_hash", lambda files: "0" * 16)  # kernel code changed: start afresh
-    monkeypatch.setattr(build, "CHUNK", 64)
-    rep = build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
-                                     repeat=5, progress=False)
-    assert rep.discarded == 2 and rep.measured == 2 and "code hash changed" in rep.note
-
-
-def test_remote_device_that_drops_is_retried_then_resumable(space: SearchSpace, keys: dict[str, KernelKey],
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing remote kernel is retried with a fresh session; a device that stays down stops the build with
-    the entries so far saved (no TVM needed: the session and measurement are stand-ins)."""
-    from hwnas.latency import build
-
-    prof = load_profile("host", profile_dir=PROFILES)
-    sessions: list[int] = []
-    monkeypatch.setattr(build, "connect_tracker", lambda tracker, key: sessions.append(1) or len(sessions))
-    monkeypatch.setattr(build.time, "sleep", lambda s: None)
-    state = {"fail": 1}
-
-    def flaky(key: KernelKey, **kw: object) -> Timing:
-        if key == keys["final"] and state["fail"] > 0:
-            state["fail"] -= 1
-            raise ConnectionResetError("device went away")
-        return Timing(0.5, 0.4, 0.6, 0.1, 5, "measured")
-
-    monkeypatch.setattr(build, "measure_kernel", flaky)
-    chosen = [keys["stage_mod"], keys["final"], keys["patch_embed"]]
-    rep = build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=chosen,
-                                     tracker="127.0.0.1:9", rpc_key="dev", retries=2, progress=False)
-    assert rep.measured == 3 and len(sessions) == 2  # one reconnect
-    assert rep.table.meta.host_cpu is None  # remote: the local CPU is not recorded
-
-    more = [keys["down_block"], keys["middle_block"]]
-    state["fail"] = 99
-    monkeypatch.setattr(build, "measure_kernel", lambda key, **kw: (_ for _ in ()).throw(OSError("gone"))
-                        if key == more[1] else Timing(0.5, 0.4, 0.6, 0.1, 5, "measured"))
-    with pytest.raises(build.DeviceDroppedError, match="rerun the same command to resume"):
-        build.build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path,
-                                   keys=chosen + more, tracker="127.0.0.1:9", rpc_key="dev", retries=1,
-                                   progress=False)
-    csv_rows = (tmp_path / "host" / "shapes-32.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 4  # header + the 3 earlier entries + down_block
-
-
-def test_local_build_of_a_remote_only_device_is_refused(space: SearchSpace, tmp_path: Path) -> None:
-    from hwnas.latency.build import build_measured_table
-
-    pixel = load_profile("pixel8-cpu", profile_dir=PROFILES)
-    with pytest.raises(ValueError, match="not this machine.*--tracker"):
-        build_measured_table(pixel, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=[])
 
 
 def test_interleaved_timing_ignores_a_burst_in_one_round() -> None:

@@ -1,4 +1,5 @@
-"""The RPC path for real on one machine: a tracker and a server on 127.0.0.1, a small LUT built through them.
+"""The RPC path for real on one machine: a tracker and a server on 127.0.0.1, a small LUT built through them
+(compiled in a worker process while the server times; the second build uploads from the kernel cache).
 
 Both run in their own process groups and are killed at teardown, also when a test fails (the
 server's worker child survives a killed launcher otherwise).
@@ -92,6 +93,7 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.mark.tvm
 def test_small_lut_built_through_rpc(tracker: str, tmp_path: Path) -> None:
+    from hwnas.latency.adaptive import StopRule
     from hwnas.latency.build import build_measured_table
 
     space = load_space(ROOT / EXPERIMENT)
@@ -99,14 +101,18 @@ def test_small_lut_built_through_rpc(tracker: str, tmp_path: Path) -> None:
     wanted = {"stage_mod", "final"}
     keys = [k for k in enumerate_kernels(space, precisions=("fp32",)) if k.kind in wanted]
     keys = [next(k for k in keys if k.kind == kind) for kind in sorted(wanted)]
+    stop = StopRule(min_rounds=2, max_rounds=4, per_round=2)
     rep = build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path, keys=keys,
-                               tracker=tracker, rpc_key=KEY, repeat=8, progress=False)
-    assert rep.measured == 2
+                               tracker=tracker, rpc_key=KEY, stop=stop, progress=False, cache=tmp_path / "kernels")
+    assert (rep.measured, rep.compiled) == (2, 2)
     table = load_table(prof, space.name, table_dir=tmp_path, profile_dir=PROFILES)
     assert set(table.entries) == set(keys)
     for t in table.entries.values():
-        assert t.source == "measured" and t.n == 8 and 0 < t.median_ms < 100
+        assert t.source == "measured" and 4 <= t.n <= 8 and 0 < t.p10_ms <= t.median_ms <= t.p90_ms < 100
     assert "rpc" in table.meta.calibration and table.meta.host_cpu is None
+    again = build_measured_table(prof, space, experiment_path=EXPERIMENT, table_dir=tmp_path / "again", keys=keys,
+                                 tracker=tracker, rpc_key=KEY, stop=stop, progress=False, cache=tmp_path / "kernels")
+    assert (again.measured, again.compiled, again.cached) == (2, 0, 2)  # uploaded from the cache, timed again
 
 
 @pytest.mark.tvm

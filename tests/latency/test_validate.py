@@ -16,6 +16,7 @@ from hwnas.latency import (
     load_profile,
     write_table,
 )
+from hwnas.latency.adaptive import DEFAULT_STOP
 from hwnas.latency.build import measured_meta
 from hwnas.latency.validate import (
     accuracy,
@@ -90,7 +91,7 @@ def test_samples_are_seeded_distinct_and_disjoint(space: SearchSpace) -> None:
 
 def _synthetic_table(space: SearchSpace) -> LatencyTable:
     prof = load_profile("host", profile_dir=ROOT / "device_profiles")
-    meta = measured_meta(prof, space, experiment_path=EXPERIMENT, remote=False, repeat=5, min_repeat_ms=0, warmup=1)
+    meta = measured_meta(prof, space, experiment_path=EXPERIMENT, remote=False, stop=DEFAULT_STOP, warmup=1)
     entries: dict[KernelKey, Timing] = {}
     for k in enumerate_kernels(space, precisions=("fp32",)):
         ms = 0.002 + k.op.tokens * k.op.dim * (k.op.ffn_ratio + 1) * 1e-6
