@@ -130,7 +130,7 @@ def test_unreachable_tracker_is_one_line_exit_2(tmp_path: Path) -> None:
     start = time.monotonic()
     res = CliRunner().invoke(main, ["lut", "build", "--device", "host", "--experiment", str(ROOT / EXPERIMENT),
                                     "--tracker", f"127.0.0.1:{port}", "--key", KEY, "--tables", str(tmp_path),
-                                    "--profiles", str(PROFILES)])
+                                    "--profiles", str(PROFILES), "--cache", str(tmp_path / "kernels")])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and f"RPC tracker 127.0.0.1:{port} is unreachable" in lines[0]
