@@ -315,7 +315,9 @@ def main() -> None:
         return cfg.id in feasible_ids
 
     nmax = max(ns)
-    run_key = _key({**setup, "checkpoint_sha256": ident["checkpoint_sha256"], "val_images": s.val_images,
+    code = hashlib.sha256(b"".join(repo_path(f"hwnas/search/{name}.py").read_bytes()
+                                   for name in ("start", "study", "objective"))).hexdigest()  # what proposes
+    run_key = _key({**setup, "code": code, "checkpoint_sha256": ident["checkpoint_sha256"], "val_images": s.val_images,
                     "population_size": s.population_size, "optuna": optuna.__version__, "target": TARGET,
                     "reference": len(pool)})
     rpath = CACHE_DIR / f"runs-{run_key}.jsonl"
