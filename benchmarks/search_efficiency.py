@@ -203,15 +203,15 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _evals_summary(values: list[int | None], cap: int) -> dict[str, Any]:
-    """Median over seeds of the evaluations to the target; a seed that never reached it counts as above
-    its run's evaluations (`cap` trials), and the median is None when half or more never did."""
+def _evals_summary(values: list[int | None], done: list[int], cap: int) -> dict[str, Any]:
+    """Median over seeds of the evaluations to the target. A seed that never reached it had spent `done`
+    evaluations (its run stopped at `cap` trials): the median is None when half or more never did, and
+    `at_least` is a lower bound on it either way (the unreached seeds counted at what they had spent)."""
     reached = sorted(v for v in values if v is not None)
-    missing = len(values) - len(reached)
-    ordered = reached + [math.inf] * missing
-    med = statistics.median(ordered)
-    return {"median": None if math.isinf(med) else med, "per_seed": values, "reached": len(reached),
-            "seeds": len(values), "max_trials": cap}
+    med = statistics.median(reached + [math.inf] * (len(values) - len(reached)))
+    bound = statistics.median(v if v is not None else d for v, d in zip(values, done))
+    return {"median": None if math.isinf(med) else med, "at_least": bound, "per_seed": values,
+            "evaluations_spent": done, "reached": len(reached), "seeds": len(values), "max_trials": cap}
 
 
 def main() -> None:
@@ -315,7 +315,9 @@ def main() -> None:
         return cfg.id in feasible_ids
 
     nmax = max(ns)
-    run_key = _key({**setup, "checkpoint_sha256": ident["checkpoint_sha256"], "val_images": s.val_images,
+    code = hashlib.sha256(b"".join(repo_path(f"hwnas/search/{name}.py").read_bytes()
+                                   for name in ("start", "study", "objective"))).hexdigest()  # what proposes
+    run_key = _key({**setup, "code": code, "checkpoint_sha256": ident["checkpoint_sha256"], "val_images": s.val_images,
                     "population_size": s.population_size, "optuna": optuna.__version__, "target": TARGET,
                     "reference": len(pool)})
     rpath = CACHE_DIR / f"runs-{run_key}.jsonl"
@@ -361,8 +363,10 @@ def main() -> None:
             mean, sd = _mean_sd(hvs)
             row[f"hv@{n}"] = {"mean": mean, "sd": sd, "per_seed": hvs, "of_reference": mean / ref_hv,
                               "feasible_trials": statistics.mean(sum(x.feasible for x in t[:n]) for t in group),
-                              "evaluations": statistics.mean(evals_at(t, n) for t in group)}
-        row["evals_to_95"] = _evals_summary([evals_to_target(t, ref, target_hv) for t in group], cap)
+                              "evaluations": statistics.mean(evals_at(t, n) for t in group),
+                              "best_val_loss": statistics.mean(min(q for q, _ in evaluated(t[:n])) for t in group)}
+        row["evals_to_95"] = _evals_summary([evals_to_target(t, ref, target_hv) for t in group],
+                                            [len(evaluated(t)) for t in group], cap)
         row["wall_s_per_run"] = statistics.mean(cached[(sampler, start, sd)]["wall_s"] for sd in seeds)
         rows.append(row)
     by = {(r["sampler"], r["start"]): r for r in rows}
@@ -370,15 +374,17 @@ def main() -> None:
     print(f"\ndevice {s.device}, budget {s.budget_ms:g} ms, {s.steps} steps {s.precision}, feasible = one-sided "
           f"{s.confidence:.0%} upper bound <= budget; quality: {val.description} of {display_path(ckpt)}")
     print(f"feasible-set check: all {len(checked)} trials' LUT feasibility agrees with the tabulated set")
-    print(f"reference front: {front_size} Pareto points of {len(pool)} feasible sub-DiTs, HV {ref_hv:.4f}; "
+    print(f"reference front: {front_size} Pareto points of {len(pool)} feasible sub-DiTs, HV {ref_hv:.4f}, "
+          f"best val loss {min(q for q, _ in points.values()):.4f}; "
           f"HV in {unit}")
     head = f"{'sampler':<8} {'start':<9}" + "".join(f" {'HV@' + str(n):>17}" for n in ns)
-    print(head + f" {'evals@' + str(nmax):>9} {'evals to 95%':>13} {'reached':>8}")
+    print(head + f" {'evals@' + str(nmax):>9} {'best@' + str(nmax):>9} {'evals to 95%':>13} {'reached':>8}")
     for r in rows:
         cells = "".join(f" {r[f'hv@{n}']['mean']:>8.4f} ± {r[f'hv@{n}']['sd']:<6.4f}" for n in ns)
         e = r["evals_to_95"]
-        med = "-" if e["median"] is None else f"{e['median']:g}"
-        print(f"{r['sampler']:<8} {r['start']:<9}{cells} {r[f'hv@{nmax}']['evaluations']:>9.1f} {med:>13} "
+        med = f">{e['at_least']:g}" if e["median"] is None else f"{e['median']:g}"
+        print(f"{r['sampler']:<8} {r['start']:<9}{cells} {r[f'hv@{nmax}']['evaluations']:>9.1f} "
+              f"{r[f'hv@{nmax}']['best_val_loss']:>9.4f} {med:>13} "
               f"{e['reached']:>4}/{e['seeds']}")
     for start in starts:
         if ("random", start) in by:
@@ -397,11 +403,19 @@ def main() -> None:
             "random_4x": {str(n): rnd[f"hv@{4 * n}"]["mean"] for n in ns},
             "random_4x_sd": {str(n): rnd[f"hv@{4 * n}"]["sd"] for n in ns},
             "evals_to_95": {"default": dflt["evals_to_95"]["median"], "random": rnd["evals_to_95"]["median"]},
+            "evals_to_95_at_least": {"default": dflt["evals_to_95"]["at_least"],
+                                     "random": rnd["evals_to_95"]["at_least"]},
         }
         ratios = "; ".join(f"HV {default.sampler}@{n} / random@{4 * n} = "
                            f"{summary['default'][str(n)] / summary['random_4x'][str(n)]:.3f}" for n in ns)
         d95, r95 = summary["evals_to_95"]["default"], summary["evals_to_95"]["random"]
-        fewer = f"{r95 / d95:.2f}x fewer" if d95 and r95 else "not reached by both"
+        if d95 and r95:
+            fewer = f"{r95 / d95:.2f}x fewer"
+        elif d95:  # random's median is censored: its lower bound gives a lower bound on the ratio
+            r95 = f">{summary['evals_to_95_at_least']['random']:g}"
+            fewer = f"more than {summary['evals_to_95_at_least']['random'] / d95:.1f}x fewer"
+        else:
+            fewer = "the default did not reach it in half the seeds"
         print(f"SUMMARY default {default.sampler}/{default.start}, random with the {default.start} start: {ratios}; "
               f"evaluations to 95% of the reference HV {d95} vs {r95} ({fewer}); {args.seeds} seeds")
     if args.json:
@@ -415,6 +429,7 @@ def main() -> None:
                                                         "the largest predicted latency of any feasible sub-DiT"},
             "feasibility_check": {"trials": len(checked), "disagreeing": mismatched},
             "reference": {"feasible_sub_dits": len(feasible), "evaluated": len(pool), "pareto_points": front_size,
+                          "best_val_loss": min(q for q, _ in points.values()),
                           "hv": ref_hv, "target": TARGET, "how": "every predicted-feasible sub-DiT"
                           if len(pool) == len(feasible) else f"a uniform {len(pool)} of the feasible sub-DiTs"},
             "table": rows,

@@ -23,7 +23,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
 from hwnas.latency import LatencyPrediction
-from hwnas.search.objective import params_from_config
+from hwnas.search.objective import config_from_params, params_from_config
 from hwnas.search.study import SamplerName, StartName, make_sampler
 from hwnas.space import STAGES, SearchSpace, StageConfig, SubnetConfig
 
@@ -57,7 +57,7 @@ def fits_budget(latency: Callable[[SubnetConfig], LatencyPrediction], *, budget_
 
 def feasible_start(space: SearchSpace, latency: Callable[[SubnetConfig], LatencyPrediction], *,
                    fastest: SubnetConfig, budget_ms: float, confidence: float | None, n: int, seed: int,
-                   max_draws: int = 2000,
+                   max_draws: int = 20_000,
                    within_bounds: Callable[[SubnetConfig], bool] | None = None) -> list[SubnetConfig]:
     """Up to `n` distinct sub-DiTs whose latency bound is within `budget_ms` (`fits_budget`), `fastest` first.
 
@@ -158,10 +158,11 @@ class FeasibleRandomSampler(optuna.samplers.BaseSampler):
                            param_distribution: BaseDistribution) -> Any:
         """The trial's sub-DiT is drawn at its first parameter; the others read from it."""
         if self._proposal is None or self._proposal[0] != trial.number:
-            self._proposal = (trial.number, params_from_config(self._draw(trial.number), self._space))
+            self._proposal = (trial.number, params_from_config(self.draw(trial.number), self._space))
         return self._proposal[1][param_name]
 
-    def _draw(self, number: int) -> SubnetConfig:
+    def draw(self, number: int) -> SubnetConfig:
+        """Trial `number`'s sub-DiT."""
         rng = random.Random(self._seed * 1_000_003 + number)
         cfg = self._space.sample(rng)
         for _ in range(self._max_draws - 1):
@@ -171,11 +172,60 @@ class FeasibleRandomSampler(optuna.samplers.BaseSampler):
         return cfg
 
 
+class _FeasibleChildren:
+    """A genetic sampler whose children are new sub-DiTs predicted within the budget: a child is bred as
+    the sampler breeds it (crossover, then mutation: a mutated choice drawn uniformly, as its independent
+    sampler would) and bred again while `fits` rejects it or the study already has its sub-DiT (a repeat
+    costs a trial and teaches nothing), at most `tries` times; then a uniform draw from the feasible
+    region (`FeasibleRandomSampler`). Generation 0 (no parents yet) is left to the start."""
+
+    def __init__(self, space: SearchSpace, fits: Callable[[SubnetConfig], bool], *, seed: int, tries: int = 50,
+                 **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)  # type: ignore[call-arg]
+        self._space, self._fits, self._seed, self._tries = space, fits, seed, tries
+        self._fallback_draws = FeasibleRandomSampler(space, fits, seed=seed)
+        self._ids: dict[int, str] = {}  # trial number -> sub-DiT id, of the study's trials seen so far
+
+    def _study_ids(self, study: optuna.Study) -> set[str]:
+        for t in study.get_trials(deepcopy=False):
+            if t.number not in self._ids and t.params:
+                self._ids[t.number] = config_from_params(t.params, self._space).id
+        return set(self._ids.values())
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        rng = random.Random(self._seed * 1_000_003 + trial.number)
+        seen = self._study_ids(study)
+        for _ in range(self._tries):
+            params = super().sample_relative(study, trial, search_space)  # type: ignore[misc]
+            if not params:
+                return params
+            full = {name: params[name] if name in params else rng.choice(dist.choices)  # type: ignore[attr-defined]
+                    for name, dist in search_space.items()}
+            cfg = config_from_params(full, self._space)
+            if cfg.id not in seen and self._fits(cfg):
+                return full
+        return params_from_config(self._fallback_draws.draw(trial.number), self._space)
+
+
+class FeasibleNSGAIISampler(_FeasibleChildren, optuna.samplers.NSGAIISampler):
+    """NSGA-II whose children are predicted within the budget (`_FeasibleChildren`)."""
+
+
+class FeasibleNSGAIIISampler(_FeasibleChildren, optuna.samplers.NSGAIIISampler):
+    """NSGA-III whose children are predicted within the budget (`_FeasibleChildren`)."""
+
+
 def search_sampler(sampler: SamplerName, *, start: StartName, space: SearchSpace,
                    fits: Callable[[SubnetConfig], bool], seed: int,
                    population_size: int) -> optuna.samplers.BaseSampler:
-    """The search's sampler: Optuna's `sampler` (`make_sampler`), except that the random sampler with
-    the feasible start draws every trial from the feasible region (`FeasibleRandomSampler`)."""
-    if sampler == "random" and start == "feasible":
+    """The search's sampler: Optuna's `sampler` (`make_sampler`), except that with the feasible start the
+    random sampler draws every trial from the feasible region (`FeasibleRandomSampler`) and NSGA-II and
+    NSGA-III breed only children predicted within the budget (`_FeasibleChildren`)."""
+    if start == "feasible" and sampler == "random":
         return FeasibleRandomSampler(space, fits, seed=seed)
+    if start == "feasible" and sampler == "nsga2":
+        return FeasibleNSGAIISampler(space, fits, seed=seed, population_size=population_size)
+    if start == "feasible" and sampler == "nsga3":
+        return FeasibleNSGAIIISampler(space, fits, seed=seed, population_size=population_size)
     return make_sampler(sampler, seed=seed, population_size=population_size)

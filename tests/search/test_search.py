@@ -29,8 +29,9 @@ def test_params_round_trip(tiny_env) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_seeded_search_repeats_exactly(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    a = run_search(tiny_env.settings(), out=tmp_path / "a", report=False)
-    b = run_search(tiny_env.settings(), out=tmp_path / "b", report=False)
+    # the plain start, so that some trials are over the budget (the feasible start proposes none)
+    a = run_search(tiny_env.settings(start="plain"), out=tmp_path / "a", report=False)
+    b = run_search(tiny_env.settings(start="plain"), out=tmp_path / "b", report=False)
     ta = pd.read_csv(tmp_path / "a" / "trials.csv").drop(columns=VOLATILE)
     tb = pd.read_csv(tmp_path / "b" / "trials.csv").drop(columns=VOLATILE)
     pd.testing.assert_frame_equal(ta, tb)
@@ -44,7 +45,7 @@ def test_seeded_search_repeats_exactly(tiny_env, tmp_path: Path) -> None:  # typ
     assert a["best"]["latency_ms_hi"] <= tiny_env.budget_ms and a["best"]["p_within_budget"] >= 0.9
     assert a["settings"]["confidence"] == 0.9 and a["settings"]["guidance"] == "distilled"
     assert a["best"]["quality"] == pytest.approx(ta.loc[ta["feasible"], "quality"].min())
-    c = run_search(tiny_env.settings(seed=1), out=tmp_path / "c", report=False)
+    c = run_search(tiny_env.settings(start="plain", seed=1), out=tmp_path / "c", report=False)
     tc = pd.read_csv(tmp_path / "c" / "trials.csv")
     assert list(tc["config_id"]) != list(ta["config_id"])
     assert c["settings"]["study"] != a["settings"]["study"]
