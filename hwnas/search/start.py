@@ -187,10 +187,19 @@ class _FeasibleChildren:
         self._ids: dict[int, str] = {}  # trial number -> sub-DiT id, of the study's trials seen so far
 
     def _study_ids(self, study: optuna.Study) -> set[str]:
+        running = set()
         for t in study.get_trials(deepcopy=False):
-            if t.number not in self._ids and t.params:
-                self._ids[t.number] = config_from_params(t.params, self._space).id
-        return set(self._ids.values())
+            if t.number in self._ids or not t.params:
+                continue
+            try:
+                config_id = config_from_params(t.params, self._space).id
+            except KeyError:  # another worker's running trial has not suggested every choice yet
+                continue
+            if t.state.is_finished():
+                self._ids[t.number] = config_id
+            else:
+                running.add(config_id)
+        return set(self._ids.values()) | running
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

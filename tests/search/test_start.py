@@ -162,3 +162,17 @@ def test_genetic_samplers_breed_new_feasible_children(tiny_env, tmp_path: Path, 
                               out=tmp_path / "p", report=False))
     plain_ids = [config_from_params(t.params, space).id for t in plain.trials]
     assert not all(t.user_attrs["hwnas"]["feasible"] for t in plain.trials) or len(set(plain_ids)) < len(plain_ids)
+
+
+def test_feasible_children_ignore_another_workers_half_suggested_trial(tiny_env) -> None:  # type: ignore[no-untyped-def]
+    """With two workers, a trial the other worker is still suggesting has only some parameters;
+    the sampler asked for the next trial must not read it as a sub-DiT (KeyError under PostgreSQL)."""
+    from hwnas.search import suggest_config
+    from hwnas.search.start import FeasibleNSGAIISampler
+
+    space = load_space(tiny_env.experiment)
+    sampler = FeasibleNSGAIISampler(space, lambda cfg: True, seed=0, population_size=4)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    other = study.ask()
+    other.suggest_categorical("down.width", list(space.stages["down"].width))
+    space.validate(suggest_config(study.ask(), space))
