@@ -15,16 +15,15 @@ front's (reference point: the worst full val loss of the sample, the largest lat
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import add_json, add_seed, parser, positive_int, print_summary, write_json
 from scipy import stats
 
-from hwnas.io import atomic_write_json
 from hwnas.metrics.val_loss import make_val_set, val_loss
 from hwnas.paths import display_path
 from hwnas.search import LatencyModel, SearchSettings, fits_budget, hypervolume_2d, parse_budget_ms, prepare
@@ -34,15 +33,15 @@ from hwnas.train import DEFAULT_CHECKPOINT, load_supernet
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--device", default="pixel8")
     ap.add_argument("--budget", default="1.8s")
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--n", type=int, default=600, help="feasible sub-DiTs sampled")
+    ap.add_argument("--n", type=positive_int, default=600, help="feasible sub-DiTs sampled")
     ap.add_argument("--screens", default="8x4,16x4,16x8,32x8", help="IMAGESxT values to compare")
-    ap.add_argument("--val-images", type=int, default=64, help="images of the full val loss")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--val-images", type=positive_int, default=64, help="images of the full val loss")
+    add_seed(ap, controls="the sample of feasible sub-DiTs")
+    add_json(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
@@ -95,10 +94,11 @@ def main() -> None:
               f"{r['kendall']:>8.3f} {r['candidates']:>6} {r['true_front_found']:>12.0%} "
               f"{r['confirmed_hv_share']:>9.1%}")
     best = max(rows, key=lambda r: (r["confirmed_hv_share"], -r["cost_vs_full"]))
-    print(f"SUMMARY best screen {best['screen']}: {best['cost_vs_full']:.2f}x the cost, Spearman "
-          f"{best['spearman']:.3f}, confirmed front {best['confirmed_hv_share']:.1%} of the true front's HV")
-    if args.json:
-        atomic_write_json(args.json, {
+    print_summary([f"best screen {best['screen']}: {best['cost_vs_full']:.2f}x the cost of the full val loss",
+                   f"Spearman {best['spearman']:.3f}",
+                   f"confirmed front {best['confirmed_hv_share']:.1%} of the true front's HV"])
+    if args.json_out:
+        write_json(args.json_out, {
             "rows": rows, "full": {"description": full_desc, "cpu_s_per_eval": full_cpu},
             "sample": {"n": len(cfgs), "feasible": len(feasible), "seed": args.seed, "true_front": len(true_front)},
             "reference_point": {"val_loss": ref[0], "latency_ms": ref[1]},
@@ -107,7 +107,6 @@ def main() -> None:
             "provenance": {"checkpoint": display_path(ckpt), "latency_table": ctx.table.source_label,
                            "command": "python " + " ".join([display_path(sys.argv[0]), *sys.argv[1:]])},
         })
-        print(f"wrote {display_path(args.json)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ run. An interrupted benchmark resumes; only the run in progress is redone (from 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -42,6 +41,7 @@ from typing import Any
 
 import optuna
 import torch
+from _common import add_json, add_seed, parser, positive_int, positive_ints, print_summary, write_json
 
 from hwnas.io import atomic_write_json
 from hwnas.latency.table import table_paths
@@ -215,13 +215,14 @@ def _evals_summary(values: list[int | None], done: list[int], cap: int) -> dict[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--device", default="pixel8")
     ap.add_argument("--budget", default="1.8s")
     ap.add_argument("--checkpoint", default=None, help="supernet checkpoint (default: the shipped proxy)")
-    ap.add_argument("--n", default="48,96", help="trial counts N at which hypervolumes are compared")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds per sampler and start")
-    ap.add_argument("--seed", type=int, default=0, help="base seed: runs use seed, seed + 1, ...")
+    ap.add_argument("--n", type=positive_ints, default=[48, 96],
+                    help="trial counts N at which hypervolumes are compared (default: 48,96)")
+    ap.add_argument("--seeds", type=positive_int, default=5, help="seeds per sampler and start")
+    add_seed(ap, controls="the runs: seed, seed + 1, ... (--seeds of them)")
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--starts", default=",".join(STARTS))
     ap.add_argument("--max-trials", default=",".join(f"{k}={v}" for k, v in MAX_TRIALS.items()),
@@ -231,9 +232,9 @@ def main() -> None:
                     help="at most this many feasible sub-DiTs in the reference front (a uniform subset if more)")
     ap.add_argument("--val-images", type=int, default=64, help="validation images of the val loss")
     ap.add_argument("--reference-only", action="store_true", help="evaluate the reference front and stop")
-    ap.add_argument("--json", type=Path, default=None, help="write the report here")
+    add_json(ap, what="the report")
     args = ap.parse_args()
-    ns = sorted({int(v) for v in args.n.split(",")})
+    ns = sorted(set(args.n))
     try:
         caps = {**MAX_TRIALS, **{k: int(v) for k, _, v in (item.partition("=") for item in args.max_trials.split(","))}}
     except ValueError:
@@ -246,8 +247,6 @@ def main() -> None:
     for name in starts:
         if name not in STARTS:
             ap.error(f"unknown start {name!r}; choose from {list(STARTS)}")
-    if args.seeds < 1 or min(ns) < 1:
-        ap.error("--seeds and every --n must be >= 1")
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # NSGA-III's, once per run
@@ -416,11 +415,11 @@ def main() -> None:
             fewer = f"more than {summary['evals_to_95_at_least']['random'] / d95:.1f}x fewer"
         else:
             fewer = "the default did not reach it in half the seeds"
-        print(f"SUMMARY default {default.sampler}/{default.start}, random with the {default.start} start: {ratios}; "
-              f"evaluations to 95% of the reference HV {d95} vs {r95} ({fewer}); {args.seeds} seeds")
-    if args.json:
+        print_summary([f"default {default.sampler}/{default.start}, random with the {default.start} start: {ratios}",
+                       f"evaluations to 95% of the reference HV {d95} vs {r95} ({fewer})", f"{args.seeds} seeds"])
+    if args.json_out:
         table_csv = table_paths(s.device, ctx.space.name, table_dir=repo_path(s.table_dir))[0]
-        atomic_write_json(args.json, {
+        write_json(args.json_out, {
             **summary,
             "default_sampler": {"sampler": default.sampler, "start": default.start},
             "random": f"the random sampler with the {default.start} start (its default)",
@@ -447,7 +446,6 @@ def main() -> None:
                            "wall_s": round(time.perf_counter() - wall0, 1),
                            "cpu_s": round(time.process_time() - cpu0, 1)},
         })
-        print(f"wrote {display_path(args.json)}")
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ class _FeasibleChildren:
         rng = random.Random(self._seed * 1_000_003 + trial.number)
         seen = self._study_ids(study)
         for _ in range(self._tries):
-            params = super().sample_relative(study, trial, search_space)  # type: ignore[misc]
+            params: dict[str, Any] = super().sample_relative(study, trial, search_space)  # type: ignore[misc]
             if not params:
                 return params
             full = {name: params[name] if name in params else rng.choice(dist.choices)  # type: ignore[attr-defined]
