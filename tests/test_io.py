@@ -104,3 +104,12 @@ def test_a_failed_directory_keeps_the_old_one_and_leaves_no_temporary(tmp_path: 
     with pytest.raises(RuntimeError):
         atomic_directory(tmp_path / "new", half)
     assert os.listdir(tmp_path) == ["executorch"]
+
+
+def test_atomic_directory_gives_files_ordinary_permissions(tmp_path: Path, umask: None) -> None:
+    def fill(tmp: Path) -> None:
+        (tmp / "private.bin").write_bytes(b"x")
+        (tmp / "private.bin").chmod(0o600)  # as coremltools writes model.mlmodel
+
+    out = atomic_directory(tmp_path / "pkg", fill)
+    assert stat.S_IMODE((out / "private.bin").stat().st_mode) == 0o644

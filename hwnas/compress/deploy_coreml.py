@@ -31,6 +31,10 @@ TARGET = "iOS18"
 """Minimum deployment target: iOS 18 / macOS 15, the first with per-grouped-channel palettes and
 the `scaled_dot_product_attention` MIL op."""
 PALETTIZED = "model-w{bits}.mlpackage"
+WEIGHTS = "Data/com.apple.CoreML/weights"
+"""The weight file of an ML Program package. The rest is the program (`model.mlmodel`) and, from
+the torch.export frontend, `executorch_debug_handle_mapping.json` (debug data, not in the
+package's manifest; the palettized copy has none), so sizes are compared on the weights."""
 
 
 def _logical_and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,8 @@ def export_coreml(model: StaticDiT, folder: Path, *, batch: int = 1, palettize_b
         details["palettized"] = {
             "file": path.name, "nbits": palettize_bits, "mode": "kmeans", "granularity": "per_tensor",
             "precision": f"w{palettize_bits}a16", "tensors_palettized": ops.get("constexpr_lut_to_dense", 0),
-            "bytes": tree_bytes(path), "bytes_fp16": tree_bytes(main)}
+            "bytes": tree_bytes(path), "bytes_fp16": tree_bytes(main),
+            "weights_bytes": tree_bytes(path / WEIGHTS), "weights_bytes_fp16": tree_bytes(main / WEIGHTS)}
     return details
 
 

@@ -9,6 +9,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from hwnas.compress.deploy import RUNTIMES, Format
+from hwnas.space import NAMED_CONFIGS, resolve_config
 
 if TYPE_CHECKING:
     from hwnas.compress.extract import SubDiT
@@ -100,18 +101,21 @@ The precision must be one the device profile has (`hwnas devices`): fp32 for CPU
 
 
 def _row(sub: SubDiT, precision: str, runtime: str, file: str) -> dict[str, str]:
-    presets = {cfg: name for name, cfg in sub.space.presets().items()} if _has_presets(sub) else {}
-    return {"config": presets.get(sub.cfg, sub.cfg.to_json()), "ms": "<ms>", "per": "step", "steps": "",
-            "precision": precision, "runtime": runtime,
-            "note": f"{file}, hwnas export, batch 1; device, OS, compute units or threads: <fill in>"}
+    note = f"{file}, hwnas export, batch 1; device, OS, compute units or threads: <fill in>"
+    return {"config": config_name(sub), "ms": "<ms>", "per": "step", "steps": "", "precision": precision,
+            "runtime": runtime, "note": note}
 
 
-def _has_presets(sub: SubDiT) -> bool:
-    try:
-        sub.space.presets()
-    except ValueError:  # a space whose widths do not hold the presets
-        return False
-    return True
+def config_name(sub: SubDiT) -> str:
+    """The sub-DiT as the calibration CSV names it: a preset, `smallest` or `largest` where it is
+    one of those, else its config JSON."""
+    for name in NAMED_CONFIGS:
+        try:
+            if resolve_config(sub.space, name) == sub.cfg:
+                return name
+        except ValueError:  # a preset this space's widths cannot express
+            continue
+    return sub.cfg.to_json()
 
 
 def _csv_lines(rows: list[dict[str, str]]) -> str:
