@@ -74,6 +74,7 @@ def measure_notes(fmt: Format, *, sub: SubDiT, details: dict[str, Any]) -> str:
 
 Sub-DiT `{sub.cfg.id}` ({sub.cfg.describe()}) of the experiment `{name}`, batch {details['batch']}.
 One call is one denoising step: inputs {shapes}; output `v` {tuple(details['outputs'][0]['shape'])}.
+It has this experiment's resolution and widths, so its time calibrates this experiment's table only.
 
 ## Run it
 
