@@ -6,7 +6,7 @@ spec (inputs, outputs, shapes, deployment target), the MIL op set and the sizes.
 frontend is `torch.export`: coremltools 9.0 has no converter for the `aten.__and__` /
 `aten.__or__` nodes torch 2.13 leaves in an exported graph (the boolean masks of the BNA windows
 and of cross-attention), so they are decomposed to `logical_and` / `logical_or` first. The
-`torch.jit.trace` frontend fails on this model with coremltools 9.0 and NumPy >= 2.4 (its `aten::Int`
+`torch.jit.trace` frontend fails on this model with coremltools 9.0 and NumPy 2.4 (its `aten::Int`
 converter calls `int()` on a one-element array; see `UnsupportedOpError`).
 """
 
