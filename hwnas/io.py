@@ -53,8 +53,8 @@ def atomic_directory(path: str | Path, fill: Callable[[Path], object]) -> Path:
     For artefacts that are folders (a Core ML `.mlpackage`, an export with its notes). If `fill`
     raises, the temporary directory is removed and an existing `path` is left as it was; otherwise
     an existing `path` is replaced (it is moved aside first, so a crash between the two renames
-    leaves both, never a mix). Its files get the permissions `open()` would give them (writers such
-    as coremltools create some with 0o600). Returns `path`.
+    leaves both, never a mix). Its files and folders get the permissions `open()` and `mkdir()` would
+    give them (coremltools creates some with 0o600 / 0o700). Returns `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,9 @@ def atomic_directory(path: str | Path, fill: Callable[[Path], object]) -> Path:
         mask = os.umask(0)
         os.umask(mask)
         for item in sorted(tmp.rglob("*")):
-            if item.is_file():
+            if item.is_dir():
+                os.chmod(item, 0o777 & ~mask)
+            elif item.is_file():
                 os.chmod(item, FILE_MODE & ~mask)
                 fd = os.open(item, os.O_RDONLY)
                 try:

@@ -108,8 +108,10 @@ def test_a_failed_directory_keeps_the_old_one_and_leaves_no_temporary(tmp_path: 
 
 def test_atomic_directory_gives_files_ordinary_permissions(tmp_path: Path, umask: None) -> None:
     def fill(tmp: Path) -> None:
-        (tmp / "private.bin").write_bytes(b"x")
-        (tmp / "private.bin").chmod(0o600)  # as coremltools writes model.mlmodel
+        (tmp / "weights").mkdir(mode=0o700)  # as coremltools writes an .mlpackage
+        (tmp / "weights" / "private.bin").write_bytes(b"x")
+        (tmp / "weights" / "private.bin").chmod(0o600)
 
     out = atomic_directory(tmp_path / "pkg", fill)
-    assert stat.S_IMODE((out / "private.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "weights").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "weights" / "private.bin").stat().st_mode) == 0o644
