@@ -5,7 +5,7 @@ place with `os.replace`, so a reader sees the old file or the new one, never a p
 writer leaves the previous file intact. The temporary file is created with mode 0o644 less the
 umask, as `open()` would create the target (`tempfile.mkstemp` would give 0o600), and its name
 ends with the target's suffix, so writers that pick a format by extension (matplotlib, TVM's
-`export_library`) write the right one.
+`export_library`) write the right one. `atomic_directory` does the same for a folder of files.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,44 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_directory(path: str | Path, fill: Callable[[Path], object]) -> Path:
+    """Call `fill(tmp)` to fill a new temporary directory beside `path`, then move it into place.
+
+    For artefacts that are folders (a Core ML `.mlpackage`, an export with its notes). If `fill`
+    raises, the temporary directory is removed and an existing `path` is left as it was; otherwise
+    an existing `path` is replaced (it is moved aside first, so a crash between the two renames
+    leaves both, never a mix). Its files and folders get the permissions `open()` and `mkdir()` would
+    give them (coremltools creates some with 0o600 / 0o700). Returns `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = _new_temp_dir(path), None
+    try:
+        fill(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        for item in sorted(tmp.rglob("*")):
+            if item.is_dir():
+                os.chmod(item, 0o777 & ~mask)
+            elif item.is_file():
+                os.chmod(item, FILE_MODE & ~mask)
+                fd = os.open(item, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        old = _new_temp_dir(path) if path.exists() else None
+        if old is not None:
+            os.replace(path, old)  # onto the empty directory just made
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -87,6 +126,17 @@ def sha256_file(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _new_temp_dir(path: Path) -> Path:
+    """Create an empty, new directory beside `path` (mode 0o777 less the umask)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _new_temp(path: Path) -> Path:

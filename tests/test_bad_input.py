@@ -95,6 +95,8 @@ CASES: dict[str, list[str]] = {
     "export from a missing run": ["export", "--checkpoint", CKPT, "--run", "{tmp}/missing", "--out", "{tmp}/m"],
     "export pick out of range": ["export", "--checkpoint", CKPT, "--run", "{tmp}/broken-run", "--pick", "7",
                                  "--out", "{tmp}/m"],
+    "export unknown format": ["export", "--checkpoint", CKPT, "--config", "small", "--out", "{tmp}/m",
+                              "--format", "onnx,tflite"],
     "quantize unknown method": ["quantize", "--checkpoint", CKPT, "--method", "gptq"],
     "quantize group 0": ["quantize", "--checkpoint", CKPT, "--group", "0"],
     "compress from a missing run": ["compress", "--checkpoint", CKPT, "--run", "{tmp}/missing"],

@@ -5,12 +5,13 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hwnas.io import (
+    atomic_directory,
     atomic_write,
     atomic_write_bytes,
     atomic_write_csv,
@@ -74,3 +75,43 @@ def test_sha256(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)  # several read chunks
     path = atomic_write_bytes(tmp_path / "w.bin", data)
     assert sha256_file(path) == sha256_bytes(data) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_directory_replaces_a_folder_whole(tmp_path: Path) -> None:
+    def fill(files: dict[str, str]) -> Callable[[Path], None]:
+        def write(tmp: Path) -> None:
+            for name, text in files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_text(text)
+        return write
+
+    out = atomic_directory(tmp_path / "coreml", fill({"a.txt": "1", "pkg/b.bin": "2"}))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.txt", "pkg", "pkg/b.bin"]
+    atomic_directory(out, fill({"c.txt": "3"}))
+    assert [p.name for p in out.iterdir()] == ["c.txt"] and os.listdir(tmp_path) == ["coreml"]
+
+
+def test_a_failed_directory_keeps_the_old_one_and_leaves_no_temporary(tmp_path: Path) -> None:
+    out = atomic_directory(tmp_path / "executorch", lambda tmp: (tmp / "model.pte").write_text("old"))
+
+    def half(tmp: Path) -> None:
+        (tmp / "model.pte").write_text("new, but not fin")
+        raise RuntimeError("lowering failed")
+
+    with pytest.raises(RuntimeError, match="lowering failed"):
+        atomic_directory(out, half)
+    assert (out / "model.pte").read_text() == "old" and os.listdir(tmp_path) == ["executorch"]
+    with pytest.raises(RuntimeError):
+        atomic_directory(tmp_path / "new", half)
+    assert os.listdir(tmp_path) == ["executorch"]
+
+
+def test_atomic_directory_gives_files_ordinary_permissions(tmp_path: Path, umask: None) -> None:
+    def fill(tmp: Path) -> None:
+        (tmp / "weights").mkdir(mode=0o700)  # as coremltools writes an .mlpackage
+        (tmp / "weights" / "private.bin").write_bytes(b"x")
+        (tmp / "weights" / "private.bin").chmod(0o600)
+
+    out = atomic_directory(tmp_path / "pkg", fill)
+    assert stat.S_IMODE((out / "weights").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "weights" / "private.bin").stat().st_mode) == 0o644

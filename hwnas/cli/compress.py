@@ -12,6 +12,7 @@ import click
 
 from hwnas.cli._app import main, user_errors
 from hwnas.cli._options import CONFIG_HELP, checkpoint_option, config_option, json_option, load_supernet
+from hwnas.compress.deploy import FORMATS
 from hwnas.compress.settings import METHODS, MODES, DistillConfig, Method, Mode, QuantSpec
 from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
@@ -43,24 +44,32 @@ def _pick_options(f: F) -> F:
 @main.command("export")
 @_pick_options
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--onnx", "with_onnx", is_flag=True, help="Also write model.onnx (fp32).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT[,FORMAT]",
+              help=f"Also write deployable artefacts, each in OUT/<format>/ with MEASURE.md: "
+                   f"{', '.join(FORMATS)} (repeat or comma-separate).")
+@click.option("--onnx", "with_onnx", is_flag=True, help="Same as --format onnx.")
+@click.option("--palettize-bits", default=4, show_default=True, type=click.IntRange(min=0, max=8),
+              help="Core ML: also write a copy with k-means palettized weights of this many bits (0: none).")
 @user_errors
 def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str,
-               with_onnx: bool) -> None:
-    """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON)."""
+               formats: tuple[str, ...], with_onnx: bool, palettize_bits: int) -> None:
+    """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON), and
+    optionally as ONNX, Core ML or ExecuTorch artefacts."""
     from hwnas.compress import from_supernet, save_subdit
+    from hwnas.compress.deploy import export_artefacts, parse_formats, require_runtimes
 
+    chosen = parse_formats([*formats, *(["onnx"] if with_onnx else [])])
+    require_runtimes(chosen)  # before anything loads or is written
     net = load_supernet(checkpoint)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
                         + (f", search run {run} pick {pick}" if run else ""))
     save_subdit(sub, out)
-    if with_onnx:
-        from hwnas.model import export_onnx
-
-        export_onnx(sub.dit, Path(out) / "model.onnx")
+    artefacts = export_artefacts(sub, out, chosen, palettize_bits=palettize_bits or None)
     click.echo(json.dumps({"out": out, "config_id": cfg.id, "describe": cfg.describe(),
-                           "params": sum(p.numel() for p in sub.dit.parameters())}))
+                           "params": sum(p.numel() for p in sub.dit.parameters()),
+                           "artefacts": {a.format: {str(a.folder / name): size for name, size in a.files.items()}
+                                         for a in artefacts}}))
 
 
 @main.command("distill")

@@ -8,7 +8,10 @@ Public API:
   `finetune_biases_norms`, `PackedWeight`;
 - `export_int4_onnx`, `check_parity`, `time_onnx`;
 - `compress_pick(net, cfg, out=...)`, `quantize_subdit`, `quantize_and_score`, `quality_row`,
-  `measure_latency`.
+  `measure_latency`;
+- `export_artefacts(sub, out, formats)` (ONNX, Core ML, ExecuTorch folders with MEASURE.md),
+  `load_runner`, `Artefact` (`hwnas.compress.deploy`: also `FORMATS`, `parse_formats`,
+  `require_runtimes` and the errors `MissingRuntimeError`, `UnsupportedOpError`).
 
 The settings (`hwnas.compress.settings`: `DistillConfig`, `QuantSpec`) import without torch; the rest
 is imported on first use, so that reading the settings (the CLI does, to show its defaults) does
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hwnas.compress.settings import DistillConfig, QuantSpec, terms
 
 if TYPE_CHECKING:
+    from hwnas.compress.deploy import Artefact, export_artefacts, load_runner
     from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_pick, save_subdit
     from hwnas.compress.kdmd import distill
     from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "deploy": ("Artefact", "export_artefacts", "load_runner"),
     "kdmd": ("distill",),
     "extract": ("SubDiT", "from_supernet", "load_subdit", "resolve_pick", "save_subdit"),
     "onnx_int4": ("check_parity", "export_int4_onnx", "time_onnx"),
@@ -61,8 +66,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "DistillConfig", "PackedWeight", "QuantSpec", "QuantizedModel", "SubDiT", "check_parity", "compress_pick",
-    "dequantized_copy", "distill", "export_int4_onnx", "finetune_biases_norms", "from_supernet", "layer_sensitivity",
-    "load_subdit", "measure_latency", "mixed_bits", "quality_row", "quantize_and_score", "quantize_model",
-    "quantize_subdit", "resolve_pick", "save_subdit", "terms", "time_onnx",
+    "Artefact", "DistillConfig", "PackedWeight", "QuantSpec", "QuantizedModel", "SubDiT", "check_parity",
+    "compress_pick", "dequantized_copy", "distill", "export_artefacts", "export_int4_onnx", "finetune_biases_norms",
+    "from_supernet", "layer_sensitivity", "load_runner", "load_subdit", "measure_latency", "mixed_bits", "quality_row",
+    "quantize_and_score", "quantize_model", "quantize_subdit", "resolve_pick", "save_subdit", "terms", "time_onnx",
 ]

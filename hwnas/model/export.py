@@ -27,8 +27,9 @@ INPUT_NAMES: tuple[str, ...] = ("x", "t", "text", "text_mask")
 OUTPUT_NAME = "v"
 
 
-class _VelocityOnly(nn.Module):
-    """Positional-only forward returning the velocity (what the exporters trace)."""
+class VelocityOnly(nn.Module):
+    """Positional-only forward returning the velocity (what every exporter traces: ONNX, Core ML,
+    ExecuTorch)."""
 
     def __init__(self, model: StaticDiT) -> None:
         super().__init__()
@@ -64,7 +65,7 @@ def export_onnx(
     `opset` defaults to 17 for the TorchScript exporter and 18 for `dynamo=True` (its minimum).
     """
     was_training = model.training
-    wrapper = _VelocityOnly(model.eval())
+    wrapper = VelocityOnly(model.eval())
     args = example_inputs(model.space, batch=batch)
     dynamo_only: dict[str, Any] = {"external_data": False} if dynamo else {}
     try:
