@@ -15,10 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SCRIPTS = {  # script -> argv before --help
-    "budget_sweep.py": [], "distill.py": [], "host_peaks.py": [], "int4.py": [], "int4_scale.py": [],
-    "lut_accuracy.py": [], "lut_build.py": [], "lut_gap.py": [], "proxy_quality.py": [], "rank_fidelity.py": ["report"],
-    "screen_fidelity.py": [], "search_efficiency.py": [], "transfer.py": [], "tvm_schedule.py": [],
-    "tvm_vs_ort.py": [], "width_quality.py": [],
+    "budget_sweep.py": [], "distill.py": [], "export_parity.py": [], "host_peaks.py": [], "int4.py": [],
+    "int4_scale.py": [], "lut_accuracy.py": [], "lut_build.py": [], "lut_gap.py": [], "proxy_quality.py": [],
+    "rank_fidelity.py": ["report"], "screen_fidelity.py": [], "search_efficiency.py": [], "transfer.py": [],
+    "tvm_schedule.py": [], "tvm_vs_ort.py": [], "width_quality.py": [],
 }
 
 
