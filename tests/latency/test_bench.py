@@ -8,30 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwnas.latency import KernelKey, Timing, enumerate_kernels, kernels, load_profile
+from hwnas.latency import KernelKey, Timing, kernels, load_profile
 from hwnas.latency.blocks import kernel_module
 from hwnas.model import StaticDiT, example_inputs
-from hwnas.space import SearchSpace, StageConfig, SubnetConfig, load_space
+from hwnas.space import SearchSpace, StageConfig, SubnetConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "experiments/shapes-32.toml"
 PROFILES = ROOT / "device_profiles"
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return load_space(ROOT / EXPERIMENT)
-
-
-@pytest.fixture(scope="module")
-def keys(space: SearchSpace) -> dict[str, KernelKey]:
-    """The first kernel of each kind of shapes-32, plus an Up block that fuses a long skip."""
-    out: dict[str, KernelKey] = {}
-    for k in enumerate_kernels(space, precisions=("fp32",)):
-        out.setdefault(k.kind, k)
-        if k.kind == "up_block" and k.op.skip_dim:
-            out.setdefault("up_block_skip", k)
-    return out
 
 
 def _tvm() -> None:

@@ -8,28 +8,12 @@ import pytest
 
 from hwnas.latency import KernelKey, Timing, enumerate_kernels, load_profile, load_table
 from hwnas.latency.adaptive import StopRule
-from hwnas.space import SearchSpace, load_space
+from hwnas.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "experiments/shapes-32.toml"
 PROFILES = ROOT / "device_profiles"
 QUICK = StopRule(min_rounds=2, max_rounds=3, per_round=2)
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return load_space(ROOT / EXPERIMENT)
-
-
-@pytest.fixture(scope="module")
-def keys(space: SearchSpace) -> dict[str, KernelKey]:
-    """The first kernel of each kind of shapes-32, plus an Up block that fuses a long skip."""
-    out: dict[str, KernelKey] = {}
-    for k in enumerate_kernels(space, precisions=("fp32",)):
-        out.setdefault(k.kind, k)
-        if k.kind == "up_block" and k.op.skip_dim:
-            out.setdefault("up_block_skip", k)
-    return out
 
 
 def _tvm() -> None:

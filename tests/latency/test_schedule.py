@@ -11,18 +11,13 @@ import torch
 
 from hwnas.latency import KernelKey, enumerate_kernels, load_profile
 from hwnas.latency.blocks import kernel_module
-from hwnas.space import SearchSpace, load_space
+from hwnas.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "experiments/shapes-32.toml"
 PROFILES = ROOT / "device_profiles"
 
 pytestmark = pytest.mark.tvm
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return load_space(ROOT / EXPERIMENT)
 
 
 @pytest.fixture(scope="module")
