@@ -171,6 +171,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
             raise ValueError("--init-from starts a supernet from another's weights; "
                              "a stand-alone run starts from scratch")
     autoencoder = space_vae(space, experiment.read_text(), override=vae, source=str(experiment))
+    checked_parent = (_parent_checkpoint(Path(init_from), experiment.read_text(), autoencoder)
+                      if init_from is not None and not resume else None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _dist_info()
@@ -194,8 +196,8 @@ def train(experiment: str | Path, *, out: str | Path, steps: int | None = None, 
     objective: nn.Module = _ElasticObjective(net, tc, standalone=standalone)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
-    parent = (_warm_start(net, Path(init_from), experiment.read_text())
-              if init_from is not None and not resume else None)
+    parent = (_warm_start(net, Path(init_from), *checked_parent)
+              if init_from is not None and checked_parent is not None else None)
     params = [p for p in list(net.dit.parameters()) + list(net.text.parameters())]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     ema = [p.detach().clone() for p in params]
@@ -315,30 +317,41 @@ class _RunInfo:
 _MODEL_SECTIONS = ("experiment", "vae", "model", "space")
 
 
-def _warm_start(net: Supernet, directory: Path, experiment_toml: str) -> dict[str, Any]:
-    """Load the (EMA) weights of the checkpoint in `directory` into `net`; return what the new
-    run records about it. The checkpoint must be of the same model: the same experiment sections
-    other than [train], the same VAE (by hash) and the same tokenizer; anything else is refused."""
+def _parent_checkpoint(directory: Path, experiment_toml: str,
+                       vae: Autoencoder | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata of the checkpoint a run warm-starts from, checked before any data
+    is made: the same experiment sections other than [train] and the same VAE (by hash), and a
+    supernet, not a stand-alone run; anything else is refused."""
     tensors, meta = load_weights(directory)
-    mine = tomllib.loads(experiment_toml)
     try:
         theirs = tomllib.loads(meta["experiment_toml"])
-        differ = [s for s in _MODEL_SECTIONS if mine.get(s) != theirs.get(s)]
-        if differ:
-            raise ValueError(f"{directory}: trained on another model ([{'], ['.join(differ)}] differ from "
-                             "this experiment's); --init-from needs a checkpoint of the same model")
-        vae_hash = net.vae.sha256 if net.vae is not None else None
-        if (meta.get("vae") or {}).get("sha256") != vae_hash:
-            raise ValueError(f"{directory}: trained with VAE sha256 {str((meta.get('vae') or {}).get('sha256'))[:12]}, "
-                             f"this run uses {str(vae_hash)[:12]}")
-        if meta["tokenizer"] != net.tokenizer.to_dict():
-            raise ValueError(f"{directory}: its tokenizer vocabulary differs from this run's training captions")
-        if meta.get("standalone") is not None:
-            raise ValueError(f"{directory}: a stand-alone sub-DiT run, not a supernet")
+    except (KeyError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{directory}: not a supernet checkpoint of this hwnas version ({exc})") from None
+    mine = tomllib.loads(experiment_toml)
+    differ = [s for s in _MODEL_SECTIONS if mine.get(s) != theirs.get(s)]
+    if differ:
+        raise ValueError(f"{directory}: trained on another model ([{'], ['.join(differ)}] differ from "
+                         "this experiment's); --init-from needs a checkpoint of the same model")
+    vae_hash = vae.sha256 if vae is not None else None
+    if (meta.get("vae") or {}).get("sha256") != vae_hash:
+        raise ValueError(f"{directory}: trained with VAE sha256 {str((meta.get('vae') or {}).get('sha256'))[:12]}, "
+                         f"this run uses {str(vae_hash)[:12]}")
+    if meta.get("standalone") is not None:
+        raise ValueError(f"{directory}: a stand-alone sub-DiT run, not a supernet")
+    return tensors, meta
+
+
+def _warm_start(net: Supernet, directory: Path, tensors: dict[str, torch.Tensor],
+                meta: dict[str, Any]) -> dict[str, Any]:
+    """Load a checked parent checkpoint's (EMA) weights (`_parent_checkpoint`) into `net`; return
+    what the new run records about it. Its tokenizer must be this run's."""
+    if meta.get("tokenizer") != net.tokenizer.to_dict():
+        raise ValueError(f"{directory}: its tokenizer vocabulary differs from this run's training captions")
+    try:
         net.dit.load_state_dict(unprefixed("dit", tensors))
         net.text.load_state_dict(unprefixed("text", tensors))
         step, batch = int(meta["step"]), int(meta["train"]["batch_size"])
-    except (KeyError, RuntimeError, tomllib.TOMLDecodeError) as exc:
+    except (KeyError, RuntimeError) as exc:
         raise ValueError(f"{directory}: not a supernet checkpoint of this hwnas version ({exc})") from None
     parent = meta.get("init_from")
     return {"path": str(directory), "sha256": sha256_file(directory / WEIGHTS), "step": step,
