@@ -192,8 +192,9 @@ def _report(args: argparse.Namespace) -> None:
     }
     print(f"{'sub-DiT':<13} {'describe':<40} {'params':>8} {'inherited':>9} {'alone':>8} {'alone/2':>8}")
     for r in rows:
+        half = "-" if r["standalone_half"] is None else f"{r['standalone_half']:.4f}"
         print(f"{r['name']:<13} {r['describe']:<40} {r['params'] / 1e6:7.2f}M {r['inherited']:9.4f} "
-              f"{r['standalone']:8.4f} " + (f"{r['standalone_half']:8.4f}" if r["standalone_half"] else f"{'-':>8}"))
+              f"{r['standalone']:8.4f} {half:>8}")
     write_json(args.json_out, result)
     if args.plot:
         _plot(rows, args.plot, result)
