@@ -23,7 +23,9 @@ rerun only redoes the analysis.
 Prior per target: the host profile (`device_profiles/host.toml`: peaks of the machine the host table
 was measured on, 2 threads) with the target's thread count (the fp32 peak scaled by threads / 2) and
 its attention lowering (`fused` for PyTorch's scaled_dot_product_attention, `materialized` for the
-exported graph's MatMul-Softmax-MatMul). For each k in {1, 3, 5, 10}, `draws` random sets of k
+exported graph's MatMul-Softmax-MatMul). The targets run their GEMMs and patch convolutions from
+libraries (MLAS, oneDNN) at the measured peak, not at TVM's efficiency (`hwnas.latency.estimate.
+library_gemm`). For each k in {1, 3, 5, 10}, `draws` random sets of k
 measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the other n - k are predicted with
 the calibrated table's `predict_latency_ms`. Reported per target and k, averaged over draws: MAPE,
 the share within +-10%, Spearman, and the share inside the prediction's 90% interval.

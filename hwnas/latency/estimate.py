@@ -47,6 +47,13 @@ _EFF_COMPUTE: dict[DeviceKind, dict[CostKind, float]] = {
     "gpu": {"linear": 0.5, "attention": 0.3, "conv": 0.3, "elementwise": 0.1},
     "cpu": {"linear": CPU_TVM_GEMM_EFFICIENCY, "attention": 0.25, "conv": 0.4, "elementwise": 0.1},
 }
+CPU_LIBRARY_KINDS: tuple[CostKind, ...] = ("linear", "conv")
+"""Kinds a CPU runtime other than hwnas's TVM runs through its GEMM library (oneDNN, MLAS, XNNPACK, ...):
+the patch convolution is lowered to a GEMM as well."""
+_LIBRARY_SOURCE = ("derived: the runtime's GEMM library against a peak measured with a library GEMM "
+                   "(benchmarks/host_peaks.py times torch.mm): large GEMMs run at that peak by construction, "
+                   "so the CPU prior over CPU_TVM_GEMM_EFFICIENCY (TVM's GEMM over the library's)")
+
 _EFF_COMPUTE_SOURCE = {
     "linear": "assumed: large GEMMs reach about half the peak on mobile NPUs/GPUs; CPUs: TVM GEMM at 81 / 147 "
               "GFLOP/s of OpenBLAS (measured here, 4096x1024x4096 fp32, 2 Zen3 cores)",
@@ -111,18 +118,32 @@ class EstimatorParams:
         return replace(self, kinds=kinds, calibration=calibration, error=error)  # type: ignore[arg-type]
 
 
+def library_gemm(profile: DeviceProfile) -> bool:
+    """Does `profile` run its GEMMs from a library at the peak it states? A CPU whose runtime is not hwnas's
+    TVM (onnxruntime, PyTorch, ExecuTorch/XNNPACK, ...) and whose default-precision peak was measured
+    with a library GEMM, or derived from such a measurement."""
+    peak = profile.peak_gflops.get(profile.default_precision)
+    return (profile.kind == "cpu" and profile.runtime not in ("", "TVM") and peak is not None
+            and "measured" in peak.source)
+
+
 def prior_params(profile: DeviceProfile) -> EstimatorParams:
-    """The priors of `profile`'s device kind, memory efficiency by how its bandwidth is known."""
+    """The priors of `profile`'s device kind, memory efficiency by how its bandwidth is known, and for a
+    CPU runtime with a library GEMM (`library_gemm`), GEMM-like kinds at the library's efficiency."""
     measured_bw = profile.bandwidth_gbps.source.startswith("measured")
     eff_memory = 1.0 if measured_bw else 0.7
-    kinds = {k: KindParams(_EFF_COMPUTE[profile.kind][k], eff_memory if k != "elementwise" else 0.7 * eff_memory,
+    eff_compute = dict(_EFF_COMPUTE[profile.kind])
+    sources: dict[str, str] = dict(_EFF_COMPUTE_SOURCE)
+    if library_gemm(profile):
+        for k in CPU_LIBRARY_KINDS:
+            eff_compute[k], sources[k] = eff_compute[k] / CPU_TVM_GEMM_EFFICIENCY, _LIBRARY_SOURCE
+    kinds = {k: KindParams(eff_compute[k], eff_memory if k != "elementwise" else 0.7 * eff_memory,
                            _OVERHEAD_MS[profile.kind]) for k in COST_KINDS}
-    sources = {**_EFF_COMPUTE_SOURCE,
-               "eff_memory": ("measured: the profile's bandwidth is a sustained copy rate already" if measured_bw
-                              else "assumed: sustained DRAM bandwidth ~70% of the theoretical peak (typical "
-                                   "STREAM ratio on LPDDR SoCs)") + "; element-wise ops 0.7 of that (strided "
-                                                                    "and short rows)",
-               "overhead_ms": _OVERHEAD_SOURCE, "attention": profile.attention.source}
+    sources |= {"eff_memory": ("measured: the profile's bandwidth is a sustained copy rate already" if measured_bw
+                               else "assumed: sustained DRAM bandwidth ~70% of the theoretical peak (typical "
+                                    "STREAM ratio on LPDDR SoCs)") + "; element-wise ops 0.7 of that (strided "
+                                                                     "and short rows)",
+                "overhead_ms": _OVERHEAD_SOURCE, "attention": profile.attention.source}
     return EstimatorParams(kinds=kinds, priors=kinds, sources=sources, attention=profile.attention.value)
 
 

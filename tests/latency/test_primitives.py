@@ -7,7 +7,7 @@ import pytest
 
 from hwnas.cost import op_flops, op_params, ops
 from hwnas.latency import ATTENTION_LOWERINGS, kernels, load_profile, op_primitives, prior_params
-from hwnas.latency.estimate import estimate_kernel_ms
+from hwnas.latency.estimate import CPU_TVM_GEMM_EFFICIENCY, estimate_kernel_ms, library_gemm
 from hwnas.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +61,24 @@ def test_estimate_positive_and_monotone_in_bandwidth() -> None:
     for key in kernels(space.preset("small"), space, precision="fp16"):
         slow, fast = estimate_kernel_ms(key, prof, params), estimate_kernel_ms(key, faster, params)
         assert 0 < fast <= slow
+
+
+def test_cpu_runtime_with_a_library_gemm_gets_the_measured_peak_for_gemm_kinds() -> None:
+    import dataclasses
+
+    host = load_profile("host", profile_dir=ROOT / "device_profiles")
+    assert host.runtime == "TVM" and not library_gemm(host)
+    tvm = prior_params(host)
+    ort = dataclasses.replace(host, runtime="onnxruntime")
+    assert library_gemm(ort)
+    lib = prior_params(ort)
+    for kind in ("linear", "conv"):
+        assert lib.kinds[kind].eff_compute == pytest.approx(tvm.kinds[kind].eff_compute / CPU_TVM_GEMM_EFFICIENCY)
+        assert "torch.mm" in lib.sources[kind]
+    assert lib.kinds["linear"].eff_compute == pytest.approx(1.0)
+    assert lib.kinds["attention"] == tvm.kinds["attention"] and lib.kinds["elementwise"] == tvm.kinds["elementwise"]
+    # a datasheet peak says nothing about a library's GEMM; NPUs and GPUs keep their priors
+    datasheet = dataclasses.replace(ort, peak_gflops={"fp32": dataclasses.replace(host.peak_gflops["fp32"],
+                                                                                  source="datasheet: x")})
+    assert not library_gemm(datasheet)
+    assert not library_gemm(load_profile("iphone16promax", profile_dir=ROOT / "device_profiles"))
