@@ -64,7 +64,9 @@ class SearchSettings:
     """A sub-DiT is feasible when its latency's one-sided `confidence` upper bound is within the budget."""
     guidance: Guidance = "distilled"
     """cfg: two denoiser passes per step; distilled (guidance-distilled students, K-DMD's) or none: one."""
-    sampler: SamplerName = "nsga2"
+    sampler: SamplerName = "gp"
+    """Optuna's GP sampler: the fewest quality evaluations to a good front (benchmarks/search_efficiency.py);
+    its proposals cost ~0.5-1 s each by 100 trials, so NSGA-II suits long searches where evaluations are cheap."""
     start: StartName = "feasible"
     n_trials: int = 96
     population_size: int = 16

@@ -53,7 +53,7 @@ def test_feasible_start_caps_its_draws(tiny_env) -> None:  # type: ignore[no-unt
 
 def test_fresh_study_enqueues_a_feasible_first_generation(tiny_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, _ = _latency(tiny_env)
-    settings = tiny_env.settings(population_size=6)
+    settings = tiny_env.settings(population_size=6, sampler="nsga2")
     a = run_search(settings, out=tmp_path / "a", report=False)
     study = optuna.load_study(study_name=a["settings"]["study"], storage=a["settings"]["storage"])
     enqueued = [t for t in study.trials if "fixed_params" in t.system_attrs]
@@ -71,7 +71,7 @@ def test_fresh_study_enqueues_a_feasible_first_generation(tiny_env, tmp_path: Pa
                                   pd.read_csv(tmp_path / "b" / "trials.csv").drop(columns=volatile))
     assert a["best"] == b["best"]
     # resuming (more trials) enqueues nothing new
-    run_search(tiny_env.settings(population_size=6, n_trials=14), out=tmp_path / "a", report=False)
+    run_search(tiny_env.settings(population_size=6, n_trials=14, sampler="nsga2"), out=tmp_path / "a", report=False)
     study = optuna.load_study(study_name=a["settings"]["study"], storage=a["settings"]["storage"])
     assert len(study.trials) == 14 and sum("fixed_params" in t.system_attrs for t in study.trials) == 6
 
