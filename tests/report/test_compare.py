@@ -25,9 +25,9 @@ def runs(tiny_env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two samplers on one budget, and a run rated on another validation set (another quality source)."""
     root = tmp_path_factory.mktemp("compare")
     out = {}
-    runs: dict[str, dict[str, object]] = {"nsga2": {"sampler": "nsga2"}, "random": {"sampler": "random"},
-                                          "val4": {"sampler": "nsga2", "val_images": 4}}
-    for name, overrides in runs.items():
+    overrides_by_run: dict[str, dict[str, object]] = {"nsga2": {"sampler": "nsga2"}, "random": {"sampler": "random"},
+                                                      "val4": {"sampler": "nsga2", "val_images": 4}}
+    for name, overrides in overrides_by_run.items():
         run_search(tiny_env.settings(n_trials=8, **overrides), out=root / name)
         out[name] = root / name
     return out
