@@ -14,11 +14,21 @@ and activation elements read plus written. Cost kinds:
 Invariants (tests): over an op's primitives, `linear + attention + conv` FLOPs equal
 `hwnas.cost.op_flops(op)` and all weight parameters equal `hwnas.cost.op_params(op)`.
 
-Attention lowering: `fused` (flash/SDPA-like) reads q, k, v and writes the output; the scores
-never reach memory. `materialized` (Core ML's split-einsum, most mobile delegates) also writes the
-score matrix, reads and writes it in the softmax and reads it in the value product: 4 x pairs x
-heads more elements, plus two more dispatches per branch. Element-wise work counts 1 FLOP per
-element it reads or writes (it is memory-bound on every device here; the FLOPs only order it).
+Attention lowering (`AttentionLowering`), per attention branch:
+
+- `fused` (flash/SDPA-like): reads q, k, v and writes the output; the scores never reach memory,
+  and local attention reads each block's neighbourhood in place.
+- `materialized` (Core ML's split-einsum, most mobile delegates, an exported ONNX graph): also
+  writes the score matrix, reads and writes it in the softmax and reads it in the value product
+  (4 x pairs x heads more elements, two more dispatches per branch); local attention first gathers
+  each block's key and value window into dense tensors (and copies grouped keys out to every
+  head), as `hwnas.model.attention.blockwise_attention` does.
+- `fused_dense` (PyTorch eager): dense branches (full, global, cross-attention) fused; local
+  attention gathered and materialized, because its window mask sends scaled_dot_product_attention
+  to its math path (seen in torch.profiler: bmm, softmax, bmm for the local branch only).
+
+Element-wise work counts 1 FLOP per element it reads or writes (it is memory-bound on every device
+here; the FLOPs only order it).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from hwnas.cost import Op, local_key_pairs
 
 CostKind = Literal["linear", "attention", "conv", "elementwise"]
 COST_KINDS: tuple[CostKind, ...] = get_args(CostKind)
-AttentionLowering = Literal["fused", "materialized"]
+AttentionLowering = Literal["fused", "materialized", "fused_dense"]
 ATTENTION_LOWERINGS: tuple[AttentionLowering, ...] = get_args(AttentionLowering)
 
 
@@ -68,6 +78,14 @@ def _attention(q_tokens: int, k_tokens: int, pairs: int, heads: int, head_dim: i
             Primitive("attention", flops - flops // 2, 0, scores + k_tokens * kv_dim + q_tokens * d)]  # S V
 
 
+def _window_gather(tokens: int, radius: int, kv_dim: int, dim: int) -> list[Primitive]:
+    """Local attention's key and value windows gathered into dense tensors: `2 radius + 1` blocks per
+    query block, read and written at the key/value width, then (grouped keys) copied out to every head."""
+    window = (2 * radius + 1) * tokens
+    per_tensor = 2 * window * kv_dim + (window * (kv_dim + dim) if kv_dim < dim else 0)
+    return [_ew(per_tensor), _ew(per_tensor)]
+
+
 @lru_cache(maxsize=65536)
 def op_primitives(op: Op, lowering: AttentionLowering) -> tuple[Primitive, ...]:
     """The primitives of one block-level op (see the module docstring), in no particular order."""
@@ -95,6 +113,8 @@ def op_primitives(op: Op, lowering: AttentionLowering) -> tuple[Primitive, ...]:
 
 def _block(op: Op, lowering: AttentionLowering) -> tuple[Primitive, ...]:
     n, d, hd, h = op.tokens, op.dim, op.head_dim, op.heads
+    dense: AttentionLowering = "fused" if lowering == "fused_dense" else lowering
+    local: AttentionLowering = "materialized" if lowering == "fused_dense" else lowering
     kv, ckv, t = op.kv_heads * hd, op.cross_kv_heads * hd, op.text_len
     out: list[Primitive] = []
     if op.skip_dim:  # concatenate the long skip, fuse back to d
@@ -106,18 +126,20 @@ def _block(op: Op, lowering: AttentionLowering) -> tuple[Primitive, ...]:
     if op.attn in ("assa", "global"):
         m = n // c2
         out += [Primitive("conv", 2 * m * kv * c2 * kv, kv * c2 * kv + kv, n * kv + m * kv) for _ in range(2)]
-        out += _attention(n, m, n * m, h, hd, kv, lowering)
+        out += _attention(n, m, n * m, h, hd, kv, dense)
     if op.attn in ("assa", "bna"):
-        out += _attention(n, n, local_key_pairs(n, op.bna_blocks, op.radius), h, hd, kv, lowering)
+        if local == "materialized":
+            out += _window_gather(n, op.radius, kv, d)
+        out += _attention(n, n, local_key_pairs(n, op.bna_blocks, op.radius), h, hd, kv, local)
     if op.attn == "full":
-        out += _attention(n, n, n * n, h, hd, kv, lowering)
+        out += _attention(n, n, n * n, h, hd, kv, dense)
     if op.attn == "assa":  # per-head sigmoid gate mixing the two branches
         out += [_lin(n, d, h), _ew(3 * n * d + n * h)]
     out += [_lin(n, d, d), _ew(3 * n * d)]  # output projection, gated residual add
     # cross-attention to the text tokens
     out += [_ew(2 * n * d, 2 * d), _lin(n, d, d), _lin(t, op.text_dim, ckv), _lin(t, op.text_dim, ckv),
             _ew(2 * (n * d + t * ckv), 4 * hd)]
-    out += _attention(n, t, n * t, h, hd, ckv, lowering)
+    out += _attention(n, t, n * t, h, hd, ckv, dense)
     out += [_lin(n, d, d), _ew(3 * n * d)]
     # FFN: adaLN norm, up, GELU, down, gated residual add
     f = op.ffn_ratio * d

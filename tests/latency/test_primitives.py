@@ -25,15 +25,47 @@ def test_primitives_add_up_to_the_cost_model(experiment: str, lowering: str) -> 
             assert sum(p.weight_params for p in prims) == op_params(op)
 
 
-def test_materialized_attention_costs_more_and_only_in_attention() -> None:
+def test_materialized_attention_costs_more_in_attention_and_gathers_local_windows() -> None:
     space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
     block = next(op for op in ops(space.preset("small"), space) if op.kind == "down_block")
+    assert block.attn == "assa"
     fused, mat = op_primitives(block, "fused"), op_primitives(block, "materialized")
-    for kind in ("linear", "conv", "elementwise"):
+    for kind in ("linear", "conv"):
         assert [p for p in fused if p.kind == kind] == [p for p in mat if p.kind == kind]
     att = [sum(p.act_elements for p in prims if p.kind == "attention") for prims in (fused, mat)]
     assert att[1] > 2 * att[0]
-    assert sum(p.flops for p in fused) == sum(p.flops for p in mat)
+    assert ([sum(p.flops for p in prims if p.kind != "elementwise") for prims in (fused, mat)]
+            == [sum(p.flops for p in fused if p.kind != "elementwise")] * 2)
+    # the local branch's key and value windows: (2r + 1) x tokens rows, gathered, then copied out to every head
+    ew_fused, ew_mat = ([p for p in prims if p.kind == "elementwise"] for prims in (fused, mat))
+    extra = [p for p in ew_mat if p not in ew_fused]
+    window = (2 * block.radius + 1) * block.tokens
+    kv, d = block.kv_heads * block.head_dim, block.dim
+    assert len(ew_mat) == len(ew_fused) + 2
+    assert [p.act_elements for p in extra] == [2 * window * kv + window * (kv + d)] * 2
+
+
+def test_dense_blocks_gather_nothing() -> None:
+    space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
+    block = next(op for op in ops(space.preset("small"), space) if op.kind == "middle_block")
+    assert block.attn == "full"
+    for kind in ("linear", "conv", "elementwise"):
+        assert ([p for p in op_primitives(block, "fused") if p.kind == kind]
+                == [p for p in op_primitives(block, "materialized") if p.kind == kind])
+    assert op_primitives(block, "fused_dense") == op_primitives(block, "fused")
+
+
+def test_fused_dense_materializes_only_the_local_branch() -> None:
+    space = load_space(ROOT / "experiments/snapgenpp-1024.toml")
+    cfg = space.preset("small")
+    block = next(op for op in ops(cfg, space) if op.kind == "down_block")
+    fused, mat, mixed = (op_primitives(block, lw) for lw in ("fused", "materialized", "fused_dense"))
+    attention = [[p for p in prims if p.kind == "attention"] for prims in (fused, mat, mixed)]
+    # assa: a global, a local and a cross-attention branch; fused: one primitive each, materialized: three
+    assert (len(attention[0]), len(attention[1]), len(attention[2])) == (3, 9, 5)
+    assert [p for p in mixed if p.kind == "elementwise"] == [p for p in mat if p.kind == "elementwise"]
+    elements = [sum(p.act_elements for p in a) for a in attention]
+    assert elements[0] < elements[2] < elements[1]
 
 
 def test_unknown_lowering_names_the_allowed_values() -> None:
@@ -47,7 +79,8 @@ def test_profile_attention_lowering(tmp_path: Path) -> None:
     text = (ROOT / "device_profiles/iphone16promax.toml").read_text()
     assert load_profile("iphone16promax", profile_dir=ROOT / "device_profiles").attention.value == "materialized"
     (tmp_path / "iphone16promax.toml").write_text(text.replace('attention = "materialized"', 'attention = "flash"'))
-    with pytest.raises(ValueError, match=r"runtime\.attention must be one of fused, materialized, got 'flash'"):
+    with pytest.raises(ValueError, match=r"runtime\.attention must be one of fused, materialized, fused_dense, got "
+                                         r"'flash'"):
         load_profile("iphone16promax", profile_dir=tmp_path)
 
 
