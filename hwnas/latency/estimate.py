@@ -128,8 +128,9 @@ def library_gemm(profile: DeviceProfile) -> bool:
 
 
 def prior_params(profile: DeviceProfile) -> EstimatorParams:
-    """The priors of `profile`'s device kind, memory efficiency by how its bandwidth is known, and for a
-    CPU runtime with a library GEMM (`library_gemm`), GEMM-like kinds at the library's efficiency."""
+    """The priors of `profile`'s device kind, memory efficiency by how its bandwidth is known, for a
+    CPU runtime with a library GEMM (`library_gemm`) GEMM-like kinds at the library's efficiency, and
+    the runtime's dispatch overhead where the profile states one (`DeviceProfile.dispatch_us`)."""
     measured_bw = profile.bandwidth_gbps.source.startswith("measured")
     eff_memory = 1.0 if measured_bw else 0.7
     eff_compute = dict(_EFF_COMPUTE[profile.kind])
@@ -137,13 +138,17 @@ def prior_params(profile: DeviceProfile) -> EstimatorParams:
     if library_gemm(profile):
         for k in CPU_LIBRARY_KINDS:
             eff_compute[k], sources[k] = eff_compute[k] / CPU_TVM_GEMM_EFFICIENCY, _LIBRARY_SOURCE
-    kinds = {k: KindParams(eff_compute[k], eff_memory if k != "elementwise" else 0.7 * eff_memory,
-                           _OVERHEAD_MS[profile.kind]) for k in COST_KINDS}
+    overhead_ms, overhead_source = _OVERHEAD_MS[profile.kind], _OVERHEAD_SOURCE
+    if profile.dispatch_us is not None:
+        overhead_ms = profile.dispatch_us.require(f"{profile.name}: runtime.dispatch.overhead_us") / 1e3
+        overhead_source = f"the profile's runtime.dispatch ({profile.dispatch_us.source})"
+    kinds = {k: KindParams(eff_compute[k], eff_memory if k != "elementwise" else 0.7 * eff_memory, overhead_ms)
+             for k in COST_KINDS}
     sources |= {"eff_memory": ("measured: the profile's bandwidth is a sustained copy rate already" if measured_bw
                                else "assumed: sustained DRAM bandwidth ~70% of the theoretical peak (typical "
                                     "STREAM ratio on LPDDR SoCs)") + "; element-wise ops 0.7 of that (strided "
                                                                      "and short rows)",
-                "overhead_ms": _OVERHEAD_SOURCE, "attention": profile.attention.source}
+                "overhead_ms": overhead_source, "attention": profile.attention.source}
     return EstimatorParams(kinds=kinds, priors=kinds, sources=sources, attention=profile.attention.value)
 
 

@@ -105,6 +105,9 @@ class DeviceProfile:
     attention: Lowering = DEFAULT_LOWERING
     runtime: str = ""
     """The runtime the device's figures and calibration come from (e.g. "Core ML"); "" where unstated."""
+    dispatch_us: Figure | None = None
+    """The runtime's fixed cost per dispatched primitive in microseconds (`[runtime.dispatch]`), the
+    prior of every op kind's overhead; None: the device kind's assumed one (`hwnas.latency.estimate`)."""
     ram_gib: Figure | None = None
     """Installed DRAM in GiB (2**30 bytes), where the profile gives it (`[ram]`): a sanity bound on memory."""
     path: Path | None = field(default=None, compare=False)
@@ -208,7 +211,8 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
 _KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"device", "tvm", "peak", "memory", "ram", "pipeline", "runtime"}),
     "ram": frozenset({"gib", "source"}),
-    "runtime": frozenset({"name", "attention", "source"}),
+    "runtime": frozenset({"name", "attention", "source", "dispatch"}),
+    "runtime.dispatch": frozenset({"overhead_us", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
     "peak.*": frozenset({"gflops", "source"}),
@@ -266,7 +270,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
                          f"peaks given for {sorted(peaks)}")
     memory = _section(raw, "memory")
-    attention, runtime = DEFAULT_LOWERING, ""
+    attention, runtime, dispatch_us = DEFAULT_LOWERING, "", None
     if "runtime" in raw:
         rt = _section(raw, "runtime")
         runtime = _get(rt, "name", str, "runtime.", 'the runtime\'s name, e.g. "Core ML"')
@@ -275,6 +279,10 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
             raise ValueError(f"field runtime.attention must be one of {', '.join(ATTENTION_LOWERINGS)}, "
                              f"got {lowering!r}")
         attention = Lowering(lowering, _source(rt, "runtime."))
+        if "dispatch" in rt:
+            dispatch = _section(rt, "dispatch", "runtime.")
+            check_keys(dispatch, _KEYS["runtime.dispatch"], where="runtime.dispatch")
+            dispatch_us = _figure(dispatch, "overhead_us", "runtime.dispatch.", unit="microseconds")
     ram = _figure(_section(raw, "ram"), "gib", "ram.", unit="GiB") if "ram" in raw else None
     return DeviceProfile(
         name=name,
@@ -291,6 +299,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         vae_decoder=_pipeline_part(raw, "vae_decoder"),
         attention=attention,
         runtime=runtime,
+        dispatch_us=dispatch_us,
         ram_gib=ram,
         path=path,
         native_cpu=native_cpu,
@@ -378,8 +387,13 @@ source = "TODO: DRAM bandwidth in GB/s and where it comes from"
 
 [runtime]
 name = "TODO: the runtime you time the model with (Core ML, LiteRT, QNN, ExecuTorch, TVM)"
-attention = "fused"      # fused (flash/SDPA-like) | materialized (scores written and read, e.g. Core ML split-einsum)
+# fused (flash/SDPA-like) | materialized (scores written and read, e.g. Core ML split-einsum)
+# | fused_dense (PyTorch eager: dense attention fused, local windows gathered and materialized)
+attention = "fused"
 source = "TODO: how you know the runtime's attention lowering"
+# An optional [runtime.dispatch] table (overhead_us = 25.0, source = "measured: ...") gives the runtime's fixed
+# cost per dispatched primitive, e.g. the smallest sub-DiT of experiments/shapes-32.toml timed on the device,
+# less its roofline time, over its primitives (benchmarks/transfer.py does this for the runtimes it times).
 
 [pipeline.text_encoder]
 latency_ms = 0.0

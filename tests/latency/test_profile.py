@@ -97,6 +97,12 @@ BAD = [
                                                              "[pipeline.text_encoder]?"),
     ("resolution = 1024", "resolution = 1024\nresolutoin = 512", "unknown key 'resolutoin' in "
                                                                   "[pipeline.vae_decoder]; did you mean 'resolution'?"),
+    ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_us = -3.0\nsource = "measured: x"\n\n'
+                                "[pipeline.text_encoder]", "runtime.dispatch.overhead_us"),
+    ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_us = 3.0\nsource = "a guess"\n\n'
+                                "[pipeline.text_encoder]", "runtime.dispatch.source"),
+    ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_ms = 3.0\nsource = "measured: x"\n\n'
+                                "[pipeline.text_encoder]", "unknown key 'overhead_ms' in [runtime.dispatch]"),
 ]
 
 
@@ -132,3 +138,24 @@ def test_scaffold_rejects_bad_names(name: str) -> None:
 def test_copy_of_profiles_dir_is_independent(tmp_path: Path) -> None:
     shutil.copytree(PROFILES, tmp_path / "p")
     assert list_profiles(tmp_path / "p") == list_profiles(PROFILES)
+
+
+def test_runtime_dispatch_overhead_sets_every_kinds_prior(tmp_path: Path) -> None:
+    from hwnas.latency import prior_params
+    from hwnas.latency.table import profile_hash
+
+    text = (PROFILES / "host.toml").read_text()
+    before = load_profile("host", profile_dir=PROFILES)
+    assert before.dispatch_us is None
+    (tmp_path / "host.toml").write_text(text.replace("[pipeline.text_encoder]", (
+        '[runtime.dispatch]\noverhead_us = 25.0\nsource = "measured: the smallest shapes-32 sub-DiT, eager"\n\n'
+        "[pipeline.text_encoder]"), 1))
+    after = load_profile("host", profile_dir=tmp_path)
+    assert after.dispatch_us is not None and after.dispatch_us.value == 25.0
+    params = prior_params(after)
+    assert {k.overhead_ms for k in params.kinds.values()} == {0.025}
+    assert "measured: the smallest shapes-32 sub-DiT" in params.sources["overhead_ms"]
+    assert {k.overhead_ms for k in prior_params(before).kinds.values()} == {0.003}
+    # a profile without the table keeps its hash (and its tables stay fresh); one with it does not
+    assert profile_hash(before) == profile_hash(load_profile("host", profile_dir=PROFILES))
+    assert profile_hash(after) != profile_hash(before)
