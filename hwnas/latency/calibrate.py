@@ -16,7 +16,8 @@ The fit is a maximum a posteriori estimate in log space (a ridge regression arou
 
 over the logs theta of the 12 parameters of `hwnas.latency.estimate`. One row moves every
 parameter a little along its influence on that sub-DiT (the level is then right, the shape is the
-prior's); ten rows outweigh the priors. Leave-one-out residuals give the table's `ErrorModel`.
+prior's); ten rows outweigh the priors. Leave-one-out residuals, pooled with the device kind's
+shape prior (`hwnas.latency.interval.shape_prior_sd`), give the table's `ErrorModel`.
 Reading and fitting are separate from writing: nothing is written unless everything succeeded.
 """
 
@@ -43,7 +44,7 @@ from hwnas.latency.estimate import (
     params_from_meta,
     prior_params,
 )
-from hwnas.latency.interval import ErrorModel, calibrated_error
+from hwnas.latency.interval import ErrorModel, calibrated_error, shape_prior_sd
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
 from hwnas.latency.primitives import COST_KINDS, AttentionLowering
 from hwnas.latency.profile import DeviceProfile
@@ -266,7 +267,7 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
     note = ("" if k >= len(theta) else
             f"{k} measurement(s) for {len(theta)} parameters: a regularised fit, the priors set what the "
             f"measurements cannot")
-    error: ErrorModel = calibrated_error(loo, source=source)
+    error: ErrorModel = calibrated_error(loo, source=source, shape_sd=shape_prior_sd(profile.kind))
     kinds_text = ", ".join(f"{kd} x{math.exp(theta[j * 3] - theta0[j * 3]):.2f}"
                            f"/x{math.exp(theta[j * 3 + 1] - theta0[j * 3 + 1]):.2f}"
                            for j, kd in enumerate(COST_KINDS))

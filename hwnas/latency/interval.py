@@ -6,8 +6,9 @@ Student-t variable of `dof` degrees of freedom (a normal one where `dof` is None
 - `prior`: an estimate calibrated on nothing. A roofline from datasheet peaks is assumed within a
   factor of 2 for 90% of devices (`PRIOR_LEVEL_SD`), plus the shape error below; wide on purpose.
 - `calibrated` on k measured sub-DiTs (`calibrated_error`): the level is fitted, what remains is
-  the shape error between sub-DiTs. Its prior (`PRIOR_SHAPE_SD`, worth `PRIOR_DOF` measurements) is
-  pooled with the k leave-one-out residuals, so one row gives a wide interval and ten rows set it.
+  the shape error between sub-DiTs. Its prior (`shape_prior_sd`: measured on CPUs, assumed
+  elsewhere; worth `PRIOR_DOF` measurements) is pooled with the k leave-one-out residuals, so one
+  row gives a wide interval and ten rows set it.
 - `validated` (`validated_error`): a measured table's bias and spread on held-out sub-DiTs.
 
 Only the denoiser is uncertain here: the text encoder and VAE decoder figures are added as given.
@@ -26,8 +27,14 @@ ErrorKind = Literal["prior", "calibrated", "validated"]
 PRIOR_LEVEL_SD = math.log(2.0) / 1.6449
 """Assumed: an uncalibrated roofline estimate is within a factor of 2 of the device for 90% of devices."""
 PRIOR_SHAPE_SD = 0.12
-"""Assumed: after the level is fitted, sub-DiTs scatter ~12% (1 sd, log) around the cost model. On this
-machine, a straight-line fit on 10 PyTorch-timed sub-DiTs reached 12% MAPE."""
+"""Assumed where nothing was measured (phone NPUs and GPUs): after the level is fitted, sub-DiTs
+scatter ~12% (1 sd, log) around the cost model."""
+MEASURED_SHAPE_SD: dict[str, float] = {"cpu": 0.066}
+"""Measured, by device kind: the root mean square of the leave-one-out log residuals of the per-op-kind
+model fitted to 60 timed sub-DiTs of snapgenpp-256 was 0.037 on onnxruntime (1 thread), 0.038 on
+PyTorch eager (1 thread) and 0.066 on PyTorch eager (2 threads) on a 2-core AMD EPYC
+(benchmarks/transfer.py, its `diagnosis.loo_log_rms`, 2026-11-30): the largest of the three. The
+same timings then score the CPU intervals' coverage, so that score is not independent of it."""
 PRIOR_DOF = 3
 """How many measurements the shape prior is worth: ten measured rows outweigh it three to one."""
 
@@ -96,17 +103,24 @@ def prior_error() -> ErrorModel:
                       f"{PRIOR_SHAPE_SD:.0%} scatter between sub-DiTs; calibrate with hwnas lut calibrate")
 
 
-def calibrated_error(loo_log_residuals: Sequence[float], *, source: str) -> ErrorModel:
+def shape_prior_sd(device_kind: str) -> float:
+    """The shape-error prior of a device kind: `MEASURED_SHAPE_SD` where measured, else `PRIOR_SHAPE_SD`."""
+    return MEASURED_SHAPE_SD.get(device_kind, PRIOR_SHAPE_SD)
+
+
+def calibrated_error(loo_log_residuals: Sequence[float], *, source: str, shape_sd: float = PRIOR_SHAPE_SD
+                     ) -> ErrorModel:
     """The error of a table fitted on k measurements, from their leave-one-out log residuals.
 
-    variance = (PRIOR_DOF * PRIOR_SHAPE_SD^2 * (1 + 1/k) + sum r_i^2) / (PRIOR_DOF + k), t with
+    variance = (PRIOR_DOF * shape_sd^2 * (1 + 1/k) + sum r_i^2) / (PRIOR_DOF + k), t with
     PRIOR_DOF + k degrees of freedom. With k = 1 the left-out fit is the prior itself, so its residual
     measures the prior's level error, not the scatter: the shape prior alone is used, at 1 + 1/k.
+    `shape_sd` is the device kind's (`shape_prior_sd`).
     """
     k = len(loo_log_residuals)
     if k < 1:
         raise ValueError("a calibrated error needs at least one measurement")
-    prior = PRIOR_DOF * PRIOR_SHAPE_SD**2 * (1 + 1 / k)
+    prior = PRIOR_DOF * shape_sd**2 * (1 + 1 / k)
     if k == 1:
         return ErrorModel("calibrated", 0.0, math.sqrt(prior / PRIOR_DOF), PRIOR_DOF, 1, source)
     var = (prior + sum(r * r for r in loo_log_residuals)) / (PRIOR_DOF + k)

@@ -79,6 +79,23 @@ def test_one_row_sets_the_level_ten_rows_dominate(space, iphone) -> None:  # typ
     assert widths[0] > widths[1] > widths[2]
 
 
+def test_cpu_calibrations_use_the_measured_shape_prior(space, iphone) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from hwnas.latency.interval import MEASURED_SHAPE_SD, PRIOR_SHAPE_SD, shape_prior_sd
+
+    assert shape_prior_sd("npu") == PRIOR_SHAPE_SD and shape_prior_sd("cpu") == MEASURED_SHAPE_SD["cpu"]
+    assert MEASURED_SHAPE_SD["cpu"] < PRIOR_SHAPE_SD
+    rows = _measure([space.preset("small")], space, iphone, _truth(iphone))
+    npu = calibrate(iphone, space, rows, prior=prior_params(iphone), source="t")
+    cpu_phone = dataclasses.replace(iphone, kind="cpu")
+    cpu = calibrate(cpu_phone, space, rows, prior=prior_params(cpu_phone), source="t")
+    assert npu.params.error is not None and cpu.params.error is not None
+    # one row: the interval is the shape prior alone (x sqrt(2)), so the kinds differ by exactly their priors
+    assert npu.params.error.log_sd == pytest.approx(PRIOR_SHAPE_SD * math.sqrt(2))
+    assert cpu.params.error.log_sd == pytest.approx(MEASURED_SHAPE_SD["cpu"] * math.sqrt(2))
+
+
 def test_calibrated_error_shrinks_with_points() -> None:
     small = [calibrated_error([0.05] * k, source="t").ratio(0.95) for k in (1, 3, 10, 100)]
     assert small == sorted(small, reverse=True)
