@@ -27,12 +27,16 @@ MatMul-Softmax-MatMul; see `hwnas.latency.primitives`) and its dispatch overhead
 the smallest sub-DiT of `experiments/shapes-32.toml` (64 tokens of width 24: almost nothing but
 dispatch) timed on the target (`PROBE_CALLS` calls, median), less its roofline time at the prior,
 over its primitives. The probe is the runtime's fixed cost, like the peaks: it times no sub-DiT of
-the experiment under test. The targets run their GEMMs and patch convolutions from
-libraries (MLAS, oneDNN) at the measured peak, not at TVM's efficiency (`hwnas.latency.estimate.
-library_gemm`). For each k in {1, 3, 5, 10}, `draws` random sets of k
-measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the other n - k are predicted with
-the calibrated table's `predict_latency_ms`. Reported per target and k, averaged over draws: MAPE,
-the share within +-10%, Spearman, and the share inside the prediction's 90% interval.
+the experiment under test. For PyTorch eager it also counts (torch.profiler, no timing) the
+element-wise memory traffic of the probe's framework ops against the cost model's one pass per
+element-wise primitive: eager runs a chain (norm, scale, shift) as one pass per op, where a graph
+runtime fuses it (`DeviceProfile.elementwise_passes`; onnxruntime keeps the prior's one pass). The
+targets run their GEMMs and patch convolutions from libraries (MLAS, oneDNN) at the measured peak,
+not at TVM's efficiency (`hwnas.latency.estimate.library_gemm`). For each k in {1, 3, 5, 10},
+`draws` random sets of k measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the
+other n - k are predicted with the calibrated table's `predict_latency_ms`. Reported per target
+and k, averaged over draws: MAPE, the share within +-10%, Spearman, and the share inside the
+prediction's 90% interval.
 """
 
 from __future__ import annotations
@@ -108,16 +112,18 @@ TARGETS = (
 # Prior and fit (pure) --------------------------------------------------------------------------
 
 
-def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | None = None) -> DeviceProfile:
-    """`host` as a prior for `target`: same CPU figures, the target's threads, attention lowering and
-    dispatch overhead (from `probe_dispatch_us`; None: the device kind's assumed one)."""
+def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | None = None, *,
+                   elementwise_passes: Figure | None = None) -> DeviceProfile:
+    """`host` as a prior for `target`: same CPU figures, the target's threads, attention lowering, dispatch
+    overhead and element-wise passes (from `probe_figures`; None: the device kind's assumed ones)."""
     peak = host.peak_gflops["fp32"]
     return replace(host, name=f"host-{target.name}", threads=target.threads, runtime=target.runtime,
                    description=f"{host.description}; runtime {target.runtime}, {target.threads} thread(s)",
                    peak_gflops={"fp32": Figure(peak.value * target.threads / 2,
                                                f"assumed: host fp32 peak x {target.threads}/2 threads "
                                                f"({peak.source})")},
-                   attention=Lowering(target.attention, target.attention_source), dispatch_us=dispatch_us)
+                   attention=Lowering(target.attention, target.attention_source), dispatch_us=dispatch_us,
+                   elementwise_passes=elementwise_passes)
 
 
 def dispatch_us(profile: DeviceProfile, space: SearchSpace, cfg: SubnetConfig, step_ms: float) -> tuple[float, int]:
@@ -296,6 +302,45 @@ def measure(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Target,
     return samples
 
 
+_NO_MEMORY_OPS = frozenset({
+    "view", "reshape", "_unsafe_view", "view_as", "reshape_as", "transpose", "permute", "t", "expand", "expand_as",
+    "as_strided", "unsqueeze", "squeeze", "slice", "select", "narrow", "split", "split_with_sizes", "chunk",
+    "unbind", "unflatten", "flatten", "alias", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "empty",
+    "empty_like", "empty_strided", "result_type", "item", "_local_scalar_dense", "is_nonzero"})
+"""aten ops that only make views or allocate: no pass over memory."""
+_OTHER_KINDS = ("mm", "conv", "attention", "softmax", "linear", "matmul")
+"""Substrings of aten ops the cost model costs as linear, conv or attention, not element-wise."""
+
+
+def eager_elementwise_passes(space: SearchSpace, cfg: SubnetConfig) -> float:
+    """Element-wise memory traffic of one eager step of `cfg` (torch.profiler's leaf aten ops outside
+    `_NO_MEMORY_OPS` and `_OTHER_KINDS`: their tensor inputs, plus an output as large as the largest) over
+    the cost model's element-wise elements for `cfg` (`fused_dense`): passes per element-wise primitive."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from hwnas.latency.primitives import op_primitives
+    from hwnas.model import StaticDiT, example_inputs
+
+    model, args = StaticDiT(space, cfg).eval(), example_inputs(space)
+    with torch.inference_mode():
+        model(*args)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model(*args)
+    traffic = 0
+    for event in prof.events():
+        name = event.name.removeprefix("aten::")
+        if (not event.name.startswith("aten::") or name in _NO_MEMORY_OPS or any(k in name for k in _OTHER_KINDS)
+                or any(c.name.startswith("aten::") and c.name[6:] not in _NO_MEMORY_OPS for c in event.cpu_children)):
+            continue
+        sizes = [math.prod(s) for s in event.input_shapes
+                 if isinstance(s, list) and s and all(isinstance(x, int) for x in s)]
+        traffic += sum(sizes) + max(sizes, default=0)
+    counted = sum(count * p.act_elements for key, count in kernel_counts(cfg, space, precision="fp32")
+                  for p in op_primitives(key.op, "fused_dense") if p.kind == "elementwise")
+    return traffic / counted
+
+
 def measure_probe(targets: tuple[Target, ...], *, cache: Path) -> dict[str, dict[str, list[float]]]:
     """Per target, `PROBE_CALLS` step times in ms of the probe sub-DiT (the smallest of PROBE_EXPERIMENT),
     called back to back after a warm-up; cached like `measure`'s."""
@@ -323,16 +368,24 @@ def measure_probe(targets: tuple[Target, ...], *, cache: Path) -> dict[str, dict
     return samples
 
 
-def probe_figure(host: DeviceProfile, target: Target, probe_ms: list[float]) -> tuple[Figure, dict[str, Any]]:
-    """The target's dispatch overhead as a profile figure with its source, and the probe's record."""
+def probe_figures(host: DeviceProfile, target: Target, probe_ms: list[float]
+                  ) -> tuple[Figure, Figure | None, dict[str, Any]]:
+    """The target's dispatch overhead and (eager) element-wise passes as profile figures with their
+    sources, and the probe's record."""
     space = load_space(PROBE_EXPERIMENT)
     cfg = space.smallest()
+    passes = None
+    if target.runtime == "torch":
+        count = eager_elementwise_passes(space, cfg)
+        passes = Figure(round(count, 2), f"measured: torch.profiler's element-wise traffic of the smallest "
+                                         f"{space.name} sub-DiT over the cost model's, {count:.2f}x")
     step_ms = statistics.median(probe_ms)
-    us, primitives = dispatch_us(target_profile(host, target), space, cfg, step_ms)
+    us, primitives = dispatch_us(target_profile(host, target, elementwise_passes=passes), space, cfg, step_ms)
     source = (f"measured: the smallest {space.name} sub-DiT on {target.name}, {step_ms:.3f} ms a step (median of "
               f"{len(probe_ms)}) less its roofline time, over its {primitives} primitives")
-    return Figure(round(us, 2), source), {"config": cfg.describe(), "step_ms": step_ms, "primitives": primitives,
-                                           "overhead_us": round(us, 2)}
+    return Figure(round(us, 2), source), passes, {
+        "config": cfg.describe(), "step_ms": step_ms, "primitives": primitives, "overhead_us": round(us, 2),
+        "elementwise_passes": passes.value if passes else None}
 
 
 # Report ----------------------------------------------------------------------------------------
@@ -403,8 +456,8 @@ def main() -> None:
             continue
         runs = [have[c.id][:opts.rounds] for c in cfgs]
         measured = [statistics.median(r) for r in runs]
-        dispatch, probe = probe_figure(host, t, probe_ms)
-        profile = target_profile(host, t, dispatch)
+        dispatch, passes, probe = probe_figures(host, t, probe_ms)
+        profile = target_profile(host, t, dispatch, elementwise_passes=passes)
         row: dict[str, Any] = {"name": t.name, "n": len(cfgs), "runtime": t.runtime, "threads": t.threads,
                                "attention": t.attention, "probe": probe, "rounds": min(len(r) for r in runs),
                                "clock": "thread CPU time" if t.threads == 1 else "wall",

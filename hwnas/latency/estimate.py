@@ -130,7 +130,8 @@ def library_gemm(profile: DeviceProfile) -> bool:
 def prior_params(profile: DeviceProfile) -> EstimatorParams:
     """The priors of `profile`'s device kind, memory efficiency by how its bandwidth is known, for a
     CPU runtime with a library GEMM (`library_gemm`) GEMM-like kinds at the library's efficiency, and
-    the runtime's dispatch overhead where the profile states one (`DeviceProfile.dispatch_us`)."""
+    the runtime's dispatch overhead and element-wise passes where the profile states them
+    (`DeviceProfile.dispatch_us`, `.elementwise_passes`: element-wise memory efficiency over the passes)."""
     measured_bw = profile.bandwidth_gbps.source.startswith("measured")
     eff_memory = 1.0 if measured_bw else 0.7
     eff_compute = dict(_EFF_COMPUTE[profile.kind])
@@ -142,12 +143,17 @@ def prior_params(profile: DeviceProfile) -> EstimatorParams:
     if profile.dispatch_us is not None:
         overhead_ms = profile.dispatch_us.require(f"{profile.name}: runtime.dispatch.overhead_us") / 1e3
         overhead_source = f"the profile's runtime.dispatch ({profile.dispatch_us.source})"
-    kinds = {k: KindParams(eff_compute[k], eff_memory if k != "elementwise" else 0.7 * eff_memory, overhead_ms)
-             for k in COST_KINDS}
+    passes, passes_source = 1.0, ""
+    if profile.elementwise_passes is not None:
+        passes = profile.elementwise_passes.require(f"{profile.name}: runtime.dispatch.elementwise_passes")
+        passes_source = (f"; element-wise over {passes:g} passes per primitive (the profile's runtime.dispatch: "
+                         f"{profile.elementwise_passes.source})")
+    kinds = {k: KindParams(eff_compute[k], eff_memory if k != "elementwise" else 0.7 * eff_memory / passes,
+                           overhead_ms) for k in COST_KINDS}
     sources |= {"eff_memory": ("measured: the profile's bandwidth is a sustained copy rate already" if measured_bw
                                else "assumed: sustained DRAM bandwidth ~70% of the theoretical peak (typical "
                                     "STREAM ratio on LPDDR SoCs)") + "; element-wise ops 0.7 of that (strided "
-                                                                     "and short rows)",
+                                                                     "and short rows)" + passes_source,
                 "overhead_ms": overhead_source, "attention": profile.attention.source}
     return EstimatorParams(kinds=kinds, priors=kinds, sources=sources, attention=profile.attention.value)
 

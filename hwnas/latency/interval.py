@@ -29,10 +29,10 @@ PRIOR_LEVEL_SD = math.log(2.0) / 1.6449
 PRIOR_SHAPE_SD = 0.12
 """Assumed where nothing was measured (phone NPUs and GPUs): after the level is fitted, sub-DiTs
 scatter ~12% (1 sd, log) around the cost model."""
-MEASURED_SHAPE_SD: dict[str, float] = {"cpu": 0.066}
+MEASURED_SHAPE_SD: dict[str, float] = {"cpu": 0.065}
 """Measured, by device kind: the root mean square of the leave-one-out log residuals of the per-op-kind
-model fitted to 60 timed sub-DiTs of snapgenpp-256 was 0.037 on onnxruntime (1 thread), 0.038 on
-PyTorch eager (1 thread) and 0.066 on PyTorch eager (2 threads) on a 2-core AMD EPYC
+model fitted to 60 timed sub-DiTs of snapgenpp-256 was 0.037 on onnxruntime (1 thread), 0.037 on
+PyTorch eager (1 thread) and 0.065 on PyTorch eager (2 threads) on a 2-core AMD EPYC
 (benchmarks/transfer.py, its `diagnosis.loo_log_rms`, 2026-11-30): the largest of the three. The
 same timings then score the CPU intervals' coverage, so that score is not independent of it."""
 PRIOR_DOF = 3

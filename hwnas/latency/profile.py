@@ -108,6 +108,10 @@ class DeviceProfile:
     dispatch_us: Figure | None = None
     """The runtime's fixed cost per dispatched primitive in microseconds (`[runtime.dispatch]`), the
     prior of every op kind's overhead; None: the device kind's assumed one (`hwnas.latency.estimate`)."""
+    elementwise_passes: Figure | None = None
+    """Passes over memory the runtime makes per element-wise primitive (`[runtime.dispatch]`; >= 1): 1 for
+    a runtime that fuses each chain (the cost model's count), more where every framework op is its own
+    pass (PyTorch eager); None: 1."""
     ram_gib: Figure | None = None
     """Installed DRAM in GiB (2**30 bytes), where the profile gives it (`[ram]`): a sanity bound on memory."""
     path: Path | None = field(default=None, compare=False)
@@ -212,7 +216,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"device", "tvm", "peak", "memory", "ram", "pipeline", "runtime"}),
     "ram": frozenset({"gib", "source"}),
     "runtime": frozenset({"name", "attention", "source", "dispatch"}),
-    "runtime.dispatch": frozenset({"overhead_us", "source"}),
+    "runtime.dispatch": frozenset({"overhead_us", "elementwise_passes", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
     "peak.*": frozenset({"gflops", "source"}),
@@ -270,7 +274,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
                          f"peaks given for {sorted(peaks)}")
     memory = _section(raw, "memory")
-    attention, runtime, dispatch_us = DEFAULT_LOWERING, "", None
+    attention, runtime, dispatch_us, passes = DEFAULT_LOWERING, "", None, None
     if "runtime" in raw:
         rt = _section(raw, "runtime")
         runtime = _get(rt, "name", str, "runtime.", 'the runtime\'s name, e.g. "Core ML"')
@@ -283,6 +287,11 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
             dispatch = _section(rt, "dispatch", "runtime.")
             check_keys(dispatch, _KEYS["runtime.dispatch"], where="runtime.dispatch")
             dispatch_us = _figure(dispatch, "overhead_us", "runtime.dispatch.", unit="microseconds")
+            if "elementwise_passes" in dispatch:
+                passes = _figure(dispatch, "elementwise_passes", "runtime.dispatch.", unit="passes")
+                if passes.value < 1:
+                    raise ValueError("field runtime.dispatch.elementwise_passes must be >= 1 (1: a runtime that "
+                                     f"fuses each element-wise chain), got {passes.value!r}")
     ram = _figure(_section(raw, "ram"), "gib", "ram.", unit="GiB") if "ram" in raw else None
     return DeviceProfile(
         name=name,
@@ -300,6 +309,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         attention=attention,
         runtime=runtime,
         dispatch_us=dispatch_us,
+        elementwise_passes=passes,
         ram_gib=ram,
         path=path,
         native_cpu=native_cpu,
@@ -393,7 +403,8 @@ attention = "fused"
 source = "TODO: how you know the runtime's attention lowering"
 # An optional [runtime.dispatch] table (overhead_us = 25.0, source = "measured: ...") gives the runtime's fixed
 # cost per dispatched primitive, e.g. the smallest sub-DiT of experiments/shapes-32.toml timed on the device,
-# less its roofline time, over its primitives (benchmarks/transfer.py does this for the runtimes it times).
+# less its roofline time, over its primitives (benchmarks/transfer.py does this for the runtimes it times),
+# and optionally elementwise_passes: passes over memory per element-wise primitive (1 where the runtime fuses).
 
 [pipeline.text_encoder]
 latency_ms = 0.0

@@ -233,7 +233,7 @@ def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
 
 def profile_hash(profile: DeviceProfile) -> str:
     """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads,
-    attention lowering, dispatch overhead where stated).
+    attention lowering, dispatch overhead and element-wise passes where stated).
 
     The target is the declared one: an mcpu of "native" stays "native", whichever CPU runs.
     """
@@ -243,6 +243,8 @@ def profile_hash(profile: DeviceProfile) -> str:
             "peaks": {p: asdict(f) for p, f in sorted(profile.peak_gflops.items())}}
     if profile.dispatch_us is not None:  # absent from older profiles: their hashes stay as they were
         data["dispatch_us"] = asdict(profile.dispatch_us)
+    if profile.elementwise_passes is not None:
+        data["elementwise_passes"] = asdict(profile.elementwise_passes)
     return sha256_bytes(json.dumps(data, sort_keys=True).encode())[:16]
 
 

@@ -103,6 +103,9 @@ BAD = [
                                 "[pipeline.text_encoder]", "runtime.dispatch.source"),
     ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_ms = 3.0\nsource = "measured: x"\n\n'
                                 "[pipeline.text_encoder]", "unknown key 'overhead_ms' in [runtime.dispatch]"),
+    ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_us = 3.0\nelementwise_passes = 0.5\n'
+                                'source = "measured: x"\n\n[pipeline.text_encoder]',
+     "runtime.dispatch.elementwise_passes"),
 ]
 
 
@@ -156,6 +159,20 @@ def test_runtime_dispatch_overhead_sets_every_kinds_prior(tmp_path: Path) -> Non
     assert {k.overhead_ms for k in params.kinds.values()} == {0.025}
     assert "measured: the smallest shapes-32 sub-DiT" in params.sources["overhead_ms"]
     assert {k.overhead_ms for k in prior_params(before).kinds.values()} == {0.003}
+    with_passes = load_profile("host", profile_dir=_write_host(tmp_path, text.replace("[pipeline.text_encoder]", (
+        '[runtime.dispatch]\noverhead_us = 25.0\nelementwise_passes = 3.25\nsource = "measured: eager"\n\n'
+        "[pipeline.text_encoder]"), 1)))
+    slow = prior_params(with_passes).kinds["elementwise"]
+    assert slow.eff_memory == pytest.approx(params.kinds["elementwise"].eff_memory / 3.25)
+    assert "3.25 passes" in prior_params(with_passes).sources["eff_memory"]
+    assert profile_hash(with_passes) != profile_hash(after)
     # a profile without the table keeps its hash (and its tables stay fresh); one with it does not
     assert profile_hash(before) == profile_hash(load_profile("host", profile_dir=PROFILES))
     assert profile_hash(after) != profile_hash(before)
+
+
+def _write_host(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "passes"
+    folder.mkdir()
+    (folder / "host.toml").write_text(text)
+    return folder
