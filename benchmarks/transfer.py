@@ -73,13 +73,13 @@ from hwnas.latency import (
     predict_latency_ms,
     prior_params,
 )
-from hwnas.latency.estimate import PARAM_NAMES, kernel_terms
+from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_overhead_us
+from hwnas.latency.estimate import PARAM_NAMES
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.validate import accuracy, sample_subnets
 from hwnas.space import SearchSpace, SubnetConfig, load_space
 
 EXPERIMENT = "experiments/snapgenpp-256.toml"
-PROBE_EXPERIMENT = "experiments/shapes-32.toml"
 PROBE_CALLS = 31
 KS = (1, 3, 5, 10)
 CONFIDENCE = 0.9
@@ -126,20 +126,6 @@ def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | No
                    elementwise_passes=elementwise_passes)
 
 
-def dispatch_us(profile: DeviceProfile, space: SearchSpace, cfg: SubnetConfig, step_ms: float) -> tuple[float, int]:
-    """(overhead per primitive in us, primitives) of `cfg` timed at `step_ms`: the time its prior roofline
-    does not explain, spread over its primitives. Raises ValueError where the roofline explains it all."""
-    params = prior_params(profile)
-    roofline, primitives = 0.0, 0
-    for key, count in kernel_counts(cfg, space, precision="fp32"):
-        for kind, compute_ms, memory_ms in kernel_terms(key, profile, params.attention):
-            p = params.kinds[kind]
-            roofline += count * max(compute_ms / p.eff_compute, memory_ms / p.eff_memory)
-            primitives += count
-    if step_ms <= roofline:
-        raise ValueError(f"{cfg.describe()}: {step_ms:.3f} ms is within its roofline time {roofline:.3f} ms; "
-                         "no dispatch overhead to measure")
-    return 1e3 * (step_ms - roofline) / primitives, primitives
 
 
 def fit_and_predict(profile: DeviceProfile, space: SearchSpace, calib: list[tuple[SubnetConfig, float]],
@@ -380,7 +366,8 @@ def probe_figures(host: DeviceProfile, target: Target, probe_ms: list[float]
         passes = Figure(round(count, 2), f"measured: torch.profiler's element-wise traffic of the smallest "
                                          f"{space.name} sub-DiT over the cost model's, {count:.2f}x")
     step_ms = statistics.median(probe_ms)
-    us, primitives = dispatch_us(target_profile(host, target, elementwise_passes=passes), space, cfg, step_ms)
+    us, primitives = dispatch_overhead_us(target_profile(host, target, elementwise_passes=passes), space, cfg,
+                                          step_ms, precision="fp32")
     source = (f"measured: the smallest {space.name} sub-DiT on {target.name}, {step_ms:.3f} ms a step (median of "
               f"{len(probe_ms)}) less its roofline time, over its {primitives} primitives")
     return Figure(round(us, 2), source), passes, {

@@ -109,30 +109,6 @@ def test_int4_scale_writes_json_only_where_asked(tmp_path: Path, tiny_experiment
     assert last.startswith("summary: ") and "int4 (level 4) / fp32" in last
 
 
-def test_transfer_probe_recovers_a_known_dispatch_overhead(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hwnas.latency import build_estimated_table, load_profile, predict_latency_ms, prior_params
-    from hwnas.space import load_space
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    import transfer
-
-    host = load_profile("host", profile_dir=ROOT / "device_profiles")
-    space = load_space(ROOT / transfer.PROBE_EXPERIMENT)
-    cfg = space.smallest()
-    target = transfer.TARGETS[1]
-    assert target.attention == "fused_dense"
-    # a step that is the prior's roofline plus 20 us a primitive, as a runtime with that overhead would take
-    known = transfer.Figure(20.0, "measured: test")
-    profile = transfer.target_profile(host, target, known)
-    table = build_estimated_table(profile, space, prior_params(profile), experiment_path="x", precisions=("fp32",))
-    step_ms = predict_latency_ms(cfg, table, steps=1, precision="fp32", space=space).step_ms
-    us, primitives = transfer.dispatch_us(transfer.target_profile(host, target), space, cfg, step_ms)
-    assert us == pytest.approx(20.0, rel=1e-6) and primitives > 100
-    with pytest.raises(ValueError, match="within its roofline"):
-        transfer.dispatch_us(transfer.target_profile(host, target), space, cfg, 1e-6)
-
-
 def test_transfer_counts_eager_elementwise_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     from hwnas.space import load_space
 

@@ -201,6 +201,41 @@ def lut_calibrate(device: str, experiment: str, measurements: str, profiles: str
                  f"wrote {csv_path} ({len(table.entries)} kernels): {table.meta.calibration}"])
 
 
+@lut.command("dispatch")
+@device_option
+@click.option("--probe-ms", "probe_ms", required=True, type=float,
+              help="Measured ms per denoising step (batch 1) of the probe, the smallest sub-DiT of "
+                   "experiments/shapes-32.toml: hwnas export --checkpoint checkpoints/shapes-32 --config smallest.")
+@click.option("--passes", type=click.FloatRange(min=1.0), default=None,
+              help="Element-wise passes over memory per primitive, where known (1: the runtime fuses "
+                   "norm-scale-shift chains; PyTorch eager: 3.25). Default: the profile's, else 1.")
+@profile_option
+@user_errors
+def lut_dispatch(device: str, probe_ms: float, passes: float | None, profiles: str) -> None:
+    """The runtime's dispatch overhead from one timed probe: prints the [runtime.dispatch] table to put
+    in the device's profile (then rebuild its table: lut build --estimate, or lut calibrate)."""
+    import dataclasses
+    import datetime as dt
+
+    from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_overhead_us
+    from hwnas.latency.profile import Figure
+
+    profile = load_device(device, profiles)
+    if passes is not None:
+        profile = dataclasses.replace(profile, elementwise_passes=Figure(passes, "given: lut dispatch --passes"))
+    space = load_experiment(PROBE_EXPERIMENT)
+    cfg = space.smallest()
+    us, primitives = dispatch_overhead_us(profile, space, cfg, probe_ms)
+    lines = ["[runtime.dispatch]", f"overhead_us = {us:.3g}"]
+    if profile.elementwise_passes is not None:
+        lines.append(f"elementwise_passes = {profile.elementwise_passes.value:g}")
+    source = (f"measured: the smallest {space.name} sub-DiT ({cfg.describe()}) on {profile.name}, {probe_ms:g} ms a "
+              f"step ({profile.default_precision}), less its roofline time, over its {primitives} primitives "
+              f"(hwnas lut dispatch, {dt.date.today().isoformat()})")
+    lines.append("source = " + json.dumps(source))
+    _echo_lines(lines)
+
+
 @lut.command("validate")
 @click.option("--device", required=True, help="Device profile name (a measured table on this machine).")
 @experiment_option(DEFAULT_EXPERIMENT)

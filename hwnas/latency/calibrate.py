@@ -320,6 +320,28 @@ def estimated_table(profile: DeviceProfile, space: SearchSpace, *, experiment_pa
                                  precisions=precisions or None)
 
 
+PROBE_EXPERIMENT = "experiments/shapes-32.toml"
+"""The dispatch probe: this experiment's smallest sub-DiT (64 tokens of width 24), almost nothing but dispatch."""
+
+
+def dispatch_overhead_us(profile: DeviceProfile, space: SearchSpace, cfg: SubnetConfig, step_ms: float, *,
+                         precision: Precision | None = None) -> tuple[float, int]:
+    """(overhead per primitive in us, primitives) of `cfg` measured at `step_ms` a step on `profile`'s device:
+    the time its prior roofline (no overheads; the profile's lowering and element-wise passes) does not
+    explain, spread over its primitives. Raises ValueError where the roofline explains it all."""
+    params = prior_params(profile)
+    roofline, primitives = 0.0, 0
+    for key, count in kernel_counts(cfg, space, precision=precision or profile.default_precision):
+        for kind, compute_ms, memory_ms in kernel_terms(key, profile, params.attention):
+            p = params.kinds[kind]
+            roofline += count * max(compute_ms / p.eff_compute, memory_ms / p.eff_memory)
+            primitives += count
+    if not math.isfinite(step_ms) or step_ms <= roofline:
+        raise ValueError(f"{step_ms:g} ms a step of {cfg.describe()} is not above its roofline time {roofline:.4g} ms "
+                         f"on {profile.name}: no dispatch overhead to measure (is it per step, in milliseconds?)")
+    return 1e3 * (step_ms - roofline) / primitives, primitives
+
+
 def calibration_lines(table: LatencyTable, fit: Calibration) -> list[str]:
     """What `hwnas lut calibrate` prints: one line per measurement (measured, prior, fitted, residual,
     left-out residual), the leave-one-out error, the fit's note and the interval it gives."""

@@ -184,3 +184,36 @@ def test_shipped_iphone_table_is_the_checked_in_calibration() -> None:
     from hwnas.latency import file_sha256
 
     assert fit["sha256"] == file_sha256(ROOT / fit["file"])
+
+
+def test_dispatch_probe_recovers_a_known_overhead_and_the_cli_prints_the_profile_table(tmp_path: Path) -> None:
+    from hwnas.latency import Figure, build_estimated_table, load_profile, predict_latency_ms
+    from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_overhead_us
+    from hwnas.space import load_space
+
+    profile = load_profile("pixel8", profile_dir=ROOT / "device_profiles")
+    probe = load_space(ROOT / PROBE_EXPERIMENT)
+    cfg = probe.smallest()
+    # a step that is the prior's roofline plus 20 us a primitive, as a runtime with that overhead would take
+    known = dataclasses.replace(profile, dispatch_us=Figure(20.0, "measured: test"))
+    table = build_estimated_table(known, probe, prior_params(known), experiment_path="x", precisions=("fp16",))
+    step_ms = predict_latency_ms(cfg, table, steps=1, precision="fp16", space=probe).step_ms
+    us, primitives = dispatch_overhead_us(profile, probe, cfg, step_ms)
+    assert us == pytest.approx(20.0, rel=1e-6) and primitives > 100
+    with pytest.raises(ValueError, match="not above its roofline"):
+        dispatch_overhead_us(profile, probe, cfg, 1e-6)
+
+    out = CliRunner().invoke(main, ["lut", "dispatch", "--device", "pixel8", "--probe-ms", f"{step_ms:.6f}",
+                                    "--passes", "2"])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("[runtime.dispatch]\n") and "elementwise_passes = 2" in out.output
+    assert '"measured: the smallest shapes-32 sub-DiT' in out.output
+    # the printed table is a valid profile table: pasted into the profile, it loads
+    text = (ROOT / "device_profiles/pixel8.toml").read_text().replace(
+        "[pipeline.text_encoder]", out.output + "\n[pipeline.text_encoder]", 1)
+    (tmp_path / "pixel8.toml").write_text(text)
+    pasted = load_profile("pixel8", profile_dir=tmp_path)
+    assert pasted.dispatch_us is not None and pasted.elementwise_passes is not None
+    assert pasted.elementwise_passes.value == 2.0
+    bad = CliRunner().invoke(main, ["lut", "dispatch", "--device", "pixel8", "--probe-ms", "0.00001"])
+    assert bad.exit_code == 2 and "not above its roofline" in bad.output and "Traceback" not in bad.output
