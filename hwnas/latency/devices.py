@@ -51,7 +51,13 @@ def profile_lines(profile: DeviceProfile, *, table_dir: str | Path) -> list[str]
         f"text encoder {p.text_encoder.latency_ms.value:>8,.1f} ms  {p.text_encoder.latency_ms.source}",
         f"VAE decoder {p.vae_decoder.latency_ms.value:>9,.1f} ms  at {p.vae_decoder.resolution} px: "
         f"{p.vae_decoder.latency_ms.source}",
+        f"runtime     {p.runtime or '(not stated)'}, attention {p.attention.value}: {p.attention.source}",
+        (f"dispatch    {p.dispatch_us.value:>9,.2f} us per primitive  {p.dispatch_us.source}" if p.dispatch_us
+         else "dispatch    (not stated: the device kind's assumed overhead; hwnas lut dispatch measures it)"),
     ]
+    if p.elementwise_passes is not None:
+        passes = p.elementwise_passes
+        lines.append(f"element-wise {passes.value:>8g} passes per primitive  {passes.source}")
     luts = table_kinds(p.name, table_dir=table_dir, profile=p)
     return [*lines, "LUTs        " + (", ".join(f"{e}: {k}" for e, k in luts.items()) or "none")]
 

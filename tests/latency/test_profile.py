@@ -166,6 +166,12 @@ def test_runtime_dispatch_overhead_sets_every_kinds_prior(tmp_path: Path) -> Non
     assert slow.eff_memory == pytest.approx(params.kinds["elementwise"].eff_memory / 3.25)
     assert "3.25 passes" in prior_params(with_passes).sources["eff_memory"]
     assert profile_hash(with_passes) != profile_hash(after)
+    from hwnas.latency.devices import profile_lines
+
+    shown = "\n".join(profile_lines(with_passes, table_dir=tmp_path))
+    assert "runtime     TVM, attention materialized: derived:" in shown
+    assert "dispatch        25.00 us per primitive  measured: eager" in shown and "3.25 passes" in shown
+    assert "(not stated" in "\n".join(profile_lines(before, table_dir=tmp_path))
     # a profile without the table keeps its hash (and its tables stay fresh); one with it does not
     assert profile_hash(before) == profile_hash(load_profile("host", profile_dir=PROFILES))
     assert profile_hash(after) != profile_hash(before)
