@@ -1,6 +1,7 @@
 """Device profiles: what a target device is, how TVM reaches it, and its published or measured peaks.
 
-One TOML file per device in `device_profiles/` (see `device_profiles/host.toml` for every field).
+One TOML file per device in `device_profiles/` (see `device_profiles/host.toml` for every field; the
+optional `[ram]` and `[runtime.dispatch]` tables are described in the file `hwnas devices add` writes).
 Every number carries a `source` string that starts with how it is known:
 
 - `datasheet:` a vendor figure; `paper:` a published measurement; `measured:` measured here
