@@ -73,7 +73,7 @@ from hwnas.latency import (
     predict_latency_ms,
     prior_params,
 )
-from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_overhead_us
+from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_figure
 from hwnas.latency.estimate import PARAM_NAMES
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.validate import accuracy, sample_subnets
@@ -124,8 +124,6 @@ def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | No
                                                f"({peak.source})")},
                    attention=Lowering(target.attention, target.attention_source), dispatch_us=dispatch_us,
                    elementwise_passes=elementwise_passes)
-
-
 
 
 def fit_and_predict(profile: DeviceProfile, space: SearchSpace, calib: list[tuple[SubnetConfig, float]],
@@ -327,10 +325,9 @@ def eager_elementwise_passes(space: SearchSpace, cfg: SubnetConfig) -> float:
     return traffic / counted
 
 
-def measure_probe(targets: tuple[Target, ...], *, cache: Path) -> dict[str, dict[str, list[float]]]:
-    """Per target, `PROBE_CALLS` step times in ms of the probe sub-DiT (the smallest of PROBE_EXPERIMENT),
-    called back to back after a warm-up; cached like `measure`'s."""
-    space = load_space(PROBE_EXPERIMENT)
+def measure_probe(space: SearchSpace, targets: tuple[Target, ...], *, cache: Path) -> dict[str, dict[str, list[float]]]:
+    """Per target, `PROBE_CALLS` step times in ms of the probe sub-DiT (the smallest of `space`, the
+    PROBE_EXPERIMENT), called back to back after a warm-up; cached like `measure`'s."""
     cfg = space.smallest()
     provenance = _provenance(PROBE_EXPERIMENT)
     samples = _load_cache(cache, provenance)
@@ -354,25 +351,22 @@ def measure_probe(targets: tuple[Target, ...], *, cache: Path) -> dict[str, dict
     return samples
 
 
-def probe_figures(host: DeviceProfile, target: Target, probe_ms: list[float]
-                  ) -> tuple[Figure, Figure | None, dict[str, Any]]:
-    """The target's dispatch overhead and (eager) element-wise passes as profile figures with their
-    sources, and the probe's record."""
-    space = load_space(PROBE_EXPERIMENT)
-    cfg = space.smallest()
-    passes = None
-    if target.runtime == "torch":
-        count = eager_elementwise_passes(space, cfg)
-        passes = Figure(round(count, 2), f"measured: torch.profiler's element-wise traffic of the smallest "
-                                         f"{space.name} sub-DiT over the cost model's, {count:.2f}x")
+def eager_passes_figure(space: SearchSpace) -> Figure:
+    """`eager_elementwise_passes` of the probe (the smallest sub-DiT of `space`) as a profile figure."""
+    count = eager_elementwise_passes(space, space.smallest())
+    return Figure(round(count, 2), f"measured: torch.profiler's element-wise traffic of the smallest {space.name} "
+                                   f"sub-DiT over the cost model's, {count:.2f}x")
+
+
+def probe_figures(host: DeviceProfile, target: Target, space: SearchSpace, probe_ms: list[float],
+                  passes: Figure | None) -> tuple[Figure, dict[str, Any]]:
+    """The target's dispatch overhead from its probe timings (the smallest sub-DiT of `space`), with
+    `passes` (eager's element-wise passes, or None) in its prior, and the probe's record."""
     step_ms = statistics.median(probe_ms)
-    us, primitives = dispatch_overhead_us(target_profile(host, target, elementwise_passes=passes), space, cfg,
-                                          step_ms, precision="fp32")
-    source = (f"measured: the smallest {space.name} sub-DiT on {target.name}, {step_ms:.3f} ms a step (median of "
-              f"{len(probe_ms)}) less its roofline time, over its {primitives} primitives")
-    return Figure(round(us, 2), source), passes, {
-        "config": cfg.describe(), "step_ms": step_ms, "primitives": primitives, "overhead_us": round(us, 2),
-        "elementwise_passes": passes.value if passes else None}
+    overhead, primitives = dispatch_figure(target_profile(host, target, elementwise_passes=passes), space, step_ms,
+                                           how=f"median of {len(probe_ms)}", precision="fp32")
+    return overhead, {"config": space.smallest().describe(), "step_ms": step_ms, "primitives": primitives,
+                      "overhead_us": overhead.value, "elementwise_passes": passes.value if passes else None}
 
 
 # Report ----------------------------------------------------------------------------------------
@@ -426,10 +420,12 @@ def main() -> None:
     wall = time.perf_counter()
     chosen = tuple(t for t in TARGETS if t.name in opts.targets.split(","))
     samples = measure(space, cfgs, chosen, rounds=opts.rounds, cache=cache, seed=opts.seed)
-    probes = measure_probe(chosen, cache=CACHE_DIR / f"probe-{Path(PROBE_EXPERIMENT).stem}.json")
+    probe_space = load_space(PROBE_EXPERIMENT)
+    probes = measure_probe(probe_space, chosen, cache=CACHE_DIR / f"probe-{Path(PROBE_EXPERIMENT).stem}.json")
     measure_s = time.perf_counter() - wall
     host = load_profile("host")
-    probe_id = load_space(PROBE_EXPERIMENT).smallest().id
+    probe_id = probe_space.smallest().id
+    eager_passes: Figure | None = None  # counted once, for the first eager target
     report: dict[str, Any] = {"experiment": space.name, "n": opts.n, "seed": opts.seed, "rounds": opts.rounds,
                               "draws": opts.draws, "confidence": CONFIDENCE, "cpu": host_cpu()[0],
                               "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
@@ -443,7 +439,10 @@ def main() -> None:
             continue
         runs = [have[c.id][:opts.rounds] for c in cfgs]
         measured = [statistics.median(r) for r in runs]
-        dispatch, passes, probe = probe_figures(host, t, probe_ms)
+        if t.runtime == "torch" and eager_passes is None:
+            eager_passes = eager_passes_figure(probe_space)
+        passes = eager_passes if t.runtime == "torch" else None
+        dispatch, probe = probe_figures(host, t, probe_space, probe_ms, passes)
         profile = target_profile(host, t, dispatch, elementwise_passes=passes)
         row: dict[str, Any] = {"name": t.name, "n": len(cfgs), "runtime": t.runtime, "threads": t.threads,
                                "attention": t.attention, "probe": probe, "rounds": min(len(r) for r in runs),

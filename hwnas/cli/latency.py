@@ -217,23 +217,18 @@ def lut_dispatch(device: str, probe_ms: float, passes: float | None, profiles: s
     import dataclasses
     import datetime as dt
 
-    from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_overhead_us
+    from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_figure
     from hwnas.latency.profile import Figure
 
     profile = load_device(device, profiles)
     if passes is not None:
         profile = dataclasses.replace(profile, elementwise_passes=Figure(passes, "given: lut dispatch --passes"))
-    space = load_experiment(PROBE_EXPERIMENT)
-    cfg = space.smallest()
-    us, primitives = dispatch_overhead_us(profile, space, cfg, probe_ms)
-    lines = ["[runtime.dispatch]", f"overhead_us = {us:.3g}"]
+    overhead, _ = dispatch_figure(profile, load_experiment(PROBE_EXPERIMENT), probe_ms,
+                                  how=f"hwnas lut dispatch, {dt.date.today().isoformat()}")
+    lines = ["[runtime.dispatch]", f"overhead_us = {overhead.value:g}"]
     if profile.elementwise_passes is not None:
         lines.append(f"elementwise_passes = {profile.elementwise_passes.value:g}")
-    source = (f"measured: the smallest {space.name} sub-DiT ({cfg.describe()}) on {profile.name}, {probe_ms:g} ms a "
-              f"step ({profile.default_precision}), less its roofline time, over its {primitives} primitives "
-              f"(hwnas lut dispatch, {dt.date.today().isoformat()})")
-    lines.append("source = " + json.dumps(source))
-    _echo_lines(lines)
+    _echo_lines([*lines, "source = " + json.dumps(overhead.source)])
 
 
 @lut.command("validate")

@@ -47,7 +47,7 @@ from hwnas.latency.estimate import (
 from hwnas.latency.interval import ErrorModel, calibrated_error, shape_prior_sd
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
 from hwnas.latency.primitives import COST_KINDS, AttentionLowering
-from hwnas.latency.profile import DeviceProfile
+from hwnas.latency.profile import DeviceProfile, Figure
 from hwnas.latency.table import LatencyTable
 from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
@@ -340,6 +340,18 @@ def dispatch_overhead_us(profile: DeviceProfile, space: SearchSpace, cfg: Subnet
         raise ValueError(f"{step_ms:g} ms a step of {cfg.describe()} is not above its roofline time {roofline:.4g} ms "
                          f"on {profile.name}: no dispatch overhead to measure (is it per step, in milliseconds?)")
     return 1e3 * (step_ms - roofline) / primitives, primitives
+
+
+def dispatch_figure(profile: DeviceProfile, space: SearchSpace, step_ms: float, *, how: str,
+                    precision: Precision | None = None) -> tuple[Figure, int]:
+    """`profile`'s `[runtime.dispatch]` overhead (us) from the smallest sub-DiT of `space` timed at `step_ms`
+    a step, with its source (`how`: how it was timed), and the probe's primitives."""
+    cfg = space.smallest()
+    precision = precision or profile.default_precision
+    us, primitives = dispatch_overhead_us(profile, space, cfg, step_ms, precision=precision)
+    source = (f"measured: the smallest {space.name} sub-DiT ({cfg.describe()}) on {profile.name}, {step_ms:g} ms a "
+              f"step ({precision}; {how}), less its roofline time, over its {primitives} primitives")
+    return Figure(round(us, 2), source), primitives
 
 
 def calibration_lines(table: LatencyTable, fit: Calibration) -> list[str]:
