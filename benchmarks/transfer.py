@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/transfer.py [--n 60] [--seed 0] [--rounds 9]
+    PYTHONPATH=. .venv/bin/python benchmarks/transfer.py [--n 60] [--seed 0] [--rounds 31]
         [--targets onnxruntime-1t,torch-eager-1t,torch-eager-2t] [--json reports/transfer.json]
 
 With `--json OUT` the report goes to OUT and its plot beside it (OUT with .png); without it both are
@@ -30,8 +30,11 @@ over its primitives. The probe is the runtime's fixed cost, like the peaks: it t
 the experiment under test. For PyTorch eager it also counts (torch.profiler, no timing) the
 element-wise memory traffic of the probe's framework ops against the cost model's one pass per
 element-wise primitive: eager runs a chain (norm, scale, shift) as one pass per op, where a graph
-runtime fuses it (`DeviceProfile.elementwise_passes`; onnxruntime keeps the prior's one pass). The
-targets run their GEMMs and patch convolutions from libraries (MLAS, oneDNN) at the measured peak,
+runtime fuses it (`DeviceProfile.elementwise_passes`; onnxruntime keeps the prior's one pass). For
+a multi-thread target it times a ladder of linear layers (`GEMM_LADDER`, 2-537 MFLOP) on one thread and
+on the target's threads: how much of the threads' speed-up a primitive of a given size gets
+(`DeviceProfile.half_speedup_mflop`, `hwnas.latency.estimate.thread_speedup`); the probe's roofline
+includes it. The targets run their GEMMs and patch convolutions from libraries (MLAS, oneDNN) at the measured peak,
 not at TVM's efficiency (`hwnas.latency.estimate.library_gemm`). For each k in {1, 3, 5, 10},
 `draws` random sets of k measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the
 other n - k are predicted with the calibrated table's `predict_latency_ms`. Reported per target
@@ -73,7 +76,7 @@ from hwnas.latency import (
     predict_latency_ms,
     prior_params,
 )
-from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_figure
+from hwnas.latency.calibrate import PROBE_EXPERIMENT, dispatch_figure, half_speedup_figure
 from hwnas.latency.estimate import PARAM_NAMES
 from hwnas.latency.profile import DeviceProfile, host_cpu
 from hwnas.latency.validate import accuracy, sample_subnets
@@ -113,9 +116,10 @@ TARGETS = (
 
 
 def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | None = None, *,
-                   elementwise_passes: Figure | None = None) -> DeviceProfile:
+                   elementwise_passes: Figure | None = None, half_speedup: Figure | None = None) -> DeviceProfile:
     """`host` as a prior for `target`: same CPU figures, the target's threads, attention lowering, dispatch
-    overhead and element-wise passes (from `probe_figures`; None: the device kind's assumed ones)."""
+    overhead, element-wise passes and thread scaling (from `probe_figures` and `threading_figure`; None:
+    the device kind's assumed ones, every primitive at the full speed-up of its threads)."""
     peak = host.peak_gflops["fp32"]
     return replace(host, name=f"host-{target.name}", threads=target.threads, runtime=target.runtime,
                    description=f"{host.description}; runtime {target.runtime}, {target.threads} thread(s)",
@@ -123,7 +127,7 @@ def target_profile(host: DeviceProfile, target: Target, dispatch_us: Figure | No
                                                f"assumed: host fp32 peak x {target.threads}/2 threads "
                                                f"({peak.source})")},
                    attention=Lowering(target.attention, target.attention_source), dispatch_us=dispatch_us,
-                   elementwise_passes=elementwise_passes)
+                   elementwise_passes=elementwise_passes, half_speedup_mflop=half_speedup)
 
 
 def fit_and_predict(profile: DeviceProfile, space: SearchSpace, calib: list[tuple[SubnetConfig, float]],
@@ -351,6 +355,50 @@ def measure_probe(space: SearchSpace, targets: tuple[Target, ...], *, cache: Pat
     return samples
 
 
+GEMM_LADDER = ((64, 64), (64, 256), (128, 128), (128, 512), (256, 256), (256, 1024), (512, 512), (512, 2048))
+"""(in, out) features of the linear layers `measure_threading` times over 256 tokens: 2-537 MFLOP."""
+GEMM_TOKENS = 256
+
+
+def measure_threading(target: Target, *, cache: Path) -> dict[str, list[float]]:
+    """For a multi-thread torch target: each `GEMM_LADDER` linear layer's ms per call on one thread and on
+    the target's threads (wall time, median of 15 repeats of 20 calls, the two thread counts interleaved);
+    cached like `measure`'s. A runtime microbenchmark, like the probe: no sub-DiT of the experiment."""
+    import torch
+
+    provenance = _provenance(PROBE_EXPERIMENT)
+    samples = _load_cache(cache, provenance)
+    if target.name in samples:
+        return samples[target.name]
+    one, many = [], []
+    for d_in, d_out in GEMM_LADDER:
+        x, w, b = torch.randn(GEMM_TOKENS, d_in), torch.randn(d_out, d_in), torch.randn(d_out)
+        runs: dict[int, list[float]] = {1: [], target.threads: []}
+        for rep in range(16):
+            for threads in runs:
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    torch.nn.functional.linear(x, w, b)
+                if rep:  # the first repeat warms up
+                    runs[threads].append((time.perf_counter() - t0) / 20 * 1e3)
+        one.append(statistics.median(runs[1]))
+        many.append(statistics.median(runs[target.threads]))
+    samples[target.name] = {"ms_one": one, "ms_many": many}
+    _save_cache(cache, provenance, samples)
+    return samples[target.name]
+
+
+def threading_figure(target: Target, timings: dict[str, list[float]]) -> tuple[Figure, dict[str, Any]]:
+    """The target's `[runtime.threading]` figure from `measure_threading`'s timings, and its record."""
+    flops = [2 * GEMM_TOKENS * d_in * d_out for d_in, d_out in GEMM_LADDER]
+    how = f"torch linear layers over {GEMM_TOKENS} tokens, wall time, median of 15 x 20 calls"
+    figure = half_speedup_figure(flops, timings["ms_one"], timings["ms_many"], target.threads, how=how)
+    speedups = [round(a / b, 2) for a, b in zip(timings["ms_one"], timings["ms_many"])]
+    return figure, {"half_speedup_mflop": figure.value, "mflop": [round(f / 1e6, 1) for f in flops],
+                    "speedup": speedups, "source": figure.source}
+
+
 def eager_passes_figure(space: SearchSpace) -> Figure:
     """`eager_elementwise_passes` of the probe (the smallest sub-DiT of `space`) as a profile figure."""
     count = eager_elementwise_passes(space, space.smallest())
@@ -359,12 +407,13 @@ def eager_passes_figure(space: SearchSpace) -> Figure:
 
 
 def probe_figures(host: DeviceProfile, target: Target, space: SearchSpace, probe_ms: list[float],
-                  passes: Figure | None) -> tuple[Figure, dict[str, Any]]:
+                  passes: Figure | None, half_speedup: Figure | None) -> tuple[Figure, dict[str, Any]]:
     """The target's dispatch overhead from its probe timings (the smallest sub-DiT of `space`), with
-    `passes` (eager's element-wise passes, or None) in its prior, and the probe's record."""
+    `passes` (eager's element-wise passes, or None) and `half_speedup` (its thread scaling, or None) in
+    its prior, and the probe's record."""
     step_ms = statistics.median(probe_ms)
-    overhead, primitives = dispatch_figure(target_profile(host, target, elementwise_passes=passes), space, step_ms,
-                                           how=f"median of {len(probe_ms)}", precision="fp32")
+    prior = target_profile(host, target, elementwise_passes=passes, half_speedup=half_speedup)
+    overhead, primitives = dispatch_figure(prior, space, step_ms, how=f"median of {len(probe_ms)}", precision="fp32")
     return overhead, {"config": space.smallest().describe(), "step_ms": step_ms, "primitives": primitives,
                       "overhead_us": overhead.value, "elementwise_passes": passes.value if passes else None}
 
@@ -403,7 +452,7 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--n", type=positive_int, default=60, help="sub-DiTs timed per target")
     add_seed(ap, controls="the sample of sub-DiTs, the timing order and the calibration draws")
-    ap.add_argument("--rounds", type=positive_int, default=9, help="timed calls per (target, sub-DiT)")
+    ap.add_argument("--rounds", type=positive_int, default=31, help="timed calls per (target, sub-DiT)")
     ap.add_argument("--targets", default=",".join(t.name for t in TARGETS),
                     help="targets to time now (comma-separated); every target with cached timings is analysed")
     ap.add_argument("--draws", type=positive_int, default=20, help="random calibration sets per k")
@@ -442,10 +491,14 @@ def main() -> None:
         if t.runtime == "torch" and eager_passes is None:
             eager_passes = eager_passes_figure(probe_space)
         passes = eager_passes if t.runtime == "torch" else None
-        dispatch, probe = probe_figures(host, t, probe_space, probe_ms, passes)
-        profile = target_profile(host, t, dispatch, elementwise_passes=passes)
+        half_speedup, threading = None, None
+        if t.threads > 1 and t.runtime == "torch":
+            half_speedup, threading = threading_figure(t, measure_threading(t, cache=CACHE_DIR / "threading.json"))
+        dispatch, probe = probe_figures(host, t, probe_space, probe_ms, passes, half_speedup)
+        profile = target_profile(host, t, dispatch, elementwise_passes=passes, half_speedup=half_speedup)
         row: dict[str, Any] = {"name": t.name, "n": len(cfgs), "runtime": t.runtime, "threads": t.threads,
-                               "attention": t.attention, "probe": probe, "rounds": min(len(r) for r in runs),
+                               "attention": t.attention, "probe": probe, "threading": threading,
+                               "rounds": min(len(r) for r in runs),
                                "clock": "thread CPU time" if t.threads == 1 else "wall",
                                "step_ms_min": min(measured), "step_ms_max": max(measured),
                                "round_spread_median": statistics.median((max(r) - min(r)) / statistics.median(r)

@@ -231,6 +231,28 @@ def lut_dispatch(device: str, probe_ms: float, passes: float | None, profiles: s
     _echo_lines([*lines, "source = " + json.dumps(overhead.source)])
 
 
+@lut.command("threading")
+@device_option
+@click.option("--timings", required=True, type=click.Path(dir_okay=False),
+              help="CSV with columns mflop, ms_one, ms_threads: at least three primitives of different sizes (e.g. "
+                   "linear layers) timed on one thread and on the profile's device.threads, ms per call.")
+@profile_option
+@user_errors
+def lut_threading(device: str, timings: str, profiles: str) -> None:
+    """How much of its threads' speed-up the runtime gives a primitive of a given size, fitted to a timed
+    ladder: prints the [runtime.threading] table to put in the device's profile (then rebuild its table)."""
+    import datetime as dt
+
+    from hwnas.latency.calibrate import half_speedup_figure, read_threading
+
+    profile = load_device(device, profiles)
+    flops, one, many = read_threading(timings)
+    figure = half_speedup_figure(flops, one, many, profile.threads,
+                                 how=f"hwnas lut threading on {timings}, {dt.date.today().isoformat()}")
+    _echo_lines(["[runtime.threading]", f"half_speedup_mflop = {figure.value:g}",
+                 "source = " + json.dumps(figure.source)])
+
+
 @lut.command("validate")
 @click.option("--device", required=True, help="Device profile name (a measured table on this machine).")
 @experiment_option(DEFAULT_EXPERIMENT)

@@ -17,7 +17,7 @@ The fit is a maximum a posteriori estimate in log space (a ridge regression arou
 over the logs theta of the 12 parameters of `hwnas.latency.estimate`. One row moves every
 parameter a little along its influence on that sub-DiT (the level is then right, the shape is the
 prior's); ten rows outweigh the priors. Leave-one-out residuals, pooled with the device kind's
-shape prior (`hwnas.latency.interval.shape_prior_sd`), give the table's `ErrorModel`.
+shape prior (`hwnas.latency.interval.shape_prior`), give the table's `ErrorModel`.
 Reading and fitting are separate from writing: nothing is written unless everything succeeded.
 """
 
@@ -28,6 +28,7 @@ import datetime as _dt
 import hashlib
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,8 +44,9 @@ from hwnas.latency.estimate import (
     kernel_terms,
     params_from_meta,
     prior_params,
+    thread_speedup,
 )
-from hwnas.latency.interval import ErrorModel, calibrated_error, shape_prior_sd
+from hwnas.latency.interval import ErrorModel, calibrated_error, shape_prior
 from hwnas.latency.kernels import PRECISIONS, Precision, kernel_counts
 from hwnas.latency.primitives import COST_KINDS, AttentionLowering
 from hwnas.latency.profile import DeviceProfile, Figure
@@ -267,7 +269,7 @@ def calibrate(profile: DeviceProfile, space: SearchSpace, measurements: list[Mea
     note = ("" if k >= len(theta) else
             f"{k} measurement(s) for {len(theta)} parameters: a regularised fit, the priors set what the "
             f"measurements cannot")
-    error: ErrorModel = calibrated_error(loo, source=source, shape_sd=shape_prior_sd(profile.kind))
+    error: ErrorModel = calibrated_error(loo, source=source, prior=shape_prior(profile.kind, profile.threads))
     kinds_text = ", ".join(f"{kd} x{math.exp(theta[j * 3] - theta0[j * 3]):.2f}"
                            f"/x{math.exp(theta[j * 3 + 1] - theta0[j * 3 + 1]):.2f}"
                            for j, kd in enumerate(COST_KINDS))
@@ -352,6 +354,68 @@ def dispatch_figure(profile: DeviceProfile, space: SearchSpace, step_ms: float, 
     source = (f"measured: the smallest {space.name} sub-DiT ({cfg.describe()}) on {profile.name}, {step_ms:g} ms a "
               f"step ({precision}; {how}), less its roofline time, over its {primitives} primitives")
     return Figure(round(us, 2), source), primitives
+
+
+def half_speedup_figure(flops: Sequence[float], ms_one: Sequence[float], ms_many: Sequence[float], threads: int, *,
+                        how: str) -> Figure:
+    """A runtime's `[runtime.threading]` figure (MFLOP) from primitives of `flops` timed on one thread
+    (`ms_one`) and on `threads` (`ms_many`), with its source (`how`: what was timed).
+
+    Fits ms_many = ms_one / thread_speedup(flops, threads, h) + o by least squares in log time: h on a
+    log grid (0.1 MFLOP to 10 GFLOP) refined around its best point, o >= 0 (the threads' wake-up per
+    call) the median gap at each h. Raises
+    ValueError for fewer than three sizes, one thread, or a time that is not positive."""
+    if threads < 2:
+        raise ValueError(f"thread scaling needs timings on more than one thread, got threads={threads}")
+    if not len(flops) == len(ms_one) == len(ms_many) or len(flops) < 3:
+        raise ValueError(f"need >= 3 sizes each timed on one and on {threads} threads, got {len(flops)}, "
+                         f"{len(ms_one)} and {len(ms_many)}")
+    if not all(math.isfinite(x) and x > 0 for x in (*flops, *ms_one, *ms_many)):
+        raise ValueError("FLOPs and times must be positive and finite")
+    f, one, many = np.asarray(flops, float), np.asarray(ms_one, float), np.asarray(ms_many, float)
+
+    def fit(log_h: float) -> tuple[float, float]:
+        """(sum of squared log residuals, o) at h = exp(log_h)."""
+        scaled = one / np.array([thread_speedup(x, threads, math.exp(log_h)) for x in f])
+        o = max(0.0, float(np.median(many - scaled)))
+        return float(np.sum(np.log((scaled + o) / many) ** 2)), o
+
+    grid = np.linspace(math.log(1e5), math.log(1e10), 201)
+    start = min(grid, key=lambda g: fit(float(g))[0])
+    step = float(grid[1] - grid[0])
+    from scipy.optimize import minimize_scalar
+
+    best = minimize_scalar(lambda g: fit(g)[0], bounds=(start - step, start + step), method="bounded")
+    err, o = fit(float(best.x))
+    h, rms = math.exp(float(best.x)), math.sqrt(err / len(f))
+    return Figure(round(h / 1e6, 2), f"measured: {how}; {len(f)} sizes of {f.min() / 1e6:.3g}-{f.max() / 1e6:.4g} "
+                                     f"MFLOP on 1 and {threads} threads, fit with {1e3 * o:.0f} us per call "
+                                     f"(log RMS {rms:.3f})")
+
+
+THREADING_COLUMNS: tuple[str, ...] = ("mflop", "ms_one", "ms_threads")
+
+
+def read_threading(path: str | Path) -> tuple[list[float], list[float], list[float]]:
+    """(FLOPs, ms on one thread, ms on the device's threads) per row of a `THREADING_COLUMNS` CSV; a
+    missing column or a value that is not a positive number raises ValueError naming the line."""
+    text = Path(path).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    missing = [c for c in THREADING_COLUMNS if c not in (rows[0] if rows else {})]
+    if missing:
+        raise ValueError(f"{path}: needs a header with columns {', '.join(THREADING_COLUMNS)} and one row per "
+                         f"timed primitive; missing {', '.join(missing)}")
+    out: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for line, row in enumerate(rows, start=2):
+        for values, column, scale in zip(out, THREADING_COLUMNS, (1e6, 1.0, 1.0)):
+            try:
+                value = float(row[column])
+            except (TypeError, ValueError):
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{path}, line {line}: {column} must be a positive number, got {row[column]!r}")
+            values.append(value * scale)
+    return out
 
 
 def calibration_lines(table: LatencyTable, fit: Calibration) -> list[str]:

@@ -58,6 +58,10 @@ def profile_lines(profile: DeviceProfile, *, table_dir: str | Path) -> list[str]
     if p.elementwise_passes is not None:
         passes = p.elementwise_passes
         lines.append(f"element-wise {passes.value:>8g} passes per primitive  {passes.source}")
+    if p.half_speedup_mflop is not None:
+        half = p.half_speedup_mflop
+        lines.append(f"threading   {half.value:>9g} MFLOP per primitive for half the speed-up of {p.threads} "
+                     f"threads  {half.source}")
     luts = table_kinds(p.name, table_dir=table_dir, profile=p)
     return [*lines, "LUTs        " + (", ".join(f"{e}: {k}" for e, k in luts.items()) or "none")]
 

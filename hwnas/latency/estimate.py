@@ -5,7 +5,10 @@ Each block-level kernel is split into the primitives a runtime dispatches
 
     t_ms(p) = max(flops_p / (peak * eff_compute[k]), bytes_p / (bandwidth * eff_memory[k])) + overhead_ms[k]
 
-and a kernel takes the sum over its primitives. `bytes_p` counts weights at the precision's
+and a kernel takes the sum over its primitives. Where the profile states how the runtime's threads
+scale (`[runtime.threading]`), a compute primitive's `flops_p / peak` is multiplied by
+`threads / thread_speedup(flops_p)`: the peak is the device's on all its threads, which small
+primitives do not get. `bytes_p` counts weights at the precision's
 weight bits plus activations at its activation width; attention is costed as the profile's
 `attention` lowering says (fused, or scores materialized). Each of the 12 parameters has a prior
 (`prior_params`, with its source) that `hwnas.latency.calibrate` moves toward measured sub-DiTs.
@@ -22,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from hwnas.cost import PRECISION_ACT_BYTES, PRECISION_WEIGHT_BITS
 from hwnas.latency.kernels import PRECISIONS, KernelKey, Precision, enumerate_kernels
-from hwnas.latency.primitives import COST_KINDS, AttentionLowering, CostKind, op_primitives
+from hwnas.latency.primitives import COST_KINDS, AttentionLowering, CostKind, Primitive, op_primitives
 from hwnas.latency.profile import DeviceKind, DeviceProfile, host_cpu
 from hwnas.latency.table import (
     ESTIMATE_CODE_FILES, ErrorModel, LatencyTable, TableMeta, Timing, code_hash, profile_hash, prior_error,
@@ -171,15 +174,33 @@ def borrow_params(profile: DeviceProfile, donor: EstimatorParams, *, donor_name:
                    calibration=f"not calibrated on this device: parameters borrowed from {donor_name}")
 
 
+def thread_speedup(flops: float, threads: int, half_speedup_flops: float) -> float:
+    """How much faster `threads` threads run a primitive of `flops` than one thread: 1 + (threads - 1) f /
+    (f + h), so a small primitive runs as on one thread and a large one gets all `threads`; at f = h the
+    extra threads give half their worth. A saturating law measured on PyTorch eager at 2 threads on a
+    2-core EPYC (benchmarks/transfer.py: one h fits linear layers of 5-134 MFLOP)."""
+    return 1.0 + (threads - 1) * flops / (flops + half_speedup_flops)
+
+
 def kernel_terms(key: KernelKey, profile: DeviceProfile, attention: AttentionLowering) -> list[tuple[CostKind, float, float]]:
-    """(kind, compute ms at efficiency 1, memory ms at efficiency 1) per primitive of the kernel."""
+    """(kind, compute ms at efficiency 1, memory ms at efficiency 1) per primitive of the kernel; compute
+    on all the profile's threads, or as `thread_speedup` scales it where the profile states it."""
     if key.precision not in profile.peak_gflops:
         raise ValueError(f"device {profile.name!r} has no peak for precision {key.precision!r} "
                          f"(it has {list(profile.precisions)})")
     peak = profile.peak_gflops[key.precision].require(f"{profile.name}: peak.{key.precision}") * 1e6  # FLOP/ms
     bandwidth = profile.bandwidth_gbps.require(f"{profile.name}: memory.bandwidth_gbps") * 1e6  # B/ms
     wbytes, abytes = PRECISION_WEIGHT_BITS[key.precision] / 8, PRECISION_ACT_BYTES[key.precision]
-    return [(p.kind, p.flops / peak, (p.weight_params * wbytes + p.act_elements * abytes) / bandwidth)
+    half = profile.half_speedup_mflop
+    threads = profile.threads if half is not None else 1
+    half_flops = half.require(f"{profile.name}: runtime.threading.half_speedup_mflop") * 1e6 if half else 0.0
+
+    def compute_ms(p: Primitive) -> float:
+        if threads == 1 or p.kind == "elementwise" or p.flops == 0:
+            return p.flops / peak
+        return p.flops / peak * threads / thread_speedup(p.flops, threads, half_flops)
+
+    return [(p.kind, compute_ms(p), (p.weight_params * wbytes + p.act_elements * abytes) / bandwidth)
             for p in op_primitives(key.op, attention)]
 
 

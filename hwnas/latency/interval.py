@@ -6,9 +6,9 @@ Student-t variable of `dof` degrees of freedom (a normal one where `dof` is None
 - `prior`: an estimate calibrated on nothing. A roofline from datasheet peaks is assumed within a
   factor of 2 for 90% of devices (`PRIOR_LEVEL_SD`), plus the shape error below; wide on purpose.
 - `calibrated` on k measured sub-DiTs (`calibrated_error`): the level is fitted, what remains is
-  the shape error between sub-DiTs. Its prior (`shape_prior_sd`: measured on CPUs, assumed
-  elsewhere; worth `PRIOR_DOF` measurements) is pooled with the k leave-one-out residuals, so one
-  row gives a wide interval and ten rows set it.
+  the shape error between sub-DiTs. Its prior (`shape_prior`: measured on CPUs, by thread count;
+  assumed elsewhere) is pooled with the k leave-one-out residuals, so one row gives a wide interval
+  and ten rows set it.
 - `validated` (`validated_error`): a measured table's bias and spread on held-out sub-DiTs.
 
 Only the denoiser is uncertain here: the text encoder and VAE decoder figures are added as given.
@@ -29,14 +29,41 @@ PRIOR_LEVEL_SD = math.log(2.0) / 1.6449
 PRIOR_SHAPE_SD = 0.12
 """Assumed where nothing was measured (phone NPUs and GPUs): after the level is fitted, sub-DiTs
 scatter ~12% (1 sd, log) around the cost model."""
-MEASURED_SHAPE_SD: dict[str, float] = {"cpu": 0.065}
-"""Measured, by device kind: the root mean square of the leave-one-out log residuals of the per-op-kind
-model fitted to 60 timed sub-DiTs of snapgenpp-256 was 0.037 on onnxruntime (1 thread), 0.037 on
-PyTorch eager (1 thread) and 0.065 on PyTorch eager (2 threads) on a 2-core AMD EPYC
-(benchmarks/transfer.py, its `diagnosis.loo_log_rms`, 2026-11-30): the largest of the three. The
-same timings then score the CPU intervals' coverage, so that score is not independent of it."""
 PRIOR_DOF = 3
-"""How many measurements the shape prior is worth: ten measured rows outweigh it three to one."""
+"""How many measurements an assumed shape prior is worth: ten measured rows outweigh it three to one."""
+
+
+@dataclass(frozen=True)
+class ShapePrior:
+    """The shape error expected of a device before its own residuals are seen: `sd` (log), worth `dof`
+    measurements when pooled with them (`calibrated_error`)."""
+
+    sd: float
+    dof: float
+    source: str
+
+    def describe(self) -> str:
+        return f"shape prior {self.sd:.1%}, worth {self.dof:g} measurements ({self.source})"
+
+
+ASSUMED_SHAPE_PRIOR = ShapePrior(PRIOR_SHAPE_SD, PRIOR_DOF, "assumed: nothing measured for this kind of device")
+MEASURED_SHAPE_PRIORS: dict[tuple[str, bool], ShapePrior] = {
+    ("cpu", False): ShapePrior(0.025, 10, "measured: single-thread CPU runtimes"),
+    ("cpu", True): ShapePrior(0.050, PRIOR_DOF, "measured: one multi-thread CPU runtime"),
+}
+"""Measured, by (device kind, more than one thread): the root mean square of the leave-one-out log
+residuals of the per-op-kind model fitted to 60 timed sub-DiTs of snapgenpp-256 (31 rounds each) on
+a 2-core AMD EPYC (benchmarks/transfer.py, its `diagnosis.loo_log_rms`, 2026-11-30):
+
+- one thread: 0.020 on onnxruntime and 0.025 on PyTorch eager; the larger is the prior. Two runtimes
+  that agree within a quarter make it worth 10 measurements (a sample sd of 10 degrees of freedom is
+  itself uncertain by about a fifth);
+- two threads: 0.050 on PyTorch eager (with its measured thread scaling, `[runtime.threading]`),
+  twice the one-thread figure. Work split across threads adds what the model leaves out (widths
+  that split unevenly: the residuals swing with width, not with size). One runtime says nothing of
+  how other multi-thread runtimes vary, so it keeps the assumed worth of 3.
+
+The same timings then score the CPU intervals' coverage, so that score is not independent of them."""
 
 
 @lru_cache(maxsize=4096)
@@ -103,28 +130,29 @@ def prior_error() -> ErrorModel:
                       f"{PRIOR_SHAPE_SD:.0%} scatter between sub-DiTs; calibrate with hwnas lut calibrate")
 
 
-def shape_prior_sd(device_kind: str) -> float:
-    """The shape-error prior of a device kind: `MEASURED_SHAPE_SD` where measured, else `PRIOR_SHAPE_SD`."""
-    return MEASURED_SHAPE_SD.get(device_kind, PRIOR_SHAPE_SD)
+def shape_prior(device_kind: str, threads: int) -> ShapePrior:
+    """The shape prior of a device: `MEASURED_SHAPE_PRIORS` where measured, else `ASSUMED_SHAPE_PRIOR`."""
+    return MEASURED_SHAPE_PRIORS.get((device_kind, threads > 1), ASSUMED_SHAPE_PRIOR)
 
 
-def calibrated_error(loo_log_residuals: Sequence[float], *, source: str, shape_sd: float = PRIOR_SHAPE_SD
+def calibrated_error(loo_log_residuals: Sequence[float], *, source: str, prior: ShapePrior = ASSUMED_SHAPE_PRIOR
                      ) -> ErrorModel:
     """The error of a table fitted on k measurements, from their leave-one-out log residuals.
 
-    variance = (PRIOR_DOF * shape_sd^2 * (1 + 1/k) + sum r_i^2) / (PRIOR_DOF + k), t with
-    PRIOR_DOF + k degrees of freedom. With k = 1 the left-out fit is the prior itself, so its residual
-    measures the prior's level error, not the scatter: the shape prior alone is used, at 1 + 1/k.
-    `shape_sd` is the device kind's (`shape_prior_sd`).
+    With the shape prior's sd s worth n measurements: variance = (n s^2 (1 + 1/k) + sum r_i^2) / (n + k),
+    t with n + k degrees of freedom. With k = 1 the left-out fit is the prior itself, so its residual
+    measures the prior's level error, not the scatter: the shape prior alone is used, at 1 + 1/k, t
+    with n degrees of freedom.
     """
     k = len(loo_log_residuals)
     if k < 1:
         raise ValueError("a calibrated error needs at least one measurement")
-    prior = PRIOR_DOF * shape_sd**2 * (1 + 1 / k)
+    n, pooled = prior.dof, prior.dof * prior.sd**2 * (1 + 1 / k)
+    source = f"{source}; {prior.describe()}"
     if k == 1:
-        return ErrorModel("calibrated", 0.0, math.sqrt(prior / PRIOR_DOF), PRIOR_DOF, 1, source)
-    var = (prior + sum(r * r for r in loo_log_residuals)) / (PRIOR_DOF + k)
-    return ErrorModel("calibrated", 0.0, math.sqrt(var), PRIOR_DOF + k, k, source)
+        return ErrorModel("calibrated", 0.0, math.sqrt(pooled / n), n, 1, source)
+    var = (pooled + sum(r * r for r in loo_log_residuals)) / (n + k)
+    return ErrorModel("calibrated", 0.0, math.sqrt(var), n + k, k, source)
 
 
 def validated_error(predicted_ms: Sequence[float], measured_ms: Sequence[float], *, source: str) -> ErrorModel:

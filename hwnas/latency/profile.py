@@ -1,7 +1,8 @@
 """Device profiles: what a target device is, how TVM reaches it, and its published or measured peaks.
 
 One TOML file per device in `device_profiles/` (see `device_profiles/host.toml` for every field; the
-optional `[ram]` and `[runtime.dispatch]` tables are described in the file `hwnas devices add` writes).
+optional `[ram]`, `[runtime.dispatch]` and `[runtime.threading]` tables are described in the file
+`hwnas devices add` writes).
 Every number carries a `source` string that starts with how it is known:
 
 - `datasheet:` a vendor figure; `paper:` a published measurement; `measured:` measured here
@@ -113,6 +114,11 @@ class DeviceProfile:
     """Passes over memory the runtime makes per element-wise primitive (`[runtime.dispatch]`; >= 1): 1 for
     a runtime that fuses each chain (the cost model's count), more where every framework op is its own
     pass (PyTorch eager); None: 1."""
+    half_speedup_mflop: Figure | None = None
+    """The FLOPs (in millions) of one primitive at which the runtime's extra threads give half their
+    speed-up (`[runtime.threading]`): a primitive of f FLOPs runs `1 + (threads - 1) f / (f + h)` times
+    faster than on one thread, not `threads` times (`hwnas.latency.estimate.thread_speedup`); None:
+    every primitive gets the full speed-up the peak assumes."""
     ram_gib: Figure | None = None
     """Installed DRAM in GiB (2**30 bytes), where the profile gives it (`[ram]`): a sanity bound on memory."""
     path: Path | None = field(default=None, compare=False)
@@ -216,8 +222,9 @@ def _pipeline_part(raw: dict[str, Any], key: str) -> PipelinePart:
 _KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"device", "tvm", "peak", "memory", "ram", "pipeline", "runtime"}),
     "ram": frozenset({"gib", "source"}),
-    "runtime": frozenset({"name", "attention", "source", "dispatch"}),
+    "runtime": frozenset({"name", "attention", "source", "dispatch", "threading"}),
     "runtime.dispatch": frozenset({"overhead_us", "elementwise_passes", "source"}),
+    "runtime.threading": frozenset({"half_speedup_mflop", "source"}),
     "device": frozenset({"name", "description", "kind", "local", "threads", "default_precision"}),
     "tvm": frozenset({"target", "rpc_key"}),  # the target table itself is TVM's to check
     "peak.*": frozenset({"gflops", "source"}),
@@ -275,7 +282,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         raise ValueError(f"field device.default_precision {precision!r} has no [peak.{precision}] table; "
                          f"peaks given for {sorted(peaks)}")
     memory = _section(raw, "memory")
-    attention, runtime, dispatch_us, passes = DEFAULT_LOWERING, "", None, None
+    attention, runtime, dispatch_us, passes, half_speedup = DEFAULT_LOWERING, "", None, None, None
     if "runtime" in raw:
         rt = _section(raw, "runtime")
         runtime = _get(rt, "name", str, "runtime.", 'the runtime\'s name, e.g. "Core ML"')
@@ -293,6 +300,13 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
                 if passes.value < 1:
                     raise ValueError("field runtime.dispatch.elementwise_passes must be >= 1 (1: a runtime that "
                                      f"fuses each element-wise chain), got {passes.value!r}")
+        if "threading" in rt:
+            threading = _section(rt, "threading", "runtime.")
+            check_keys(threading, _KEYS["runtime.threading"], where="runtime.threading")
+            half_speedup = _figure(threading, "half_speedup_mflop", "runtime.threading.", unit="MFLOP")
+            if not half_speedup.value > 0:
+                raise ValueError("field runtime.threading.half_speedup_mflop must be > 0, got "
+                                 f"{half_speedup.value!r}")
     ram = _figure(_section(raw, "ram"), "gib", "ram.", unit="GiB") if "ram" in raw else None
     return DeviceProfile(
         name=name,
@@ -311,6 +325,7 @@ def _profile_from_dict(raw: dict[str, Any], *, path: Path) -> DeviceProfile:
         runtime=runtime,
         dispatch_us=dispatch_us,
         elementwise_passes=passes,
+        half_speedup_mflop=half_speedup,
         ram_gib=ram,
         path=path,
         native_cpu=native_cpu,
@@ -406,6 +421,9 @@ source = "TODO: how you know the runtime's attention lowering"
 # cost per dispatched primitive, e.g. the smallest sub-DiT of experiments/shapes-32.toml timed on the device,
 # less its roofline time, over its primitives (benchmarks/transfer.py does this for the runtimes it times),
 # and optionally elementwise_passes: passes over memory per element-wise primitive (1 where the runtime fuses).
+# An optional [runtime.threading] table (half_speedup_mflop = 40.0, source = "measured: ...") says how a runtime
+# on several threads speeds up small primitives: one of that many MFLOP gets half of the extra threads'
+# speed-up (benchmarks/transfer.py measures it from a GEMM ladder timed at one thread and at `threads`).
 
 [pipeline.text_encoder]
 latency_ms = 0.0

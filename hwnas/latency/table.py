@@ -233,7 +233,7 @@ def code_hash(files: tuple[str, ...] = KERNEL_CODE_FILES) -> str:
 
 def profile_hash(profile: DeviceProfile) -> str:
     """Hash of the profile numbers an estimated table rests on (peaks, bandwidth, target, threads,
-    attention lowering, dispatch overhead and element-wise passes where stated).
+    attention lowering, dispatch overhead, element-wise passes and thread scaling where stated).
 
     The target is the declared one: an mcpu of "native" stays "native", whichever CPU runs.
     """
@@ -245,6 +245,8 @@ def profile_hash(profile: DeviceProfile) -> str:
         data["dispatch_us"] = asdict(profile.dispatch_us)
     if profile.elementwise_passes is not None:
         data["elementwise_passes"] = asdict(profile.elementwise_passes)
+    if profile.half_speedup_mflop is not None:
+        data["half_speedup_mflop"] = asdict(profile.half_speedup_mflop)
     return sha256_bytes(json.dumps(data, sort_keys=True).encode())[:16]
 
 

@@ -82,18 +82,24 @@ def test_one_row_sets_the_level_ten_rows_dominate(space, iphone) -> None:  # typ
 def test_cpu_calibrations_use_the_measured_shape_prior(space, iphone) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from hwnas.latency.interval import MEASURED_SHAPE_SD, PRIOR_SHAPE_SD, shape_prior_sd
+    from hwnas.latency.interval import ASSUMED_SHAPE_PRIOR, MEASURED_SHAPE_PRIORS, PRIOR_SHAPE_SD, shape_prior
 
-    assert shape_prior_sd("npu") == PRIOR_SHAPE_SD and shape_prior_sd("cpu") == MEASURED_SHAPE_SD["cpu"]
-    assert MEASURED_SHAPE_SD["cpu"] < PRIOR_SHAPE_SD
+    one, many = MEASURED_SHAPE_PRIORS[("cpu", False)], MEASURED_SHAPE_PRIORS[("cpu", True)]
+    assert shape_prior("npu", 1) == shape_prior("gpu", 8) == ASSUMED_SHAPE_PRIOR
+    assert shape_prior("cpu", 1) == one and shape_prior("cpu", 4) == many
+    assert one.sd < many.sd < PRIOR_SHAPE_SD
     rows = _measure([space.preset("small")], space, iphone, _truth(iphone))
-    npu = calibrate(iphone, space, rows, prior=prior_params(iphone), source="t")
-    cpu_phone = dataclasses.replace(iphone, kind="cpu")
-    cpu = calibrate(cpu_phone, space, rows, prior=prior_params(cpu_phone), source="t")
-    assert npu.params.error is not None and cpu.params.error is not None
-    # one row: the interval is the shape prior alone (x sqrt(2)), so the kinds differ by exactly their priors
-    assert npu.params.error.log_sd == pytest.approx(PRIOR_SHAPE_SD * math.sqrt(2))
-    assert cpu.params.error.log_sd == pytest.approx(MEASURED_SHAPE_SD["cpu"] * math.sqrt(2))
+    errors = {}
+    for kind, threads in (("npu", 6), ("cpu", 1), ("cpu", 4)):
+        phone = dataclasses.replace(iphone, kind=kind, threads=threads)
+        error = calibrate(phone, space, rows, prior=prior_params(phone), source="t").params.error
+        assert error is not None and "shape prior" in error.source
+        errors[(kind, threads)] = error
+    # one row: the interval is the shape prior alone (x sqrt(2)), t with the prior's worth as its dof
+    for (kind, threads), prior in ((("npu", 6), ASSUMED_SHAPE_PRIOR), (("cpu", 1), one), (("cpu", 4), many)):
+        assert errors[(kind, threads)].log_sd == pytest.approx(prior.sd * math.sqrt(2))
+        assert errors[(kind, threads)].dof == prior.dof
+    assert errors[("cpu", 1)].ratio(0.95) < errors[("cpu", 4)].ratio(0.95) < errors[("npu", 6)].ratio(0.95)
 
 
 def test_calibrated_error_shrinks_with_points() -> None:
@@ -217,3 +223,38 @@ def test_dispatch_probe_recovers_a_known_overhead_and_the_cli_prints_the_profile
     assert pasted.elementwise_passes.value == 2.0
     bad = CliRunner().invoke(main, ["lut", "dispatch", "--device", "pixel8", "--probe-ms", "0.00001"])
     assert bad.exit_code == 2 and "not above its roofline" in bad.output and "Traceback" not in bad.output
+
+
+def test_thread_scaling_fit_recovers_a_known_half_speedup_and_the_cli_prints_the_profile_table(tmp_path: Path) -> None:
+    from hwnas.latency import load_profile
+    from hwnas.latency.calibrate import half_speedup_figure
+    from hwnas.latency.estimate import thread_speedup
+
+    flops = [2 * 256 * a * b for a, b in ((64, 64), (128, 512), (256, 1024), (512, 2048))]
+    one = [f / 50e6 for f in flops]  # 50 GFLOP/s on one thread, in ms
+    many = [t / thread_speedup(f, 4, 40e6) + 0.05 for f, t in zip(flops, one)]  # h = 40 MFLOP, 50 us a call
+    figure = half_speedup_figure(flops, one, many, 4, how="synthetic")
+    assert figure.value == pytest.approx(40.0, rel=0.05) and figure.source.startswith("measured: synthetic")
+    assert "50 us per call" in figure.source
+    for bad, match in (((flops[:2], one[:2], many[:2], 4), ">= 3 sizes"), ((flops, one, many, 1), "more than one"),
+                       ((flops, [0.0, *one[1:]], many, 4), "positive")):
+        with pytest.raises(ValueError, match=match):
+            half_speedup_figure(*bad, how="x")
+
+    csv_path = tmp_path / "ladder.csv"
+    rows = "".join(f"{f / 1e6},{a},{b}\n" for f, a, b in zip(flops, one, many))
+    csv_path.write_text("mflop,ms_one,ms_threads\n" + rows)
+    out = CliRunner().invoke(main, ["lut", "threading", "--device", "pixel8-cpu", "--timings", str(csv_path)])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("[runtime.threading]\n") and "hwnas lut threading on" in out.output
+    text = (ROOT / "device_profiles/pixel8-cpu.toml").read_text().replace(
+        "[pipeline.text_encoder]", out.output + "\n[pipeline.text_encoder]", 1)
+    (tmp_path / "pixel8-cpu.toml").write_text(text)
+    pasted = load_profile("pixel8-cpu", profile_dir=tmp_path).half_speedup_mflop
+    assert pasted is not None and pasted.value == pytest.approx(40.0, rel=0.05)
+    csv_path.write_text("mflop,ms_one\n1,2\n")
+    bad = CliRunner().invoke(main, ["lut", "threading", "--device", "pixel8-cpu", "--timings", str(csv_path)])
+    assert bad.exit_code == 2 and "missing ms_threads" in bad.output and "Traceback" not in bad.output
+    csv_path.write_text("mflop,ms_one,ms_threads\n1,2,nan\n")
+    bad = CliRunner().invoke(main, ["lut", "threading", "--device", "pixel8-cpu", "--timings", str(csv_path)])
+    assert bad.exit_code == 2 and "line 2: ms_threads must be a positive number" in bad.output

@@ -106,6 +106,10 @@ BAD = [
     ("[pipeline.text_encoder]", '[runtime.dispatch]\noverhead_us = 3.0\nelementwise_passes = 0.5\n'
                                 'source = "measured: x"\n\n[pipeline.text_encoder]',
      "runtime.dispatch.elementwise_passes"),
+    ("[pipeline.text_encoder]", '[runtime.threading]\nhalf_speedup_mflop = 0.0\nsource = "measured: x"\n\n'
+                                "[pipeline.text_encoder]", "runtime.threading.half_speedup_mflop"),
+    ("[pipeline.text_encoder]", '[runtime.threading]\nhalf_mflop = 40.0\nsource = "measured: x"\n\n'
+                                "[pipeline.text_encoder]", "unknown key 'half_mflop' in [runtime.threading]"),
 ]
 
 
@@ -182,3 +186,38 @@ def _write_host(tmp_path: Path, text: str) -> Path:
     folder.mkdir()
     (folder / "host.toml").write_text(text)
     return folder
+
+
+def test_runtime_threading_slows_small_primitives_on_several_threads(tmp_path: Path) -> None:
+    import dataclasses
+
+    from hwnas.latency.devices import profile_lines
+    from hwnas.latency.estimate import kernel_terms, thread_speedup
+    from hwnas.latency.kernels import kernel_counts
+    from hwnas.latency.table import profile_hash
+    from hwnas.space import load_space
+
+    assert thread_speedup(0.0, 4, 1e6) == 1.0 and thread_speedup(1e6, 4, 1e6) == 2.5
+    assert thread_speedup(1e12, 4, 1e6) == pytest.approx(4.0, rel=1e-5)
+    text = (PROFILES / "host.toml").read_text()
+    before = dataclasses.replace(load_profile("host", profile_dir=PROFILES), threads=2)
+    (tmp_path / "host.toml").write_text(text.replace("[pipeline.text_encoder]", (
+        '[runtime.threading]\nhalf_speedup_mflop = 40.0\nsource = "measured: a GEMM ladder"\n\n'
+        "[pipeline.text_encoder]"), 1).replace("threads = 1 ", "threads = 2 ", 1))
+    after = load_profile("host", profile_dir=tmp_path)
+    assert after.half_speedup_mflop is not None and after.half_speedup_mflop.value == 40.0 and after.threads == 2
+    space = load_space(ROOT / "experiments/shapes-32.toml")
+    key = next(k for k, _ in kernel_counts(space.largest(), space, precision="fp32") if k.op.kind == "middle_block")
+    plain, scaled = kernel_terms(key, before, "fused"), kernel_terms(key, after, "fused")
+    for (kind, c0, m0), (_, c1, m1) in zip(plain, scaled):
+        assert m1 == m0  # memory time is untouched
+        if kind == "elementwise" or c0 == 0:
+            assert c1 == c0
+        else:  # tiny proxy primitives run at close to one thread's speed: up to 2x the all-threads time
+            assert c0 < c1 <= 2 * c0
+    one_thread = dataclasses.replace(after, threads=1)
+    unscaled = dataclasses.replace(one_thread, half_speedup_mflop=None)
+    assert kernel_terms(key, one_thread, "fused") == kernel_terms(key, unscaled, "fused")
+    assert profile_hash(after) != profile_hash(dataclasses.replace(after, half_speedup_mflop=None))
+    shown = "\n".join(profile_lines(after, table_dir=tmp_path))
+    assert "threading          40 MFLOP per primitive for half the speed-up of 2 threads  measured: a GEMM" in shown
