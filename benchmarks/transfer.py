@@ -3,18 +3,19 @@
 Usage (from the repository root):
 
     PYTHONPATH=. .venv/bin/python benchmarks/transfer.py [--n 60] [--seed 0] [--rounds 31]
-        [--targets onnxruntime-1t,torch-eager-1t,torch-eager-2t] [--json reports/transfer.json]
+        [--targets onnxruntime-1t,onnxruntime-2t,torch-eager-1t,torch-eager-2t] [--json reports/transfer.json]
 
 With `--json OUT` the report goes to OUT and its plot beside it (OUT with .png); without it both are
 only printed (the table and a summary line of each target's shares against the goals).
 
 Targets, all fp32 on this machine's CPU, none of which any table was built with: onnxruntime (CPU
-provider, 1 thread), PyTorch eager at 1 and at 2 threads. Each times one denoising step (batch 1) of
+provider) and PyTorch eager, each at 1 and at 2 threads. Each times one denoising step (batch 1) of
 `n` random sub-DiTs of `experiments/snapgenpp-256.toml` (`StaticDiT`, random weights; onnxruntime runs
 its `export_onnx` graph), in `rounds` rounds; each round times every (target, sub-DiT) pair once, in
 a fresh random order, so slow spells of this shared machine fall on all of them alike. A pair's time
-is the median over rounds. One-thread targets are timed in thread CPU time, the 2-thread one in wall
-time with `OMP_WAIT_POLICY=PASSIVE`: with OpenMP's default spin-waiting, a thread that waits at a
+is the median over rounds. One-thread targets are timed in thread CPU time, 2-thread ones in wall
+time with threads that sleep while they wait (`OMP_WAIT_POLICY=PASSIVE`, onnxruntime's
+`session.intra_op.allow_spinning` off): with OpenMP's default spin-waiting, a thread that waits at a
 barrier for its descheduled partner burns its time slice, and on this shared 2-core machine (load
 average 4-10) one 60 ms step took 0.2-7.7 s (median 583 ms against 89 ms passive, measured here).
 Timings are cached in `runs/transfer/` (keyed by CPU, library versions and the experiment), so a
@@ -102,11 +103,12 @@ class Target:
     attention_source: str
 
 
+_ORT_ATTENTION = "derived: the TorchScript ONNX export writes scaled_dot_product_attention as MatMul, Softmax, MatMul"
 _EAGER_ATTENTION = ("derived: StaticDiT calls torch's scaled_dot_product_attention, a fused CPU kernel, except where "
                     "the local window mask sends it to the math path (torch.profiler: bmm, softmax, bmm)")
 TARGETS = (
-    Target("onnxruntime-1t", "onnxruntime", 1, "materialized",
-           "derived: the TorchScript ONNX export writes scaled_dot_product_attention as MatMul, Softmax, MatMul"),
+    Target("onnxruntime-1t", "onnxruntime", 1, "materialized", _ORT_ATTENTION),
+    Target("onnxruntime-2t", "onnxruntime", 2, "materialized", _ORT_ATTENTION),
     Target("torch-eager-1t", "torch", 1, "fused_dense", _EAGER_ATTENTION),
     Target("torch-eager-2t", "torch", 2, "fused_dense", _EAGER_ATTENTION),
 )
@@ -223,6 +225,17 @@ def _save_cache(path: Path, provenance: dict[str, Any], samples: dict[str, dict[
     atomic_write_text(path, json.dumps({"provenance": provenance, "samples_ms": samples}))
 
 
+def _ort_options(threads: int) -> Any:
+    """onnxruntime session options: `threads` intra-op threads that sleep while they wait (onnxruntime's
+    spin-waiting does on this shared machine what OpenMP's does; see the module docstring)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _callables(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Target, ...]) -> dict[tuple[str, str], Any]:
     """A zero-argument call per (target, config id) that runs one step; ONNX files cached under CACHE_DIR."""
     import onnxruntime as ort
@@ -250,9 +263,7 @@ def _callables(space: SearchSpace, cfgs: list[SubnetConfig], targets: tuple[Targ
                     with torch.inference_mode():
                         model(*args)
             else:
-                options = ort.SessionOptions()
-                options.intra_op_num_threads, options.inter_op_num_threads = t.threads, 1
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(path), _ort_options(t.threads), providers=["CPUExecutionProvider"])
 
                 def run(session: Any = session) -> None:
                     session.run(None, feed)
@@ -360,26 +371,56 @@ GEMM_LADDER = ((64, 64), (64, 256), (128, 128), (128, 512), (256, 256), (256, 10
 GEMM_TOKENS = 256
 
 
-def measure_threading(target: Target, *, cache: Path) -> dict[str, list[float]]:
-    """For a multi-thread torch target: each `GEMM_LADDER` linear layer's ms per call on one thread and on
-    the target's threads (wall time, median of 15 repeats of 20 calls, the two thread counts interleaved);
-    cached like `measure`'s. A runtime microbenchmark, like the probe: no sub-DiT of the experiment."""
+def _linear_call(target: Target, d_in: int, d_out: int, threads: int) -> Any:
+    """A zero-argument call of one linear layer over `GEMM_TOKENS` tokens on `target`'s runtime at `threads`."""
+    import numpy as np
     import torch
 
+    rng = np.random.default_rng(d_in * 10_000 + d_out)
+    x = rng.standard_normal((GEMM_TOKENS, d_in), dtype=np.float32)
+    w = rng.standard_normal((d_in, d_out), dtype=np.float32)
+    b = rng.standard_normal(d_out, dtype=np.float32)
+    if target.runtime == "torch":
+        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(b)
+
+        def run_torch() -> None:
+            torch.set_num_threads(threads)
+            torch.nn.functional.linear(tx, tw, tb)
+        return run_torch
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [GEMM_TOKENS, d_in])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [GEMM_TOKENS, d_out])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), _ort_options(threads), providers=["CPUExecutionProvider"])
+
+    def run_ort() -> None:
+        session.run(None, {"x": x})
+    return run_ort
+
+
+def measure_threading(target: Target, *, cache: Path) -> dict[str, list[float]]:
+    """For a multi-thread target: each `GEMM_LADDER` linear layer's ms per call on the target's runtime on
+    one thread and on the target's threads (wall time, median of 15 repeats of 20 calls, the two thread
+    counts interleaved); cached like `measure`'s. A runtime microbenchmark, like the probe: no sub-DiT."""
     provenance = _provenance(PROBE_EXPERIMENT)
     samples = _load_cache(cache, provenance)
     if target.name in samples:
         return samples[target.name]
     one, many = [], []
     for d_in, d_out in GEMM_LADDER:
-        x, w, b = torch.randn(GEMM_TOKENS, d_in), torch.randn(d_out, d_in), torch.randn(d_out)
-        runs: dict[int, list[float]] = {1: [], target.threads: []}
+        calls = {threads: _linear_call(target, d_in, d_out, threads) for threads in (1, target.threads)}
+        runs: dict[int, list[float]] = {threads: [] for threads in calls}
         for rep in range(16):
-            for threads in runs:
-                torch.set_num_threads(threads)
+            for threads, call in calls.items():
                 t0 = time.perf_counter()
                 for _ in range(20):
-                    torch.nn.functional.linear(x, w, b)
+                    call()
                 if rep:  # the first repeat warms up
                     runs[threads].append((time.perf_counter() - t0) / 20 * 1e3)
         one.append(statistics.median(runs[1]))
@@ -392,7 +433,8 @@ def measure_threading(target: Target, *, cache: Path) -> dict[str, list[float]]:
 def threading_figure(target: Target, timings: dict[str, list[float]]) -> tuple[Figure, dict[str, Any]]:
     """The target's `[runtime.threading]` figure from `measure_threading`'s timings, and its record."""
     flops = [2 * GEMM_TOKENS * d_in * d_out for d_in, d_out in GEMM_LADDER]
-    how = f"torch linear layers over {GEMM_TOKENS} tokens, wall time, median of 15 x 20 calls"
+    layer = "torch linear layers" if target.runtime == "torch" else "onnxruntime Gemm nodes"
+    how = f"{layer} over {GEMM_TOKENS} tokens, wall time, median of 15 x 20 calls"
     figure = half_speedup_figure(flops, timings["ms_one"], timings["ms_many"], target.threads, how=how)
     speedups = [round(a / b, 2) for a, b in zip(timings["ms_one"], timings["ms_many"])]
     return figure, {"half_speedup_mflop": figure.value, "mflop": [round(f / 1e6, 1) for f in flops],
@@ -492,7 +534,7 @@ def main() -> None:
             eager_passes = eager_passes_figure(probe_space)
         passes = eager_passes if t.runtime == "torch" else None
         half_speedup, threading = None, None
-        if t.threads > 1 and t.runtime == "torch":
+        if t.threads > 1:
             half_speedup, threading = threading_figure(t, measure_threading(t, cache=CACHE_DIR / "threading.json"))
         dispatch, probe = probe_figures(host, t, probe_space, probe_ms, passes, half_speedup)
         profile = target_profile(host, t, dispatch, elementwise_passes=passes, half_speedup=half_speedup)

@@ -47,23 +47,36 @@ class ShapePrior:
 
 
 ASSUMED_SHAPE_PRIOR = ShapePrior(PRIOR_SHAPE_SD, PRIOR_DOF, "assumed: nothing measured for this kind of device")
-MEASURED_SHAPE_PRIORS: dict[tuple[str, bool], ShapePrior] = {
-    ("cpu", False): ShapePrior(0.025, 10, "measured: single-thread CPU runtimes"),
-    ("cpu", True): ShapePrior(0.050, PRIOR_DOF, "measured: one multi-thread CPU runtime"),
+MAX_PRIOR_DOF = 30.0
+"""Cap on what runtimes that agree make a measured shape prior worth."""
+MEASURED_SHAPE_SD: dict[tuple[str, bool], dict[str, float]] = {
+    ("cpu", False): {"onnxruntime": 0.020, "PyTorch eager": 0.025},
+    ("cpu", True): {"onnxruntime": 0.031, "PyTorch eager": 0.050},
 }
-"""Measured, by (device kind, more than one thread): the root mean square of the leave-one-out log
-residuals of the per-op-kind model fitted to 60 timed sub-DiTs of snapgenpp-256 (31 rounds each) on
-a 2-core AMD EPYC (benchmarks/transfer.py, its `diagnosis.loo_log_rms`, 2026-11-30):
+"""Measured, by (device kind, more than one thread) and runtime: the root mean square of the
+leave-one-out log residuals of the per-op-kind model fitted to 60 timed sub-DiTs of snapgenpp-256
+(31 rounds each) on a 2-core AMD EPYC, with each runtime's probes in its prior (dispatch overhead,
+element-wise passes, thread scaling; benchmarks/transfer.py, its `diagnosis.loo_log_rms`,
+2026-11-30). On two threads the model leaves out more: work splits unevenly across threads (eager's
+residuals swing with width, not with size). The same timings then score the CPU intervals'
+coverage, so that score is not independent of them."""
 
-- one thread: 0.020 on onnxruntime and 0.025 on PyTorch eager; the larger is the prior. Two runtimes
-  that agree within a quarter make it worth 10 measurements (a sample sd of 10 degrees of freedom is
-  itself uncertain by about a fifth);
-- two threads: 0.050 on PyTorch eager (with its measured thread scaling, `[runtime.threading]`),
-  twice the one-thread figure. Work split across threads adds what the model leaves out (widths
-  that split unevenly: the residuals swing with width, not with size). One runtime says nothing of
-  how other multi-thread runtimes vary, so it keeps the assumed worth of 3.
 
-The same timings then score the CPU intervals' coverage, so that score is not independent of them."""
+def measured_shape_prior(by_runtime: dict[str, float], what: str) -> ShapePrior:
+    """The shape prior of runtimes whose shape sds were measured: the largest (the safe side), worth
+    1 / ln(largest / smallest)^2 measurements (the spread of two sample sds of n degrees of freedom is
+    about 1 / sqrt(n) in log; capped at MAX_PRIOR_DOF), or PRIOR_DOF for a single runtime."""
+    sds = sorted(by_runtime.values())
+    spread = math.log(sds[-1] / sds[0]) if len(sds) > 1 else math.inf
+    dof = PRIOR_DOF if spread == math.inf else min(MAX_PRIOR_DOF, max(PRIOR_DOF, 1 / max(spread, 1e-9) ** 2))
+    runtimes = ", ".join(f"{name} {sd:.1%}" for name, sd in by_runtime.items())
+    return ShapePrior(sds[-1], round(dof, 1), f"measured: the largest of {what} ({runtimes})")
+
+
+MEASURED_SHAPE_PRIORS: dict[tuple[str, bool], ShapePrior] = {
+    key: measured_shape_prior(sds, f"{'multi' if key[1] else 'single'}-thread {key[0].upper()} runtimes")
+    for key, sds in MEASURED_SHAPE_SD.items()
+}
 
 
 @lru_cache(maxsize=4096)

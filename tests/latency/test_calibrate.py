@@ -258,3 +258,15 @@ def test_thread_scaling_fit_recovers_a_known_half_speedup_and_the_cli_prints_the
     csv_path.write_text("mflop,ms_one,ms_threads\n1,2,nan\n")
     bad = CliRunner().invoke(main, ["lut", "threading", "--device", "pixel8-cpu", "--timings", str(csv_path)])
     assert bad.exit_code == 2 and "line 2: ms_threads must be a positive number" in bad.output
+
+
+def test_a_measured_shape_prior_is_the_largest_runtime_and_worth_more_when_runtimes_agree() -> None:
+    from hwnas.latency.interval import MAX_PRIOR_DOF, PRIOR_DOF, measured_shape_prior
+
+    one = measured_shape_prior({"a": 0.04}, "x")
+    close, apart = measured_shape_prior({"a": 0.04, "b": 0.05}, "x"), measured_shape_prior({"a": 0.02, "b": 0.05}, "x")
+    assert one.sd == 0.04 and close.sd == apart.sd == 0.05 and one.dof == PRIOR_DOF
+    assert close.dof == pytest.approx(1 / math.log(1.25) ** 2, abs=0.05)  # 20 measurements
+    assert apart.dof == PRIOR_DOF  # 1 / ln(2.5)^2 = 1.2: no more than an assumed prior
+    assert measured_shape_prior({"a": 0.03, "b": 0.03}, "x").dof == MAX_PRIOR_DOF
+    assert "a 2.0%, b 5.0%" in apart.source
