@@ -90,6 +90,7 @@ def main() -> None:
       hwnas space show --preset small               sizes of a sub-DiT (params, FLOPs)
       hwnas train / sample / eval                   proxy supernet: train, images, quality
       hwnas vae train|eval                          the latent proxy's autoencoder
+      hwnas reference train                         fd_ref's reference classifier
       hwnas devices / predict / lut build|validate  device profiles and latency tables
       hwnas search / report / runs                  Optuna search, its report, the runs so far
       hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop

@@ -168,6 +168,34 @@ def vae_eval(folder: str, experiment: str, n: int) -> None:
     click.echo(json.dumps({"vae": ae.describe(), **quality}))
 
 
+@main.group()
+def reference() -> None:
+    """fd_ref's reference classifier: train one for a checkpoint (eval --metric fd_ref needs it)."""
+
+
+@reference.command("train")
+@experiment_option(LATENT_EXPERIMENT, "Its dataset and resolution (the pixel images the classifier sees).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="The checkpoint folder; the classifier goes to OUT/fd_ref (replaced).")
+@click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default=60000, show_default=True, type=click.IntRange(min=128), help="Training images.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@threads_option
+@user_errors
+def reference_train(experiment: str, out: str, steps: int, size: int, seed: int, threads: int | None) -> None:
+    """Train the reference classifier on the experiment's data; print its exact match on 1000 val images
+    (on shapes: every (colour, shape) count and the relation; see hwnas/metrics/fd_ref.py)."""
+    import torch
+
+    from hwnas.metrics.fd_ref import train_reference
+
+    sp = load_experiment(experiment)
+    if threads:
+        torch.set_num_threads(threads)
+    summary = train_reference(sp.dataset, resolution=sp.resolution, out=out, steps=steps, size=size, seed=seed)
+    click.echo(json.dumps({"out": out, "dataset": sp.dataset, "resolution": sp.resolution, **summary}))
+
+
 @main.command()
 @checkpoint_option
 @config_option()

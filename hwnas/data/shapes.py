@@ -318,6 +318,13 @@ def _layout_ok(centers: np.ndarray, sizes: np.ndarray, relation: Relation | None
     return bool(along >= _REL_MIN and abs(across) <= _REL_PERP * along)
 
 
+def clear_relation(a: ShapeObject, b: ShapeObject) -> Relation | None:
+    """The relation of `a` to `b` that holds as clearly as a position prompt's layout makes it (centre
+    offset >= `_REL_MIN` along its axis, at most `_REL_PERP` times that across), or None."""
+    centers, sizes = np.array([a.center, b.center]), np.zeros(2)  # sizes 0: the box-gap test is moot
+    return next((r for r in RELATIONS if _layout_ok(centers, sizes, r)), None)
+
+
 def render(
     scene: Scene | PromptSpec,
     resolution: int = 32,

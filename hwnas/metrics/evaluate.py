@@ -11,7 +11,7 @@ import torch
 
 from hwnas.data import PromptSpec, make_dataset
 from hwnas.metrics.compositional import score
-from hwnas.metrics.fd_ref import features, frechet_distance, load_reference
+from hwnas.metrics.fd_ref import describe, features, frechet_distance, load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
 from hwnas.paths import display_path
 from hwnas.space import SubnetConfig
@@ -68,7 +68,7 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
         result.update(value=frechet_distance(features(ref, real_x), features(ref, fake_x)), steps=steps,
                       cfg_scale=cfg_scale)
         result["source"] = (f"proxy supernet {net.space.name} ({shown}); Frechet distance in the features "
-                            f"of hwnas's reference classifier ({meta['dataset']} {meta['resolution']}px), "
+                            f"of hwnas's reference classifier ({describe(meta)}), "
                             f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}")
     else:
         raise ValueError(f"metric must be one of compositional, fd_ref, val_loss; got {metric!r}")

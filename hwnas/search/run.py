@@ -241,7 +241,7 @@ def _check_quality(settings: SearchSettings, net: Any, path: Path) -> None:
                          f"was trained on {net.space.dataset!r}")
     if settings.quality == "fd_ref" and not (Path(path) / "fd_ref").is_dir():
         raise ValueError(f"--quality fd_ref needs a reference classifier in {display_path(Path(path) / 'fd_ref')} "
-                         f"(hwnas.metrics.fd_ref.train_reference; the shipped checkpoints/shapes-32 has one)")
+                         f"(hwnas reference train --out {display_path(Path(path))}; the shipped checkpoints have one)")
 
 
 def proxy_caveat(proxy: SearchSpace) -> str:
