@@ -38,7 +38,8 @@ def heldout_prompts(n: int) -> list[PromptSpec]:
 
 def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, steps: int = 28,
              cfg_scale: float = 4.0, seed: int = 0, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Score `cfg`; the result says which model, scale and data the number comes from."""
+    """Score `cfg`; the result says which model, scale and data the number comes from (fd_ref also gives
+    its `floor`: the distance between two sets of n real images, FD's bias at that n)."""
     net.space.validate(cfg)
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     shown = display_path(ckpt)  # no absolute paths of this machine in the results
@@ -63,13 +64,17 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
         ref, meta = load_reference(ckpt)
         real = make_dataset(net.space.dataset, split="val", resolution=net.space.resolution, size=n,
                             seed=seed + 777)
-        real_x = torch.stack([real[i][0] for i in range(n)])
+        other = make_dataset(net.space.dataset, split="val", resolution=net.space.resolution, size=n,
+                             seed=seed + 778)
+        real_f = features(ref, torch.stack([real[i][0] for i in range(n)]))
         fake_x = generate(net, [real[i][1] for i in range(n)], cfg, steps=steps, cfg_scale=cfg_scale, seed=seed)
-        result.update(value=frechet_distance(features(ref, real_x), features(ref, fake_x)), steps=steps,
+        floor = frechet_distance(real_f, features(ref, torch.stack([other[i][0] for i in range(n)])))
+        result.update(value=frechet_distance(real_f, features(ref, fake_x)), floor=floor, steps=steps,
                       cfg_scale=cfg_scale)
         result["source"] = (f"proxy supernet {net.space.name} ({shown}); Frechet distance in the features "
                             f"of hwnas's reference classifier ({describe(meta)}), "
-                            f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}")
+                            f"{n} generated vs {n} validation images, {steps} Euler steps, CFG {cfg_scale}; "
+                            f"two sets of {n} validation images are {floor:.4g} apart (the floor at this n)")
     else:
         raise ValueError(f"metric must be one of compositional, fd_ref, val_loss; got {metric!r}")
     if not math.isfinite(result["value"]):

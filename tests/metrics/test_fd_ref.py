@@ -101,3 +101,17 @@ def test_the_reference_train_command_writes_a_classifier_eval_can_load(tmp_path)
     summary = json.loads(out.output)
     assert summary["dataset"] == "shapes" and summary["resolution"] == 32 and "heldout_match" in summary
     assert load_reference(tmp_path)[1]["train_images"] == 128
+
+
+def test_fd_ref_of_a_sub_dit_comes_with_its_real_vs_real_floor() -> None:
+    import math
+
+    from hwnas.metrics.evaluate import evaluate
+    from hwnas.paths import repo_path
+    from hwnas.train import load_supernet
+
+    ckpt = repo_path("checkpoints/shapes-32")  # its reference network is the first, caption-target one
+    net = load_supernet(ckpt)
+    result = evaluate(net, net.space.smallest(), metric="fd_ref", n=8, steps=1, checkpoint=ckpt)
+    assert math.isfinite(result["value"]) and result["floor"] > 0
+    assert "words target" in result["source"] and "(the floor at this n)" in result["source"]
