@@ -177,8 +177,9 @@ def borrow_params(profile: DeviceProfile, donor: EstimatorParams, *, donor_name:
 def thread_speedup(flops: float, threads: int, half_speedup_flops: float) -> float:
     """How much faster `threads` threads run a primitive of `flops` than one thread: 1 + (threads - 1) f /
     (f + h), so a small primitive runs as on one thread and a large one gets all `threads`; at f = h the
-    extra threads give half their worth. A saturating law measured on PyTorch eager at 2 threads on a
-    2-core EPYC (benchmarks/transfer.py: one h fits linear layers of 5-134 MFLOP)."""
+    extra threads give half their worth. A saturating law fitted to linear layers of 2-537 MFLOP timed
+    at 1 and 2 threads on a 2-core EPYC (benchmarks/transfer.py: h = 86 MFLOP on PyTorch eager, 152
+    on onnxruntime)."""
     return 1.0 + (threads - 1) * flops / (flops + half_speedup_flops)
 
 

@@ -67,8 +67,10 @@ def measured_shape_prior(by_runtime: dict[str, float], what: str) -> ShapePrior:
     1 / ln(largest / smallest)^2 measurements (the spread of two sample sds of n degrees of freedom is
     about 1 / sqrt(n) in log; capped at MAX_PRIOR_DOF), or PRIOR_DOF for a single runtime."""
     sds = sorted(by_runtime.values())
-    spread = math.log(sds[-1] / sds[0]) if len(sds) > 1 else math.inf
-    dof = PRIOR_DOF if spread == math.inf else min(MAX_PRIOR_DOF, max(PRIOR_DOF, 1 / max(spread, 1e-9) ** 2))
+    dof = float(PRIOR_DOF)
+    if len(sds) > 1:
+        spread = max(math.log(sds[-1] / sds[0]), 1e-9)
+        dof = min(MAX_PRIOR_DOF, max(dof, 1 / spread**2))
     runtimes = ", ".join(f"{name} {sd:.1%}" for name, sd in by_runtime.items())
     return ShapePrior(sds[-1], round(dof, 1), f"measured: the largest of {what} ({runtimes})")
 
