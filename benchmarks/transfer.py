@@ -513,6 +513,8 @@ def main() -> None:
     samples = measure(space, cfgs, chosen, rounds=opts.rounds, cache=cache, seed=opts.seed)
     probe_space = load_space(PROBE_EXPERIMENT)
     probes = measure_probe(probe_space, chosen, cache=CACHE_DIR / f"probe-{Path(PROBE_EXPERIMENT).stem}.json")
+    threadings = {t.name: measure_threading(t, cache=CACHE_DIR / "threading.json")
+                  for t in TARGETS if t.threads > 1 and t.name in samples}
     measure_s = time.perf_counter() - wall
     host = load_profile("host")
     probe_id = probe_space.smallest().id
@@ -533,9 +535,7 @@ def main() -> None:
         if t.runtime == "torch" and eager_passes is None:
             eager_passes = eager_passes_figure(probe_space)
         passes = eager_passes if t.runtime == "torch" else None
-        half_speedup, threading = None, None
-        if t.threads > 1:
-            half_speedup, threading = threading_figure(t, measure_threading(t, cache=CACHE_DIR / "threading.json"))
+        half_speedup, threading = threading_figure(t, threadings[t.name]) if t.threads > 1 else (None, None)
         dispatch, probe = probe_figures(host, t, probe_space, probe_ms, passes, half_speedup)
         profile = target_profile(host, t, dispatch, elementwise_passes=passes, half_speedup=half_speedup)
         row: dict[str, Any] = {"name": t.name, "n": len(cfgs), "runtime": t.runtime, "threads": t.threads,

@@ -184,7 +184,7 @@ def reference() -> None:
 @user_errors
 def reference_train(experiment: str, out: str, steps: int, size: int, seed: int, threads: int | None) -> None:
     """Train the reference classifier on the experiment's data; print its exact match on 1000 val images
-    (on shapes: every (colour, shape) count and the relation; see hwnas/metrics/fd_ref.py)."""
+    (on shapes: which (colour, shape) pairs, how many objects and their relation; see hwnas/metrics/fd_ref.py)."""
     import torch
 
     from hwnas.metrics.fd_ref import train_reference

@@ -363,8 +363,10 @@ def half_speedup_figure(flops: Sequence[float], ms_one: Sequence[float], ms_many
 
     Fits ms_many = ms_one / thread_speedup(flops, threads, h) + o by least squares in log time: h on a
     log grid (0.1 MFLOP to 10 GFLOP) refined around its best point, o >= 0 (the threads' wake-up per
-    call) the median gap at each h. Raises
-    ValueError for fewer than three sizes, one thread, or a time that is not positive."""
+    call) the median gap at each h. Raises ValueError for fewer than three sizes, one thread, or a time
+    that is not positive."""
+    from scipy.optimize import minimize_scalar
+
     if threads < 2:
         raise ValueError(f"thread scaling needs timings on more than one thread, got threads={threads}")
     if not len(flops) == len(ms_one) == len(ms_many) or len(flops) < 3:
@@ -383,8 +385,6 @@ def half_speedup_figure(flops: Sequence[float], ms_one: Sequence[float], ms_many
     grid = np.linspace(math.log(1e5), math.log(1e10), 201)
     start = min(grid, key=lambda g: fit(float(g))[0])
     step = float(grid[1] - grid[0])
-    from scipy.optimize import minimize_scalar
-
     best = minimize_scalar(lambda g: fit(g)[0], bounds=(start - step, start + step), method="bounded")
     err, o = fit(float(best.x))
     h, rms = math.exp(float(best.x)), math.sqrt(err / len(f))

@@ -193,8 +193,10 @@ def kernel_terms(key: KernelKey, profile: DeviceProfile, attention: AttentionLow
     bandwidth = profile.bandwidth_gbps.require(f"{profile.name}: memory.bandwidth_gbps") * 1e6  # B/ms
     wbytes, abytes = PRECISION_WEIGHT_BITS[key.precision] / 8, PRECISION_ACT_BYTES[key.precision]
     half = profile.half_speedup_mflop
-    threads = profile.threads if half is not None else 1
-    half_flops = half.require(f"{profile.name}: runtime.threading.half_speedup_mflop") * 1e6 if half else 0.0
+    threads, half_flops = 1, 0.0
+    if half is not None:
+        threads = profile.threads
+        half_flops = half.require(f"{profile.name}: runtime.threading.half_speedup_mflop") * 1e6
 
     def compute_ms(p: Primitive) -> float:
         if threads == 1 or p.kind == "elementwise" or p.flops == 0:

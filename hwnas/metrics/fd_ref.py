@@ -1,7 +1,7 @@
 """`fd_ref`: Frechet distance in the features of a small reference classifier hwnas trains itself.
 
 This is not FID: there are no Inception weights here. The reference network is a small CNN trained
-once on the dataset's training split to say what each image shows; its penultimate 128-d
+once on the dataset's images to say what each image shows (`train_reference` says which images); its penultimate 128-d
 activations are the feature space. FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2), as in
 Heusel et al. 2017, computed on those features. Values are only comparable for the same reference
 network, dataset and resolution (the checkpoint's metadata names them).
@@ -34,7 +34,18 @@ from scipy import linalg
 from torch import nn
 
 from hwnas.data import Tokenizer, make_dataset
-from hwnas.data.shapes import COLORS, RELATIONS, SHAPES, SPLITS, Scene, ShapesDataset, Split, clear_relation
+from hwnas.data.shapes import (
+    COLORS,
+    RELATIONS,
+    SHAPES,
+    SPLITS,
+    Scene,
+    ShapesDataset,
+    Split,
+    clear_relation,
+    render,
+    to_tensor,
+)
 from hwnas.train.checkpoint import load_weights, save_weights
 
 FEATURE_DIM = 128
@@ -135,8 +146,9 @@ def _bag_of_words(tokenizer: Tokenizer, captions: list[str], max_len: int) -> to
 def _scene_images(split: Split, *, resolution: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`size` images of `split`'s shapes prompts and their `scene_target`s."""
     data = ShapesDataset(split, resolution, size=size, seed=seed)
-    return (torch.stack([data[i][0] for i in range(size)]),
-            torch.stack([scene_target(data.scene(i)) for i in range(size)]))
+    scenes = [data.scene(i) for i in range(size)]  # each drawn once: the image and its target
+    return (torch.stack([to_tensor(render(s, resolution)) for s in scenes]),
+            torch.stack([scene_target(s) for s in scenes]))
 
 
 def train_reference(dataset: str, *, resolution: int, out: str | Path, steps: int = 5000,
