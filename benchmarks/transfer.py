@@ -37,10 +37,11 @@ on the target's threads: how much of the threads' speed-up a primitive of a give
 (`DeviceProfile.half_speedup_mflop`, `hwnas.latency.estimate.thread_speedup`); the probe's roofline
 includes it. The targets run their GEMMs and patch convolutions from libraries (MLAS, oneDNN) at the measured peak,
 not at TVM's efficiency (`hwnas.latency.estimate.library_gemm`). For each k in {1, 3, 5, 10},
-`draws` random sets of k measured sub-DiTs calibrate it with `hwnas.latency.calibrate`; the
-other n - k are predicted with the calibrated table's `predict_latency_ms`. Reported per target
-and k, averaged over draws: MAPE, the share within +-10%, Spearman, and the share inside the
-prediction's 90% interval.
+sets of k measured sub-DiTs calibrate it with `hwnas.latency.calibrate` (for k = 1 each sub-DiT
+once, otherwise `draws` random sets); the other n - k are predicted with the calibrated table's
+`predict_latency_ms`. Reported per target and k, averaged over the sets: MAPE, the share within
++-10%, Spearman, and the share inside the prediction's 90% interval, with a bootstrap 95% interval
+of that coverage over which sub-DiTs were timed (n = 60 resolves coverage to about +-3 points).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from hwnas.space import SearchSpace, SubnetConfig, load_space
 
 EXPERIMENT = "experiments/snapgenpp-256.toml"
 PROBE_CALLS = 31
+BOOTSTRAP = 1000
 KS = (1, 3, 5, 10)
 CONFIDENCE = 0.9
 CACHE_DIR = Path("runs/transfer")
@@ -162,12 +164,14 @@ def score(predicted: list[tuple[float, float, float]], measured: list[float]) ->
 
 def evaluate(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig], measured: list[float], *,
              k: int, draws: int, seed: int) -> dict[str, Any]:
-    """Metrics for k calibration sub-DiTs, averaged over `draws` random draws (the rest held out). A draw
-    whose calibration refuses a time (over `IMPLAUSIBLE_RATIO` from the prior) counts in `refused`."""
+    """Metrics for k calibration sub-DiTs (the rest held out), averaged over calibration sets: every
+    sub-DiT once for k = 1 (no draw noise), else `draws` random sets. A set whose calibration refuses a
+    time (over `IMPLAUSIBLE_RATIO` from the prior) counts in `refused`. `coverage_90_ci` is a bootstrap
+    95% interval of the coverage over which sub-DiTs were timed (the sets stay fixed)."""
     rng = random.Random(f"hwnas-transfer-{seed}-{profile.name}-{k}")
-    per_draw, refused = [], 0
-    for _ in range(draws):
-        idx = rng.sample(range(len(cfgs)), k)
+    sets = [[i] for i in range(len(cfgs))] if k == 1 else [rng.sample(range(len(cfgs)), k) for _ in range(draws)]
+    per_draw, inside, refused = [], [], 0
+    for idx in sets:
         rest = [i for i in range(len(cfgs)) if i not in idx]
         try:
             pred = fit_and_predict(profile, space, [(cfgs[i], measured[i]) for i in idx], [cfgs[i] for i in rest])
@@ -175,11 +179,32 @@ def evaluate(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig
             refused += 1
             continue
         per_draw.append(score(pred, [measured[i] for i in rest]))
+        inside.append({i: lo <= measured[i] <= hi for i, (_, lo, hi) in zip(rest, pred)})
     names = ("mape", "within_10pct", "spearman", "bias_pct", "coverage_90")
     out: dict[str, Any] = {m: statistics.fmean(d[m] for d in per_draw) if per_draw else None for m in names}
+    out["coverage_90_ci"] = coverage_interval(inside, len(cfgs), seed=seed) if inside else None
     out["within_10pct_min"] = min((d["within_10pct"] for d in per_draw), default=None)
-    out.update(draws=draws, refused=refused, held_out=len(cfgs) - k)
+    out.update(draws=len(sets), refused=refused, held_out=len(cfgs) - k)
     return out
+
+
+def coverage_interval(inside: list[dict[int, bool]], n: int, *, seed: int, resamples: int = BOOTSTRAP
+                      ) -> tuple[float, float]:
+    """Bootstrap 95% interval of the mean coverage over calibration sets, resampling the n sub-DiTs:
+    `inside[d][i]` says whether sub-DiT i, held out in set d, fell inside its interval."""
+    import numpy as np
+
+    held = np.zeros((len(inside), n))
+    hit = np.zeros((len(inside), n))
+    for d, row in enumerate(inside):
+        for i, ok in row.items():
+            held[d, i], hit[d, i] = 1.0, float(ok)
+    rng = np.random.default_rng(seed)
+    weight = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)  # (resamples, n)
+    total = weight @ held.T  # (resamples, sets)
+    per_set = np.divide(weight @ hit.T, total, out=np.full_like(total, np.nan), where=total > 0)
+    lo, hi = np.quantile(np.nanmean(per_set, axis=1), [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def in_sample_fit(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig],
@@ -469,20 +494,29 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for t in report["targets"]:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    nan = float("nan")
+    for j, t in enumerate(report["targets"]):
         ks = [int(k) for k in t["k"]]
-        nan = float("nan")
-        mape = [t["k"][str(k)]["mape"] for k in ks]
-        within = [t["k"][str(k)]["within_10pct"] for k in ks]
-        ax1.plot(ks, [nan if m is None else m for m in mape], marker="o", label=t["name"])
-        ax2.plot(ks, [nan if w is None else 100 * w for w in within], marker="o", label=t["name"])
-    ax1.set(xlabel="calibration sub-DiTs k", ylabel="MAPE on held-out sub-DiTs (%)", xticks=list(KS))
-    ax2.set(xlabel="calibration sub-DiTs k", ylabel="held-out within +-10% (%)", xticks=list(KS), ylim=(0, 100))
+        rows = [t["k"][str(k)] for k in ks]
+        ax1.plot(ks, [nan if m["mape"] is None else m["mape"] for m in rows], marker="o", label=t["name"])
+        ax2.plot(ks, [nan if m["within_10pct"] is None else 100 * m["within_10pct"] for m in rows], marker="o",
+                 label=t["name"])
+        shifted = [k * (1 + 0.04 * (j - 1.5)) for k in ks]  # side by side, not on top of each other
+        cov = [nan if m["coverage_90"] is None else 100 * m["coverage_90"] for m in rows]
+        err = [[0.0 if m["coverage_90_ci"] is None else c - 100 * m["coverage_90_ci"][0] for c, m in zip(cov, rows)],
+               [0.0 if m["coverage_90_ci"] is None else 100 * m["coverage_90_ci"][1] - c for c, m in zip(cov, rows)]]
+        ax3.errorbar(shifted, cov, yerr=err, marker="o", capsize=3, label=t["name"])
+    ax1.set(xlabel="calibration sub-DiTs k", ylabel="MAPE on held-out sub-DiTs (%)")
+    ax2.set(xlabel="calibration sub-DiTs k", ylabel="held-out within +-10% (%)", ylim=(0, 100))
     ax2.axhline(90, color="grey", ls=":", lw=1)
+    ax3.set(xlabel="calibration sub-DiTs k", ylabel="held-out inside the 90% interval (%, 95% CI)")
+    ax3.axhspan(100 * GOALS["coverage_lo"], 100 * GOALS["coverage_hi"], color="grey", alpha=0.15)
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")
+        ax.set_xticks(list(KS), [str(k) for k in KS])
+        ax.grid(alpha=0.3)
     ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.grid(alpha=0.3)
     fig.suptitle(f"Few-shot transfer of the per-op-kind cost model ({report['experiment']}, n = {report['n']})")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
@@ -554,15 +588,18 @@ def main() -> None:
     write_json(opts.json_out, report)
     if opts.json_out:
         _plot(report, opts.json_out.with_suffix(".png"))
-    print(f"{'target':<16} {'k':>5} {'MAPE%':>7} {'<=10%':>6} {'worst':>6} {'rho':>6} {'cov90':>6} {'refused':>7}")
+    print(f"{'target':<16} {'k':>5} {'MAPE%':>7} {'<=10%':>6} {'worst':>6} {'rho':>6} {'cov90':>6} "
+          f"{'(95% CI)':>12} {'refused':>7}")
     for row in report["targets"]:
-        for k, m in [("prior", {**row["prior"], "within_10pct_min": None, "refused": 0}), *row["k"].items()]:
+        for k, m in [("prior", {**row["prior"], "within_10pct_min": None, "coverage_90_ci": None, "refused": 0}),
+                     *row["k"].items()]:
             if m["mape"] is None:
                 print(f"{row['name']:<16} {k:>5} {'(every draw refused by the implausibility check)':>40}")
                 continue
             worst = "" if m["within_10pct_min"] is None else f"{m['within_10pct_min']:.2f}"
+            ci = "" if m["coverage_90_ci"] is None else "{:.2f}-{:.2f}".format(*m["coverage_90_ci"])
             print(f"{row['name']:<16} {k:>5} {m['mape']:7.1f} {m['within_10pct']:6.2f} {worst:>6} "
-                  f"{m['spearman']:6.3f} {m['coverage_90']:6.2f} {m['refused']:>7}")
+                  f"{m['spearman']:6.3f} {m['coverage_90']:6.2f} {ci:>12} {m['refused']:>7}")
     print_summary(summary(report))
 
 

@@ -120,3 +120,19 @@ def test_transfer_counts_eager_elementwise_passes(monkeypatch: pytest.MonkeyPatc
     # eager runs each element-wise chain as several ops, each a pass over memory: more than the model's
     # one pass, fewer than ten (measured 3.25 on the probe, 3.2 on snapgenpp-256 sub-DiTs)
     assert 2.0 < transfer.eager_elementwise_passes(space, space.smallest()) < 6.0
+
+
+def test_transfer_coverage_interval_brackets_the_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    import transfer
+
+    n = 40
+    always = [{i: True for i in range(n) if i != d} for d in range(n)]
+    assert transfer.coverage_interval(always, n, seed=0) == (1.0, 1.0)
+    # sub-DiTs 0-9 are never inside: coverage 30/39 with each held out once, about 0.77
+    some = [{i: i >= 10 for i in range(n) if i != d} for d in range(n)]
+    mean = sum(sum(row.values()) / len(row) for row in some) / n
+    lo, hi = transfer.coverage_interval(some, n, seed=0)
+    assert lo < mean < hi and hi - lo < 0.4
+    assert transfer.coverage_interval(some, n, seed=0) == (lo, hi)  # seeded

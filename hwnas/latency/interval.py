@@ -63,14 +63,19 @@ coverage, so that score is not independent of them."""
 
 
 def measured_shape_prior(by_runtime: dict[str, float], what: str) -> ShapePrior:
-    """The shape prior of runtimes whose shape sds were measured: the largest (the safe side), worth
-    1 / ln(largest / smallest)^2 measurements (the spread of two sample sds of n degrees of freedom is
-    about 1 / sqrt(n) in log; capped at MAX_PRIOR_DOF), or PRIOR_DOF for a single runtime."""
+    """The shape prior of runtimes whose shape sds were measured: the largest (the safe side), worth what
+    all of them together are worth (at least PRIOR_DOF, at most MAX_PRIOR_DOF measurements).
+
+    A sample sd of n degrees of freedom scatters about 1 / sqrt(2 n) in log, so m runtimes whose log sds
+    have sample variance v are each worth about 1 / (2 v) measurements, and m / (2 v) together (two
+    runtimes apart by a factor r: 2 / ln(r)^2). One runtime alone is worth PRIOR_DOF."""
     sds = sorted(by_runtime.values())
     dof = float(PRIOR_DOF)
     if len(sds) > 1:
-        spread = max(math.log(sds[-1] / sds[0]), 1e-9)
-        dof = min(MAX_PRIOR_DOF, max(dof, 1 / spread**2))
+        logs = [math.log(sd) for sd in sds]
+        mean = sum(logs) / len(logs)
+        var = max(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1), 1e-18)
+        dof = min(MAX_PRIOR_DOF, max(dof, len(sds) / (2 * var)))
     runtimes = ", ".join(f"{name} {sd:.1%}" for name, sd in by_runtime.items())
     return ShapePrior(sds[-1], round(dof, 1), f"measured: the largest of {what} ({runtimes})")
 
