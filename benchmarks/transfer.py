@@ -41,7 +41,7 @@ sets of k measured sub-DiTs calibrate it with `hwnas.latency.calibrate` (for k =
 once, otherwise `draws` random sets); the other n - k are predicted with the calibrated table's
 `predict_latency_ms`. Reported per target and k, averaged over the sets: MAPE, the share within
 +-10%, Spearman, and the share inside the prediction's 90% interval, with a bootstrap 95% interval
-of that coverage over which sub-DiTs were timed (n = 60 resolves coverage to about +-3 points).
+of that coverage over which sub-DiTs were timed.
 """
 
 from __future__ import annotations
@@ -165,12 +165,12 @@ def score(predicted: list[tuple[float, float, float]], measured: list[float]) ->
 def evaluate(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig], measured: list[float], *,
              k: int, draws: int, seed: int) -> dict[str, Any]:
     """Metrics for k calibration sub-DiTs (the rest held out), averaged over calibration sets: every
-    sub-DiT once for k = 1 (no draw noise), else `draws` random sets. A set whose calibration refuses a
-    time (over `IMPLAUSIBLE_RATIO` from the prior) counts in `refused`. `coverage_90_ci` is a bootstrap
-    95% interval of the coverage over which sub-DiTs were timed (the sets stay fixed)."""
+    sub-DiT once for k = 1 (no draw noise), else `draws` random sets (`sets` counts them).
+    A set whose calibration refuses a time (over `IMPLAUSIBLE_RATIO` from the prior) counts in
+    `refused`. `coverage_90_ci`: see `coverage_interval`."""
     rng = random.Random(f"hwnas-transfer-{seed}-{profile.name}-{k}")
     sets = [[i] for i in range(len(cfgs))] if k == 1 else [rng.sample(range(len(cfgs)), k) for _ in range(draws)]
-    per_draw, inside, refused = [], [], 0
+    per_draw, inside, scored, refused = [], [], [], 0
     for idx in sets:
         rest = [i for i in range(len(cfgs)) if i not in idx]
         try:
@@ -180,18 +180,22 @@ def evaluate(profile: DeviceProfile, space: SearchSpace, cfgs: list[SubnetConfig
             continue
         per_draw.append(score(pred, [measured[i] for i in rest]))
         inside.append({i: lo <= measured[i] <= hi for i, (_, lo, hi) in zip(rest, pred)})
+        scored.append(idx)
     names = ("mape", "within_10pct", "spearman", "bias_pct", "coverage_90")
     out: dict[str, Any] = {m: statistics.fmean(d[m] for d in per_draw) if per_draw else None for m in names}
-    out["coverage_90_ci"] = coverage_interval(inside, len(cfgs), seed=seed) if inside else None
+    out["coverage_90_ci"] = coverage_interval(inside, scored, len(cfgs), seed=seed) if inside else None
     out["within_10pct_min"] = min((d["within_10pct"] for d in per_draw), default=None)
-    out.update(draws=len(sets), refused=refused, held_out=len(cfgs) - k)
+    out.update(sets=len(sets), refused=refused, held_out=len(cfgs) - k)
     return out
 
 
-def coverage_interval(inside: list[dict[int, bool]], n: int, *, seed: int, resamples: int = BOOTSTRAP
-                      ) -> tuple[float, float]:
-    """Bootstrap 95% interval of the mean coverage over calibration sets, resampling the n sub-DiTs:
-    `inside[d][i]` says whether sub-DiT i, held out in set d, fell inside its interval."""
+def coverage_interval(inside: list[dict[int, bool]], calib: list[list[int]], n: int, *, seed: int,
+                      resamples: int = BOOTSTRAP) -> tuple[float, float]:
+    """Bootstrap 95% interval of the coverage over calibration sets, resampling the n sub-DiTs: both the
+    held-out ones and the calibration rows (set d's weight is the mean weight of its rows `calib[d]`; for
+    k = 1 the coverage is then the weighted mean over ordered (calibration, held-out) pairs). `inside[d][i]`
+    says whether sub-DiT i, held out in set d, fell inside its interval. The random sets' own draw noise
+    (k > 1) is not in it."""
     import numpy as np
 
     held = np.zeros((len(inside), n))
@@ -201,9 +205,10 @@ def coverage_interval(inside: list[dict[int, bool]], n: int, *, seed: int, resam
             held[d, i], hit[d, i] = 1.0, float(ok)
     rng = np.random.default_rng(seed)
     weight = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)  # (resamples, n)
-    total = weight @ held.T  # (resamples, sets)
-    per_set = np.divide(weight @ hit.T, total, out=np.full_like(total, np.nan), where=total > 0)
-    lo, hi = np.quantile(np.nanmean(per_set, axis=1), [0.025, 0.975])
+    set_weight = np.stack([weight[:, rows].mean(axis=1) for rows in calib], axis=1)  # (resamples, sets)
+    covered = (set_weight * (weight @ hit.T)).sum(axis=1)
+    total = (set_weight * (weight @ held.T)).sum(axis=1)
+    lo, hi = np.quantile(covered[total > 0] / total[total > 0], [0.025, 0.975])
     return float(lo), float(hi)
 
 
@@ -504,8 +509,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
                  label=t["name"])
         shifted = [k * (1 + 0.04 * (j - 1.5)) for k in ks]  # side by side, not on top of each other
         cov = [nan if m["coverage_90"] is None else 100 * m["coverage_90"] for m in rows]
-        err = [[0.0 if m["coverage_90_ci"] is None else c - 100 * m["coverage_90_ci"][0] for c, m in zip(cov, rows)],
-               [0.0 if m["coverage_90_ci"] is None else 100 * m["coverage_90_ci"][1] - c for c, m in zip(cov, rows)]]
+        err = [[0.0 if m["coverage_90_ci"] is None else max(0.0, c - 100 * m["coverage_90_ci"][0])
+                for c, m in zip(cov, rows)],
+               [0.0 if m["coverage_90_ci"] is None else max(0.0, 100 * m["coverage_90_ci"][1] - c)
+                for c, m in zip(cov, rows)]]
         ax3.errorbar(shifted, cov, yerr=err, marker="o", capsize=3, label=t["name"])
     ax1.set(xlabel="calibration sub-DiTs k", ylabel="MAPE on held-out sub-DiTs (%)")
     ax2.set(xlabel="calibration sub-DiTs k", ylabel="held-out within +-10% (%)", ylim=(0, 100))
@@ -616,7 +623,8 @@ def summary(report: dict[str, Any]) -> list[str]:
             ("k5 within10", k5["within_10pct"] >= GOALS["within_10pct_k5"]),
             ("k5 rho", k5["spearman"] >= GOALS["spearman_k5"]),
             ("k1 within10", (k1["within_10pct"] or 0) >= GOALS["within_10pct_k1"]),
-            *((f"k{k} cov90", GOALS["coverage_lo"] <= m["coverage_90"] <= GOALS["coverage_hi"])
+            *((f"k{k} cov90 {m['coverage_90']:.3f} [95% CI {m['coverage_90_ci'][0]:.2f}-{m['coverage_90_ci'][1]:.2f}]",
+               GOALS["coverage_lo"] <= m["coverage_90"] <= GOALS["coverage_hi"])
               for k, m in row["k"].items() if m["coverage_90"] is not None)) if not ok]
         parts.append(f"{row['name']}: k5 within10 {k5['within_10pct']:.2f} rho {k5['spearman']:.3f}, k1 within10 "
                      f"{(k1['within_10pct'] or 0):.2f}, cov90 {min(cov):.2f}-{max(cov):.2f} "

@@ -128,11 +128,17 @@ def test_transfer_coverage_interval_brackets_the_coverage(monkeypatch: pytest.Mo
     import transfer
 
     n = 40
+    calib = [[d] for d in range(n)]  # k = 1: each sub-DiT once
     always = [{i: True for i in range(n) if i != d} for d in range(n)]
-    assert transfer.coverage_interval(always, n, seed=0) == (1.0, 1.0)
-    # sub-DiTs 0-9 are never inside: coverage 30/39 with each held out once, about 0.77
+    assert transfer.coverage_interval(always, calib, n, seed=0) == (1.0, 1.0)
+    # sub-DiTs 0-9 are never inside: coverage about 0.75
     some = [{i: i >= 10 for i in range(n) if i != d} for d in range(n)]
     mean = sum(sum(row.values()) / len(row) for row in some) / n
-    lo, hi = transfer.coverage_interval(some, n, seed=0)
+    lo, hi = transfer.coverage_interval(some, calib, n, seed=0)
     assert lo < mean < hi and hi - lo < 0.4
-    assert transfer.coverage_interval(some, n, seed=0) == (lo, hi)  # seeded
+    assert transfer.coverage_interval(some, calib, n, seed=0) == (lo, hi)  # seeded
+    # calibrating on sub-DiTs 0-9 misses everything else: resampling the calibration rows widens the interval
+    row_driven = [{i: d >= 10 for i in range(n) if i != d} for d in range(n)]
+    lo2, hi2 = transfer.coverage_interval(row_driven, calib, n, seed=0)
+    held_only = transfer.coverage_interval(row_driven, [[0]] * n, n, seed=0)  # every set weighted alike
+    assert hi2 - lo2 > 0.1 and held_only[1] - held_only[0] < hi2 - lo2

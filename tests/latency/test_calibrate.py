@@ -266,14 +266,14 @@ def test_a_measured_shape_prior_is_the_largest_runtime_and_worth_more_when_runti
     one = measured_shape_prior({"a": 0.04}, "x")
     close, apart = measured_shape_prior({"a": 0.04, "b": 0.05}, "x"), measured_shape_prior({"a": 0.02, "b": 0.05}, "x")
     assert one.sd == 0.04 and close.sd == apart.sd == 0.05 and one.dof == PRIOR_DOF
-    assert close.dof == MAX_PRIOR_DOF  # 2 / ln(1.25)^2 = 40 measurements, capped
-    assert measured_shape_prior({"a": 0.031, "b": 0.05}, "x").dof == pytest.approx(2 / math.log(0.05 / 0.031) ** 2,
-                                                                                  abs=0.05)  # 8.8
-    assert apart.dof == PRIOR_DOF  # 2 / ln(2.5)^2 = 2.4: no more than an assumed prior
+    assert close.dof == pytest.approx(1 / math.log(1.25) ** 2, abs=0.05)  # 20 measurements
+    assert measured_shape_prior({"a": 0.031, "b": 0.05}, "x").dof == pytest.approx(1 / math.log(0.05 / 0.031) ** 2,
+                                                                                  abs=0.05)  # 4.4
+    assert apart.dof == PRIOR_DOF  # 1 / ln(2.5)^2 = 1.2: no more than an assumed prior
     assert measured_shape_prior({"a": 0.03, "b": 0.03}, "x").dof == MAX_PRIOR_DOF
-    # three runtimes: each worth 1 / (2 var) of their log sds, together three times that
+    # three runtimes: worth what one is, 1 / (2 var) of their log sds
     three = measured_shape_prior({"a": 0.03, "b": 0.04, "c": 0.05}, "x")
     logs = [math.log(0.03), math.log(0.04), math.log(0.05)]
     var = sum((x - sum(logs) / 3) ** 2 for x in logs) / 2
-    assert three.sd == 0.05 and three.dof == pytest.approx(min(MAX_PRIOR_DOF, 3 / (2 * var)), abs=0.05)
+    assert three.sd == 0.05 and three.dof == pytest.approx(1 / (2 * var), abs=0.05)
     assert "a 2.0%, b 5.0%" in apart.source
