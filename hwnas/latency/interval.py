@@ -63,18 +63,10 @@ coverage, so that score is not independent of them."""
 
 
 def measured_shape_prior(by_runtime: dict[str, float], what: str) -> ShapePrior:
-    """The shape prior of runtimes whose shape sds were measured: the largest (the safe side), worth what
-    one of them is worth (at least PRIOR_DOF, at most MAX_PRIOR_DOF measurements; PRIOR_DOF for a single
-    runtime).
-
-    A sample sd of n degrees of freedom scatters about 1 / sqrt(2 n) in log, so runtimes whose log sds
-    have sample variance v look like samples of one sd, each worth 1 / (2 v) (two runtimes apart by a
-    factor r: 1 / ln(r)^2). They are not quite that: each sd comes from ~60 sub-DiTs, yet runtimes
-    differ more than 60 sub-DiTs explain (eager at 2 threads 1.6x onnxruntime), so a new runtime's sd
-    is less certain still (1 / (2 v (1 + 1 / m)) from m runtimes: 3 at 2 threads). Crediting the
-    pooled worth of all m instead puts every coverage of benchmarks/transfer.py inside 0.85-0.95, but
-    pairs one runtime's sd with the worth of all, so it is not used; the central sd with a new
-    runtime's worth leaves eager's coverage at 0.83 (the unsafe side)."""
+    """The shape prior of runtimes whose shape sds were measured: the largest (the safe side), worth one
+    runtime's measurements, 1 / (2 v) for a sample variance v of their log sds (a sample sd of n degrees
+    of freedom scatters about 1 / sqrt(2 n) in log; two runtimes apart by r: 1 / ln(r)^2), within
+    [PRIOR_DOF, MAX_PRIOR_DOF]; PRIOR_DOF for one runtime. README, "Few-shot transfer": other rules tried."""
     sds = sorted(by_runtime.values())
     dof = float(PRIOR_DOF)
     if len(sds) > 1:
