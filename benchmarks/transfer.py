@@ -509,10 +509,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
                  label=t["name"])
         shifted = [k * (1 + 0.04 * (j - 1.5)) for k in ks]  # side by side, not on top of each other
         cov = [nan if m["coverage_90"] is None else 100 * m["coverage_90"] for m in rows]
-        err = [[0.0 if m["coverage_90_ci"] is None else max(0.0, c - 100 * m["coverage_90_ci"][0])
-                for c, m in zip(cov, rows)],
-               [0.0 if m["coverage_90_ci"] is None else max(0.0, 100 * m["coverage_90_ci"][1] - c)
-                for c, m in zip(cov, rows)]]
+        ci = [m["coverage_90_ci"] or (c / 100, c / 100) for c, m in zip(cov, rows)]
+        err = [[max(0.0, c - 100 * lo) for c, (lo, _) in zip(cov, ci)],
+               [max(0.0, 100 * hi - c) for c, (_, hi) in zip(cov, ci)]]
         ax3.errorbar(shifted, cov, yerr=err, marker="o", capsize=3, label=t["name"])
     ax1.set(xlabel="calibration sub-DiTs k", ylabel="MAPE on held-out sub-DiTs (%)")
     ax2.set(xlabel="calibration sub-DiTs k", ylabel="held-out within +-10% (%)", ylim=(0, 100))

@@ -17,6 +17,7 @@ Only the denoiser is uncertain here: the text encoder and VAE decoder figures ar
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -70,9 +71,7 @@ def measured_shape_prior(by_runtime: dict[str, float], what: str) -> ShapePrior:
     sds = sorted(by_runtime.values())
     dof = float(PRIOR_DOF)
     if len(sds) > 1:
-        logs = [math.log(sd) for sd in sds]
-        mean = sum(logs) / len(logs)
-        var = max(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1), 1e-18)
+        var = max(statistics.variance(math.log(sd) for sd in sds), 1e-18)
         dof = min(MAX_PRIOR_DOF, max(dof, 1 / (2 * var)))
     runtimes = ", ".join(f"{name} {sd:.1%}" for name, sd in by_runtime.items())
     return ShapePrior(sds[-1], round(dof, 1), f"measured: the largest of {what} ({runtimes})")
