@@ -4,7 +4,9 @@ fd_ref and validation loss, plus the cost of one val-loss call (the search's qua
     OMP_NUM_THREADS=1 python benchmarks/proxy_quality.py [--checkpoint DIR] [--n 200] [--steps 28] [--seed 0]
         [--json reports/proxy-quality.json] [--grids reports/proxy-samples]
 
-Prints a table and a final summary line comparing the sub-DiTs side by side (ratios to `full`).
+Prints a table and a final summary line comparing the sub-DiTs side by side (ratios to `full`);
+`read` is the share of detected objects whose shape the checker read, and the JSON rows count
+the failed prompts by first unmet requirement (`failures`: shape, color, count, relation).
 Every number comes from the checkpoint named in the header (proxy scale: shapes-32). `--grids DIR`
 also draws a 4x4 sample grid of tiny, small and full there (DIR/NAME.png).
 """
@@ -55,7 +57,8 @@ def main() -> None:
                       seed=args.seed, checkpoint=args.checkpoint)
         rows.append({"config": name, "config_id": cfg.id, "describe": cfg.describe(), "val_loss": loss,
                      "val_loss_ms": val_ms, "compositional": comp["value"],
-                     "per_category": comp["per_category"], "fd_ref": fd["value"]})
+                     "per_category": comp["per_category"], "failures": comp["failures"],
+                     "shapes_read": comp["shapes_read"], "fd_ref": fd["value"]})
         if args.grids and name in ("tiny", "small", "full"):
             prompts = ["a red circle", "two green squares", "a blue triangle above a yellow circle",
                        "a magenta square and a cyan triangle"]
@@ -63,11 +66,12 @@ def main() -> None:
             images = generate(net, batch, cfg, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
             save_grid(images, Path(args.grids) / f"{name}.png", ncol=4, labels=batch)
     cats = list(rows[0]["per_category"])
-    print(f"{'sub-DiT':<9} {'id':<10} {'val loss':>8} {'ms/call':>7} {'comp.':>6} {'fd_ref':>8}  "
+    print(f"{'sub-DiT':<9} {'id':<10} {'val loss':>8} {'ms/call':>7} {'comp.':>6} {'fd_ref':>8} {'read':>5}  "
           + " ".join(f"{c[:9]:>9}" for c in cats))
     for r in rows:
+        read = "-" if r["shapes_read"] is None else f"{r['shapes_read']:.2f}"
         print(f"{r['config']:<9} {r['config_id']:<10} {r['val_loss']:8.4f} {r['val_loss_ms']:7.1f} "
-              f"{r['compositional']:6.3f} {r['fd_ref']:8.3f}  "
+              f"{r['compositional']:6.3f} {r['fd_ref']:8.3f} {read:>5}  "
               + " ".join(f"{r['per_category'][c]:9.3f}" for c in cats))
     full = next(r for r in rows if r["config"] == "full")
     write_json(args.json_out, rows)

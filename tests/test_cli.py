@@ -82,6 +82,7 @@ def test_eval_prints_the_metric_as_json(tiny_checkpoint: Path) -> None:
     assert code == 0, text
     result = json.loads(text)
     assert result["metric"] == "compositional" and result["n"] == 2 and 0.0 <= result["value"] <= 1.0
+    assert sum(result["failures"].values()) == round(2 * (1 - result["value"]))
 
 
 def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path) -> None:

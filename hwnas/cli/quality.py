@@ -253,3 +253,8 @@ def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cf
     click.echo(f"{metric} = {result['value']:.4f}  ({result['source']})")
     for cat, acc in result.get("per_category", {}).items():
         click.echo(f"  {cat:<14} {acc:.3f}")
+    if "failures" in result:
+        failed = ", ".join(f"{kind} {count}" for kind, count in result["failures"].items())
+        read = result["shapes_read"]
+        click.echo(f"  failed prompts by first unmet requirement: {failed}; shapes read in "
+                   + ("no detected object" if read is None else f"{read:.0%} of detected objects"))

@@ -17,6 +17,11 @@ black, so detection here is analytic:
 4. the prompt's requirements (see `check`), with GenEval's relative-position rule
    (`relative_position` in geneval/evaluation/evaluate_images.py).
 
+A failed prompt says which requirement failed first (`Failure`), and a score counts them, with
+the share of detected objects whose shape was read: the difference between a model that draws
+blobs (`shape` failures, few shapes read), one that does not bind colors to shapes (`color`) and
+one that cannot count or place (`count`, `relation`).
+
 Validated on real dataset images (tests: >= 99 % at 16, 32 and 64 px, all categories and splits;
 measured 100 % on 3,000 images at 32 px, also under Gaussian blur sigma 0.8 px) and on mismatched
 prompts (wrong color, shape, count, relation or binding), which it rejects. Additive noise of
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -47,6 +53,12 @@ _NAMED = np.array([COLOR_RGB[c] for c in COLORS], dtype=np.float64)
 _NAMED_NORM = _NAMED / _NAMED.max(axis=1, keepdims=True)  # (6, 3)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
+Failure = Literal["shape", "color", "count", "relation"]
+"""Why a prompt failed: `shape` no object of a named shape was read (in any color); `color` the
+shape is there, not in the named color; `count` a counting prompt's shape is there, in the wrong
+number or color; `relation` both objects are there, not in the named relation."""
+FAILURES: tuple[Failure, ...] = get_args(Failure)
+
 
 @dataclass(frozen=True)
 class DetectedObject:
@@ -66,23 +78,28 @@ class DetectedObject:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Whether an image satisfies a prompt; `reason` says which requirement failed ("" if none)."""
+    """Whether an image satisfies a prompt; `reason` says which requirement failed ("" if none) and
+    `failure` of which kind (None if none)."""
 
     correct: bool
     objects: tuple[DetectedObject, ...]
     reason: str = ""
+    failure: Failure | None = None
 
 
 @dataclass(frozen=True)
 class CompositionalScore:
     """Accuracy (fraction of images judged correct) overall and per GenEval category, with the
     number of images per category. GenEval's headline number is the mean over categories,
-    `category_mean`."""
+    `category_mean`. `failures` counts the failed images by `Failure`; `shapes_read` is the share
+    of detected objects whose shape was read (None if no object was detected)."""
 
     accuracy: float
     n: int
     per_category: dict[Category, float] = field(default_factory=dict)
     counts: dict[Category, int] = field(default_factory=dict)
+    failures: dict[Failure, int] = field(default_factory=dict)
+    shapes_read: float | None = None
 
     @property
     def category_mean(self) -> float:
@@ -209,18 +226,18 @@ def check(image: np.ndarray, spec: PromptSpec, *, min_area_frac: float = 0.008) 
     for want in spec.objects:
         found = matching(want)
         name = want.shape if want.color is None else f"{want.color} {want.shape}"
+        same_shape = sum(o.shape == want.shape for o in objs)
         if spec.category == "counting":
-            same_shape = sum(o.shape == want.shape for o in objs)
             if len(found) != want.count or same_shape != want.count:
                 why = f"{len(found)} {name} ({same_shape} {want.shape} in all), want {want.count}"
-                return CheckResult(False, objs, why)
+                return CheckResult(False, objs, why, "count" if same_shape else "shape")
         elif not found:
-            return CheckResult(False, objs, f"no {name}")
+            return CheckResult(False, objs, f"no {name}", "color" if same_shape else "shape")
     if spec.relation is not None:
         a, b = (matching(want)[0] for want in spec.objects)
         rel = _relations(a, b)
         if spec.relation not in rel:
-            return CheckResult(False, objs, f"relation {sorted(rel)}, want {spec.relation!r}")
+            return CheckResult(False, objs, f"relation {sorted(rel)}, want {spec.relation!r}", "relation")
     return CheckResult(True, objs)
 
 
@@ -233,10 +250,17 @@ def score(
     if len(images) != len(specs):
         raise ValueError(f"got {len(images)} images for {len(specs)} prompts")
     hits: dict[Category, list[bool]] = {}
+    failures = dict.fromkeys(FAILURES, 0)
+    objects = read = 0
     for image, spec in zip(images, specs):
-        hits.setdefault(spec.category, []).append(check(image, spec, min_area_frac=min_area_frac).correct)
+        result = check(image, spec, min_area_frac=min_area_frac)
+        hits.setdefault(spec.category, []).append(result.correct)
+        if result.failure is not None:
+            failures[result.failure] += 1
+        objects += len(result.objects)
+        read += sum(o.shape is not None for o in result.objects)
     per_cat = {c: float(np.mean(hits[c])) for c in CATEGORIES if c in hits}
     counts = {c: len(hits[c]) for c in CATEGORIES if c in hits}
     n = len(specs)
     acc = float(sum(sum(v) for v in hits.values()) / n) if n else 0.0
-    return CompositionalScore(acc, n, per_cat, counts)
+    return CompositionalScore(acc, n, per_cat, counts, failures, read / objects if objects else None)

@@ -56,8 +56,8 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
         specs = heldout_prompts(n)
         images = generate(net, [s.text for s in specs], cfg, steps=steps, cfg_scale=cfg_scale, seed=seed)
         res = score(images.permute(0, 2, 3, 1).numpy(), specs)
-        result.update(value=res.accuracy, per_category=res.per_category, counts=res.counts, steps=steps,
-                      cfg_scale=cfg_scale)
+        result.update(value=res.accuracy, per_category=res.per_category, counts=res.counts,
+                      failures=res.failures, shapes_read=res.shapes_read, steps=steps, cfg_scale=cfg_scale)
         result["source"] = (f"proxy supernet {net.space.name} ({shown}), GenEval-style checker on "
                             f"{n} held-out shapes prompts, {steps} Euler steps, CFG {cfg_scale}")
     elif metric == "fd_ref":

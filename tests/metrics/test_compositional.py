@@ -18,7 +18,7 @@ from hwnas.data.shapes import (
     render,
     sample_scene,
 )
-from hwnas.metrics.compositional import check, detect, score
+from hwnas.metrics.compositional import FAILURES, check, detect, score
 
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _ACROSS = {"left of": "above", "right of": "below", "above": "right of", "below": "left of"}
@@ -142,3 +142,33 @@ def test_score_validates_and_aggregates() -> None:
     square = PromptSpec("single_object", (ObjectSpec("square"),))
     mixed = score([good, good], [parse_prompt("a circle"), square])
     assert mixed.accuracy == 0.5 and mixed.counts == {"single_object": 2} and mixed.category_mean == 0.5
+
+
+@pytest.mark.parametrize("drawn, asked, failure", [
+    ("a red circle", "a triangle", "shape"),
+    ("a red circle", "a blue circle", "color"),
+    ("a red circle and a blue square", "a red square and a blue circle", "color"),
+    ("three red circles", "two red circles", "count"),
+    ("three red circles", "two blue circles", "count"),
+    ("a red circle", "two red squares", "shape"),
+    ("a red circle left of a blue square", "a red circle right of a blue square", "relation"),
+])
+def test_a_failure_names_its_first_unmet_requirement(drawn: str, asked: str, failure: str) -> None:
+    image = render(sample_scene(parse_prompt(drawn), np.random.default_rng(1)), 32)
+    result = check(image, parse_prompt(asked))
+    assert not result.correct and result.failure == failure, result.reason
+    assert check(image, parse_prompt(drawn)).failure is None
+
+
+def test_score_counts_failures_and_the_shapes_it_read() -> None:
+    circle = render(sample_scene(parse_prompt("a red circle"), np.random.default_rng(0)), 32)
+    bar = np.zeros((32, 32, 3), np.uint8)
+    bar[12:16, 4:28] = (230, 30, 30)  # 4 x 24 px: too elongated to be a shape
+    assert [o.shape for o in detect(bar)] == [None]
+    specs = [parse_prompt(t) for t in ("a red circle", "a blue circle", "a triangle", "a red circle")]
+    result = score([circle, circle, circle, bar], specs)
+    assert result.accuracy == 0.25
+    assert result.failures == {"shape": 2, "color": 1, "count": 0, "relation": 0}
+    assert set(result.failures) == set(FAILURES)
+    assert result.shapes_read == 3 / 4
+    assert score([np.zeros((32, 32, 3), np.uint8)], [parse_prompt("a circle")]).shapes_read is None
