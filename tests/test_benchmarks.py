@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SCRIPTS = {  # script -> argv before --help
     "budget_sweep.py": [], "distill.py": [], "export_parity.py": [], "host_peaks.py": [], "int4.py": [],
-    "int4_scale.py": [], "lut_accuracy.py": [], "lut_build.py": [], "lut_gap.py": [], "proxy_quality.py": [],
-    "rank_fidelity.py": ["report"], "screen_fidelity.py": [], "search_efficiency.py": [], "transfer.py": [],
-    "tvm_schedule.py": [], "tvm_vs_ort.py": [], "width_quality.py": [],
+    "int4_scale.py": [], "lut_accuracy.py": [], "lut_build.py": [], "lut_gap.py": [], "noise_level.py": [],
+    "proxy_quality.py": [], "rank_fidelity.py": ["report"], "screen_fidelity.py": [], "search_efficiency.py": [],
+    "transfer.py": [], "tvm_schedule.py": [], "tvm_vs_ort.py": [], "width_quality.py": [],
 }
 
 
@@ -95,6 +95,20 @@ def test_distill_without_json_writes_no_report(tmp_path: Path, tiny_checkpoint: 
     lines = res.stdout.strip().splitlines()
     assert lines[-1].startswith("summary: compositional")
     assert any(line.startswith("kd student 4 steps") for line in lines)
+
+
+def test_noise_level_scores_the_real_images_then_each_start_time(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / "levels.json"
+    res = _run("noise_level.py", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--n", "4",
+               "--levels", "0.05,1", "--steps", "2", "--json", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["t0"] for r in rows] == ["real", "0.05", "1"]
+    assert rows[0]["accuracy"] == 1.0 and rows[0]["shapes_read"] == 1.0
+    assert all(sum(r["failures"].values()) == round(4 * (1 - r["accuracy"])) for r in rows)
+    assert res.stdout.strip().splitlines()[-1].startswith("summary: t0 0.05: accuracy x")
+    bad = _run("noise_level.py", "--levels", "0,1", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "(0, 1]" in bad.stderr
 
 
 def test_int4_scale_writes_json_only_where_asked(tmp_path: Path, tiny_experiment: Path) -> None:

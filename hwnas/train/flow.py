@@ -56,26 +56,31 @@ def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tens
     return torch.mean((v_pred - (noise - x0)) ** 2)
 
 
-def time_grid(steps: int, *, shift: float = 1.0) -> torch.Tensor:
-    """Times 1 -> 0 for `steps` solver steps, shape (steps + 1,)."""
+def time_grid(steps: int, *, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
+    """Times `start` -> 0 for `steps` solver steps, shape (steps + 1,): evenly spaced before the
+    shift, with the first time exactly `start`."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    unshifted = start / (shift - (shift - 1.0) * start)  # shift_time's inverse at `start`
+    return shift_time(torch.linspace(unshifted, 0.0, steps + 1), shift)
 
 
 @torch.no_grad()
-def solve(velocity: VelocityFn, noise: torch.Tensor, *, steps: int, solver: Solver = "euler",
-          shift: float = 1.0) -> torch.Tensor:
-    """Integrate the flow ODE from `noise` (t = 1) to an image (t = 0).
+def solve(velocity: VelocityFn, x_start: torch.Tensor, *, steps: int, solver: Solver = "euler",
+          shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
+    """Integrate the flow ODE from `x_start` at time `start` (pure noise at the default 1) to an
+    image (t = 0).
 
     Euler uses `steps` velocity evaluations; Heun (2nd order, Euler on the last step) uses
     2 * steps - 1.
     """
     if solver not in ("euler", "heun"):
         raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
-    grid = time_grid(steps, shift=shift).to(noise.device)
-    x = noise
-    batch = noise.shape[0]
+    grid = time_grid(steps, shift=shift, start=start).to(x_start.device)
+    x = x_start
+    batch = x_start.shape[0]
     for i in range(steps):
         t, t_next = grid[i], grid[i + 1]
         v = velocity(x, t.expand(batch))

@@ -9,33 +9,43 @@ import torch
 
 from hwnas.io import atomic_write
 from hwnas.space import SubnetConfig
-from hwnas.train.flow import Solver, solve
+from hwnas.train.flow import Solver, interpolate, solve
 from hwnas.train.supernet import Supernet
 
 
 @torch.no_grad()
 def generate(net: Supernet, prompts: list[str], cfg: SubnetConfig, *, steps: int = 28,
              cfg_scale: float = 4.0, solver: Solver = "euler", seed: int = 0, shift: float = 1.0,
-             batch_size: int = 64) -> torch.Tensor:
+             batch_size: int = 64, init: torch.Tensor | None = None, start: float = 1.0) -> torch.Tensor:
     """Images (B, 3, H, W) in [-1, 1] for `prompts`, one per prompt; deterministic given `seed`.
 
     The noise of prompt i depends only on (seed, i), so a batch size change does not change it.
     In a latent experiment the ODE runs in the latent and the autoencoder decodes the result.
+    With `init` images (B, 3, H, W) in [-1, 1] the ODE starts at time `start` from
+    (1 - start) x0 + start noise, x0 their latents (SDEdit), and `steps` cover [start, 0].
     """
     net.space.validate(cfg)
     space = net.space
     shape = (space.latent_channels, space.latent_size, space.latent_size)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(prompts), *shape), generator=g).to(net.device)
+    x_start = torch.randn((len(prompts), *shape), generator=g).to(net.device)  # noise, t = 1
+    if init is not None:
+        if len(init) != len(prompts):
+            raise ValueError(f"got {len(init)} init images for {len(prompts)} prompts")
+        at = torch.full((len(prompts),), start, device=net.device)
+        x_start = interpolate(net.to_latent(init.to(net.device)), x_start, at)
+    elif start != 1.0:
+        raise ValueError(f"start {start} < 1 needs init images")
     null = net.encode([""])
     out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+    for first in range(0, len(prompts), batch_size):
+        chunk = prompts[first:first + batch_size]
         emb, mask = net.encode(chunk)
         null_b = (null[0].expand(len(chunk), -1, -1), null[1].expand(len(chunk), -1))
         # B023: fn is solved within this iteration, so it sees this chunk's emb, mask and null_b.
         fn = lambda x, t: net.velocity(x, t, cfg, emb=emb, mask=mask, null=null_b, cfg_scale=cfg_scale)  # noqa: E731, B023
-        out.append(solve(fn, noise[start:start + len(chunk)], steps=steps, solver=solver, shift=shift))
+        out.append(solve(fn, x_start[first:first + len(chunk)], steps=steps, solver=solver, shift=shift,
+                         start=start))
     return net.to_image(torch.cat(out)).cpu()
 
 

@@ -44,6 +44,24 @@ def test_time_shift_and_grid() -> None:
         time_grid(0)
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_a_grid_from_a_start_time_is_the_tail_of_the_full_one(shift: float) -> None:
+    full = time_grid(8, shift=shift)
+    assert torch.allclose(time_grid(4, shift=shift, start=float(full[4])), full[4:], atol=1e-6)
+    for start in (0.0, 1.5):
+        with pytest.raises(ValueError, match="start"):
+            time_grid(4, start=start)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_solving_from_a_start_time_lands_on_the_data(solver: str) -> None:
+    x0, noise = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    start = 0.3
+    x_start = interpolate(x0, noise, torch.full((2,), start))
+    out = solve(lambda x, t: noise - x0, x_start, steps=3, solver=solver, start=start)  # type: ignore[arg-type]
+    assert torch.allclose(out, x0, atol=1e-5)
+
+
 def test_train_time_in_unit_interval_and_seeded() -> None:
     a = sample_train_time(1000, generator=torch.Generator().manual_seed(0))
     b = sample_train_time(1000, generator=torch.Generator().manual_seed(0))

@@ -96,6 +96,15 @@ def test_checkpoint_round_trip_and_sampler(tiny_experiment: Path, tmp_path: Path
     assert not torch.equal(img1, generate(net, prompts, cfg, steps=3, seed=6))
     # A different batch size does not change an image: noise depends on (seed, index) only.
     assert torch.allclose(generate(net, prompts, cfg, steps=3, seed=5, batch_size=1), img1, atol=1e-5)
+    # SDEdit: from init images at a small start time the sample stays near them, and is seeded.
+    init = img1.flip(0)
+    near = generate(net, prompts, cfg, steps=1, seed=5, init=init, start=0.01)
+    assert (near - init).abs().max() < 0.2
+    assert torch.equal(near, generate(net, prompts, cfg, steps=1, seed=5, init=init, start=0.01))
+    with pytest.raises(ValueError, match="init images for"):
+        generate(net, prompts, cfg, init=init[:2], start=0.5)
+    with pytest.raises(ValueError, match="needs init images"):
+        generate(net, prompts, cfg, start=0.5)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tiny_experiment: Path, tmp_path: Path) -> None:
