@@ -83,6 +83,10 @@ def test_eval_prints_the_metric_as_json(tiny_checkpoint: Path) -> None:
     result = json.loads(text)
     assert result["metric"] == "compositional" and result["n"] == 2 and 0.0 <= result["value"] <= 1.0
     assert sum(result["failures"].values()) == round(2 * (1 - result["value"]))
+    code, text = _run("eval", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--n", "2",
+                      "--steps", "1", "--split", "train")
+    assert code == 0, text
+    assert "2 train shapes prompts" in text and "failed prompts by first unmet requirement" in text
 
 
 def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -119,10 +123,12 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
 def test_cli_choices_are_the_library_s() -> None:
     from typing import get_args
 
-    from hwnas.cli.quality import METRICS
+    from hwnas.cli.quality import METRICS, PROMPT_SPLITS
+    from hwnas.data.shapes import Split
     from hwnas.metrics.evaluate import Metric
 
     assert METRICS == get_args(Metric)
+    assert sorted(PROMPT_SPLITS) == sorted(get_args(Split))
 
 
 def test_the_command_line_loads_without_torch() -> None:

@@ -25,12 +25,15 @@ from hwnas.io import atomic_write_json
 from hwnas.space import resolve_config
 
 if TYPE_CHECKING:  # torch modules: imported by the commands that need them
+    from hwnas.data.shapes import Split
     from hwnas.metrics.evaluate import Metric
     from hwnas.train.flow import Solver
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp")
 METRICS = ("compositional", "fd_ref", "val_loss")
 """`hwnas.metrics.evaluate.Metric`, spelled out: importing it imports torch (tests check the two agree)."""
+PROMPT_SPLITS = ("heldout", "val", "train")
+"""`hwnas.data.shapes.Split`, spelled out likewise."""
 threads_option = click.option("--threads", type=click.IntRange(min=1),
                               help="torch CPU threads (default: torch's choice).")
 torch_device_option = click.option("--device", "device", default="cpu", show_default=True,
@@ -231,12 +234,14 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
 @click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=2))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--split", type=click.Choice(PROMPT_SPLITS), default="heldout", show_default=True,
+              help="prompt split of the compositional checker (train: has the model learned its prompts?)")
+@click.option("--seed", default=0, show_default=True, type=int, help="seeds the noise and the prompts drawn")
 @torch_device_option
 @json_option
 @user_errors
 def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cfg_scale: float, n: int,
-             seed: int, device: str, as_json: bool) -> None:
+             split: Split, seed: int, device: str, as_json: bool) -> None:
     """Quality of one sub-DiT: compositional accuracy, fd_ref or validation loss."""
     from hwnas.metrics.evaluate import evaluate
 
@@ -246,7 +251,7 @@ def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cf
     except (RuntimeError, AssertionError) as exc:
         raise click.UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
     result = evaluate(net, resolve_config(net.space, config), metric=metric, n=n, steps=steps,
-                      cfg_scale=cfg_scale, seed=seed, checkpoint=checkpoint)
+                      cfg_scale=cfg_scale, seed=seed, checkpoint=checkpoint, split=split)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from hwnas.data import PromptSpec, make_dataset
+from hwnas.data.shapes import CATEGORIES, Split, list_prompts
 from hwnas.metrics.compositional import score
 from hwnas.metrics.fd_ref import describe, features, frechet_distance, load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
@@ -21,25 +23,27 @@ from hwnas.train.supernet import DEFAULT_CHECKPOINT, Supernet
 Metric = Literal["compositional", "fd_ref", "val_loss"]
 
 
-def heldout_prompts(n: int) -> list[PromptSpec]:
-    """`n` held-out shapes prompts: the held-out split cycled in a fixed, category-balanced order."""
-    from hwnas.data.shapes import CATEGORIES, list_prompts
-
-    by_cat = [list_prompts("heldout", category=c) for c in CATEGORIES]
-    by_cat = [p for p in by_cat if p]
-    out: list[PromptSpec] = []
-    i = 0
-    while len(out) < n:
-        group = by_cat[i % len(by_cat)]
-        out.append(group[(i // len(by_cat)) % len(group)])
-        i += 1
+def eval_prompts(n: int, *, split: Split = "heldout", seed: int = 0) -> list[PromptSpec]:
+    """`n` shapes prompts of one split, category-balanced: the categories in turn, each one's prompts
+    in a seeded random order (cycled where `n` needs more), so that a large category (266 held-out
+    position prompts) is drawn across its colors, shapes and relations, not from its first few."""
+    rng = np.random.default_rng(seed)
+    by_cat = [list_prompts(split, category=c) for c in CATEGORIES]
+    shuffled = [[prompts[i] for i in rng.permutation(len(prompts))] for prompts in by_cat if prompts]
+    out = []
+    for i in range(n):
+        group = shuffled[i % len(shuffled)]
+        out.append(group[(i // len(shuffled)) % len(group)])
     return out
 
 
 def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, steps: int = 28,
-             cfg_scale: float = 4.0, seed: int = 0, checkpoint: str | Path | None = None) -> dict[str, Any]:
+             cfg_scale: float = 4.0, seed: int = 0, checkpoint: str | Path | None = None,
+             split: Split = "heldout") -> dict[str, Any]:
     """Score `cfg`; the result says which model, scale and data the number comes from (fd_ref also gives
-    its `floor`: the distance between two sets of n real images, FD's bias at that n)."""
+    its `floor`: the distance between two sets of n real images, FD's bias at that n). `split` is the
+    prompt split of the compositional checker: held-out prompts measure the model, train ones tell a
+    model that has not learned its prompts from one that does not generalise."""
     net.space.validate(cfg)
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     shown = display_path(ckpt)  # no absolute paths of this machine in the results
@@ -53,13 +57,14 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
     elif metric == "compositional":
         if net.space.dataset != "shapes":
             raise ValueError(f"the compositional checker needs the shapes dataset, not {net.space.dataset!r}")
-        specs = heldout_prompts(n)
+        specs = eval_prompts(n, split=split, seed=seed)
         images = generate(net, [s.text for s in specs], cfg, steps=steps, cfg_scale=cfg_scale, seed=seed)
         res = score(images.permute(0, 2, 3, 1).numpy(), specs)
         result.update(value=res.accuracy, per_category=res.per_category, counts=res.counts,
-                      failures=res.failures, shapes_read=res.shapes_read, steps=steps, cfg_scale=cfg_scale)
+                      failures=res.failures, shapes_read=res.shapes_read, split=split, steps=steps,
+                      cfg_scale=cfg_scale)
         result["source"] = (f"proxy supernet {net.space.name} ({shown}), GenEval-style checker on "
-                            f"{n} held-out shapes prompts, {steps} Euler steps, CFG {cfg_scale}")
+                            f"{n} {split} shapes prompts, {steps} Euler steps, CFG {cfg_scale}")
     elif metric == "fd_ref":
         ref, meta = load_reference(ckpt)
         real = make_dataset(net.space.dataset, split="val", resolution=net.space.resolution, size=n,

@@ -172,3 +172,20 @@ def test_score_counts_failures_and_the_shapes_it_read() -> None:
     assert set(result.failures) == set(FAILURES)
     assert result.shapes_read == 3 / 4
     assert score([np.zeros((32, 32, 3), np.uint8)], [parse_prompt("a circle")]).shapes_read is None
+
+
+def test_eval_prompts_span_each_category_of_a_split() -> None:
+    from hwnas.metrics.evaluate import eval_prompts
+
+    prompts = eval_prompts(120, seed=0)
+    assert prompts == eval_prompts(120, seed=0) and prompts != eval_prompts(120, seed=1)
+    assert {p.category for p in prompts[:6]} == set(CATEGORIES)  # the categories in turn
+    held = set(list_prompts("heldout"))
+    assert set(prompts) <= held
+    position = [p for p in prompts if p.category == "position"]
+    assert len(position) == 20 and len(set(position)) == 20  # 20 of 266, all different
+    assert len({(o.color, o.shape) for p in position for o in p.objects}) >= 10  # across colors and shapes
+    single = list_prompts("heldout", category="single_object")
+    assert [p for p in prompts if p.category == "single_object"] == single * 20  # cycled
+    train = eval_prompts(12, split="train", seed=0)
+    assert set(train) <= set(list_prompts("train")) and {p.category for p in train} == set(CATEGORIES)
