@@ -64,7 +64,8 @@ def evaluate(net: Supernet, cfg: SubnetConfig, *, metric: Metric, n: int = 200, 
                       failures=res.failures, shapes_read=res.shapes_read, split=split, steps=steps,
                       cfg_scale=cfg_scale)
         result["source"] = (f"proxy supernet {net.space.name} ({shown}), GenEval-style checker on "
-                            f"{n} {split} shapes prompts, {steps} Euler steps, CFG {cfg_scale}")
+                            f"{n} {'held-out' if split == 'heldout' else split} shapes prompts, {steps} Euler steps, "
+                            f"CFG {cfg_scale}")
     elif metric == "fd_ref":
         ref, meta = load_reference(ckpt)
         real = make_dataset(net.space.dataset, split="val", resolution=net.space.resolution, size=n,
