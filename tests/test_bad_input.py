@@ -40,6 +40,8 @@ CASES: dict[str, list[str]] = {
                                     "-o", "{tmp}/notes.txt/grid.png"],
     "eval unknown metric": ["eval", "--checkpoint", CKPT, "--metric", "fid"],
     "eval n 1": ["eval", "--checkpoint", CKPT, "--n", "1"],
+    "eval shift 0": ["eval", "--checkpoint", CKPT, "--shift", "0"],
+    "sample shift negative": ["sample", "--checkpoint", CKPT, "--prompt", "x", "--shift", "-1"],
     "eval missing checkpoint": ["eval", "--checkpoint", "{tmp}/no-ckpt"],
     "eval config outside the space": ["eval", "--checkpoint", CKPT, "--config", "{tmp}/bad.json"],
     # search

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from hwnas import __version__
@@ -87,6 +89,24 @@ def test_eval_prints_the_metric_as_json(tiny_checkpoint: Path) -> None:
                       "--steps", "1", "--split", "train")
     assert code == 0, text
     assert "2 train shapes prompts" in text and "failed prompts by first unmet requirement" in text
+
+
+def test_eval_passes_the_time_shift_to_the_sampler(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hwnas.metrics.evaluate as ev
+
+    shifts = []
+    real = ev.generate
+
+    def spy(*args: object, **kwargs: Any) -> torch.Tensor:
+        shifts.append(kwargs["shift"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate", spy)
+    code, text = _run("eval", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--n", "2",
+                      "--steps", "2", "--shift", "3", "--json")
+    assert code == 0, text
+    result = json.loads(text)
+    assert shifts == [3.0] and result["shift"] == 3.0 and "time shift 3.0" in result["source"]
 
 
 def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ guidance_option = click.option(
     "--guidance", type=click.Choice(GUIDANCE), default="distilled", show_default=True,
     help="cfg: two denoiser passes per step; distilled (guidance-distilled, e.g. K-DMD) or none: one.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+shift_option = click.option(
+    "--shift", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+    help="Sampler time shift t' = s t / (1 + (s - 1) t): s > 1 spends more steps near noise.")
 preset_or_config_options = _decorate(
     click.option("--preset", type=click.Choice(sorted(PRESET_WIDTHS)), help="One of SnapGen++'s presets."),
     click.option("--config", "config", help=CONFIG_HELP))

@@ -20,6 +20,7 @@ from hwnas.cli._options import (
     load_supernet,
     one_config,
     preset_or_config_options,
+    shift_option,
 )
 from hwnas.io import atomic_write_json
 from hwnas.space import resolve_config
@@ -207,11 +208,12 @@ def reference_train(experiment: str, out: str, steps: int, size: int, seed: int,
 @click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
 @click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
+@shift_option
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", "output", default="grid.png", show_default=True, type=click.Path(dir_okay=False))
 @user_errors
 def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int, steps: int,
-           cfg_scale: float, solver: Solver, seed: int, output: str) -> None:
+           cfg_scale: float, solver: Solver, shift: float, seed: int, output: str) -> None:
     """Generate an image grid from one sub-DiT of a trained supernet."""
     from hwnas.train import generate, save_grid
 
@@ -221,10 +223,10 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
     net = load_supernet(checkpoint)
     cfg = resolve_config(net.space, config)
     batch = [p for p in prompts for _ in range(n)]
-    images = generate(net, batch, cfg, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)
+    images = generate(net, batch, cfg, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed, shift=shift)
     save_grid(images, output, ncol=n, labels=batch)
     click.echo(f"wrote {output} ({len(batch)} images, sub-DiT {cfg.describe()}, {steps} {solver} steps, "
-               f"CFG {cfg_scale})")
+               f"CFG {cfg_scale}" + (f", time shift {shift})" if shift != 1.0 else ")"))
 
 
 @main.command("eval")
@@ -233,6 +235,7 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
 @click.option("--metric", type=click.Choice(METRICS), default="compositional", show_default=True)
 @click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
+@shift_option
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=2))
 @click.option("--split", type=click.Choice(PROMPT_SPLITS), default="heldout", show_default=True,
               help="prompt split of the compositional checker (train: has the model learned its prompts?)")
@@ -240,8 +243,8 @@ def sample(checkpoint: str | None, config: str, prompts: tuple[str, ...], n: int
 @torch_device_option
 @json_option
 @user_errors
-def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cfg_scale: float, n: int,
-             split: Split, seed: int, device: str, as_json: bool) -> None:
+def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cfg_scale: float, shift: float,
+             n: int, split: Split, seed: int, device: str, as_json: bool) -> None:
     """Quality of one sub-DiT: compositional accuracy, fd_ref or validation loss."""
     from hwnas.metrics.evaluate import evaluate
 
@@ -251,7 +254,7 @@ def eval_cmd(checkpoint: str | None, config: str, metric: Metric, steps: int, cf
     except (RuntimeError, AssertionError) as exc:
         raise click.UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
     result = evaluate(net, resolve_config(net.space, config), metric=metric, n=n, steps=steps,
-                      cfg_scale=cfg_scale, seed=seed, checkpoint=checkpoint, split=split)
+                      cfg_scale=cfg_scale, seed=seed, checkpoint=checkpoint, split=split, shift=shift)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
