@@ -20,8 +20,10 @@ import torch
 from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
 from hwnas.metrics.evaluate import evaluate
+from hwnas.metrics.fd_ref import load_reference
 from hwnas.metrics.val_loss import make_val_set, val_loss
 from hwnas.train import generate, load_supernet, save_grid
+from hwnas.train.supernet import DEFAULT_CHECKPOINT
 
 CONFIGS = ("smallest", "tiny", "small", "full", "largest")
 
@@ -39,6 +41,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with user_input():
         net = load_supernet(args.checkpoint)
+        load_reference(Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT)  # fd_ref needs it
     space = net.space
     print(f"checkpoint {args.checkpoint or 'checkpoints/shapes-32'} (step {net.meta.get('step')}), "
           f"{space.name}; n={args.n}, {args.steps} Euler steps, CFG {args.cfg_scale}, seed {args.seed}")

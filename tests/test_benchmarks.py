@@ -111,6 +111,12 @@ def test_noise_level_scores_the_real_images_then_each_start_time(tmp_path: Path,
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "(0, 1]" in bad.stderr
 
 
+def test_proxy_quality_without_a_reference_network_ends_in_one_line(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    res = _run("proxy_quality.py", "--checkpoint", str(tiny_checkpoint), "--n", "2", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "fd_ref" in res.stderr and not res.stdout
+
+
 def test_int4_scale_writes_json_only_where_asked(tmp_path: Path, tiny_experiment: Path) -> None:
     out = tmp_path / "deep" / "int4-scale.json"
     res = _run("int4_scale.py", "--experiment", str(tiny_experiment), "--preset", "small", "--group", "16",
