@@ -171,7 +171,9 @@ def kmeans_1d(values: np.ndarray, levels: int, *, iters: int = 25) -> tuple[np.n
         c = np.unique(c)
         while len(c) < levels:  # re-seed at the value farthest from its centroid
             far = np.abs(xs[:, None] - c[None]).min(axis=1).argmax()
-            c = np.unique(np.append(c, xs[far] if xs[far] not in c else xs[far] + 1e-6 * (1 + abs(xs[far]))))
+            # every value is a centroid already (fewer distinct values than levels): a new top level
+            seed = xs[far] if xs[far] not in c else c[-1] + 1e-6 * (1 + abs(c[-1]))
+            c = np.unique(np.append(c, seed))
         c = np.sort(c)
         # cluster i holds bounds[i-1] < x <= bounds[i] (as np.searchsorted(bounds, x) labels it)
         edges = np.concatenate([[0], np.searchsorted(xs, (c[1:] + c[:-1]) / 2, side="right"), [len(xs)]])

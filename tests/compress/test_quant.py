@@ -66,6 +66,16 @@ def test_rtn_bytes_and_packed_codes() -> None:
 
 
 @pytest.mark.parametrize("group", [None, 8])
+def test_kmeans_of_few_distinct_values_keeps_them_exactly(group: int | None) -> None:
+    """A zero-initialised layer (or rows of it) has fewer distinct values than levels."""
+    w = torch.zeros(16, 24)
+    w[8:, :3] = 0.5  # the second group of 8 rows: two distinct values; the first: one
+    pw = quantize_kmeans(w, QuantSpec("kmeans", 4, group))
+    assert torch.equal(pw.dequantize(), w)
+    assert pw.palette.shape == (16 // (group or 16), 16)
+
+
+@pytest.mark.parametrize("group", [None, 8])
 def test_kmeans_has_exactly_16_levels(group: int | None) -> None:
     w = torch.randn(32, 40, generator=torch.Generator().manual_seed(3))
     pw = quantize_kmeans(w, QuantSpec("kmeans", 4, group))
