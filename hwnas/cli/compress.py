@@ -123,7 +123,8 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
-@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Write the int4 ONNX model here (rtn).")
+@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False),
+              help="Write the int4 ONNX model here (rtn: MatMulNBits; kmeans: palette decoder).")
 @json_option
 @user_errors
 def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: Method, group: int,

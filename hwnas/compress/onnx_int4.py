@@ -1,16 +1,24 @@
-"""A real int4 runtime: ONNX with onnxruntime's 4-bit `MatMulNBits` kernels (com.microsoft).
+"""A real int4 runtime: ONNX for onnxruntime, with the packed weights of `hwnas.compress.quant`.
 
-The static sub-DiT (with dequantized weights) is exported by `hwnas.model.export_onnx`; every
-MatMul/Gemm whose weight is a quantized Linear is then replaced by a `MatMulNBits` node fed with
-the *same packed codes, scales and zero points* as `hwnas.compress.quant` (its rtn layout is
-MatMulNBits' layout), so the runtime executes exactly the weights PyTorch's quality was measured
-on. A quantized patch conv (kernel = stride p) becomes the same matmul over patches:
-`SpaceToDepth(p)` -> NHWC -> `MatMulNBits` -> NCHW for a Conv, NHWC -> `MatMulNBits` -> NCHW ->
-`DepthToSpace(p)` for a ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4`
-(int8 activations inside the kernel) is what makes it faster than fp32 on x86 CPUs (measured:
-docs/platform-notes.md); it also makes the outputs differ slightly from the dequantized PyTorch model,
-which `check_parity` measures. k-means palettes have no onnxruntime kernel; that method is refused here
-(its codes would have to be re-quantized, which is not the model measured).
+The static sub-DiT (with dequantized weights) is exported by `hwnas.model.export_onnx`; then every
+MatMul/Gemm/patch conv whose weight is a quantized layer's gets that layer's *packed* weight, so the
+runtime executes exactly the weights PyTorch's quality was measured on:
+
+- **rtn** becomes onnxruntime's 4-bit `MatMulNBits` (com.microsoft), fed with the same codes,
+  scales and zero points (quant's rtn layout is MatMulNBits' layout). A quantized patch conv
+  (kernel = stride p) becomes the same matmul over patches: `SpaceToDepth(p)` -> NHWC ->
+  `MatMulNBits` -> NCHW for a Conv, NHWC -> `MatMulNBits` -> NCHW -> `DepthToSpace(p)` for a
+  ConvTranspose (the K and N orders of `quant.matmul_weight`). `accuracy_level=4` (int8
+  activations inside the kernel) is what makes it faster than fp32 on x86 CPUs (measured:
+  docs/platform-notes.md); it also makes the outputs differ slightly from the dequantized PyTorch
+  model, which `check_parity` measures.
+- **kmeans** (palettization) keeps the graph's MatMul/Gemm/Conv nodes and replaces each weight
+  initializer by a standard-ONNX decoder: the packed palette indices (uint8, two per byte) are split
+  into codes, offset by their rows' palette and looked up (`Gather`) in the fp16 palettes, then
+  reshaped to the node's weight layout. The file stores 4 (or 8) bits per weight plus palettes;
+  onnxruntime runs the decoder once, when the session constant-folds it, so a step then runs at
+  fp32 speed on the fp32 weights (Core ML decodes palettes the same way on the phone; onnxruntime
+  has no palettized matmul kernel).
 """
 
 from __future__ import annotations
@@ -41,10 +49,9 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
                      accuracy_level: int = 4) -> dict[str, Any]:
     """Write the int4 ONNX model of `model` quantized as `q` to `path`; return what was replaced.
 
-    Only rtn-quantized weights can run on MatMulNBits (4 or 8 bits per layer).
+    rtn layers run on MatMulNBits, k-means layers on a palette decoder (module docstring); 4 or 8
+    bits per layer. `accuracy_level` is MatMulNBits' (0: fp32 compute).
     """
-    if any(p.spec.method != "rtn" for p in q.packed.values()):
-        raise ValueError("MatMulNBits runs group-wise rtn codes only; quantize with method='rtn' for ONNX")
     path = Path(path)
     fp32_path = path.with_name(path.stem + ".dequant-fp32.onnx")
     deq = dequantized_copy(model, q).eval()
@@ -61,13 +68,21 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     inits = {i.name: i for i in graph.initializer}
     new_nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
-    replaced = 0
+    replaced = palettized = 0
     for node in graph.node:
         layer, bias = _match(node, inits, by_value)
         if layer is None:
             new_nodes.append(node)
             continue
         pw = q.packed[layer]
+        if pw.spec.method == "kmeans":
+            decoder, tensors, weight = _palette_decoder(pw, f"p{palettized}", inits[node.input[1]], node)
+            new_nodes += decoder
+            added += tensors
+            node.input[1] = weight
+            new_nodes.append(node)
+            palettized += 1
+            continue
         assert pw.scales is not None  # rtn (checked above) always stores scales
         n, blocks = pw.scales.shape
         tag = f"{layer}_q{pw.spec.bits}_{replaced}"
@@ -105,6 +120,8 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
                 added.append(numpy_helper.from_array(b, tag + "_bias_c11"))
                 new_nodes.append(helper.make_node("Add", [tag + "_d2s", tag + "_bias_c11"], [node.output[0]]))
         replaced += 1
+    if palettized:
+        added += [numpy_helper.from_array(v, name) for name, v in _SHARED.items()]
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(added)
@@ -112,10 +129,73 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
+    if replaced and not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     atomic_write(path, lambda tmp: onnx.save(graph_model, str(tmp)))
-    return {"path": str(path), "matmulnbits": replaced, "layers": len(q.packed), "file_bytes": path.stat().st_size}
+    return {"path": str(path), "matmulnbits": replaced, "palettized": palettized, "layers": len(q.packed),
+            "file_bytes": path.stat().st_size}
+
+
+_NIBBLES = "palette_nibbles"
+"""Shared initializer `(256, 2)` int64: byte b -> its two 4-bit codes, low nibble first (quant.pack)."""
+_SHARED = {_NIBBLES: np.stack([np.arange(256) & 0xF, np.arange(256) >> 4], axis=1).astype(np.int64),
+           "palette_flat": np.array([-1], np.int64), "palette_last": np.array([-1], np.int64),
+           "palette_0": np.array(0, np.int64), "palette_1": np.array(1, np.int64),
+           "palette_start": np.array([0], np.int64)}
+
+
+def _palette_decoder(pw: PackedWeight, tag: str, weight: onnx.TensorProto,
+                     node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes and initializers that rebuild `weight` (the initializer `node` multiplies by) from the
+    palettized `pw`; returns them and the name of the rebuilt fp32 weight. The constants in
+    `_SHARED` are added once per graph by the caller."""
+    n, k = pw.shape
+    assert pw.palette is not None  # kmeans always stores a palette
+    levels = pw.palette.shape[1]
+    x = tag + "_"
+
+    def const(name: str, value: Any) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=np.int64), x + name)
+
+    tensors = [numpy_helper.from_array(pw.codes, x + "codes"), numpy_helper.from_array(pw.palette, x + "pal"),
+               const("nk", [n, k])]
+    nodes = [helper.make_node("Cast", [x + "codes"], [x + "c"], to=onnx.TensorProto.INT64)]
+    if pw.spec.bits == 4:  # (bytes,) -> (bytes, 2) codes -> (2 bytes,), less the odd pad code
+        nodes += [helper.make_node("Gather", [_NIBBLES, x + "c"], [x + "pairs"], axis=0),
+                  helper.make_node("Reshape", [x + "pairs", "palette_flat"], [x + "all"])]
+        if n * k % 2:
+            tensors.append(const("count", [n * k]))
+            nodes.append(helper.make_node("Slice", [x + "all", "palette_start", x + "count"], [x + "flat"]))
+        else:
+            nodes.append(helper.make_node("Identity", [x + "all"], [x + "flat"]))
+    else:
+        nodes.append(helper.make_node("Identity", [x + "c"], [x + "flat"]))
+    nodes.append(helper.make_node("Reshape", [x + "flat", x + "nk"], [x + "codes_nk"]))
+    if pw.palette.shape[0] > 1:  # one palette per `group` rows: index code + (row // group) * levels
+        tensors += [const("n", n), const("group", pw.spec.group), const("levels", levels)]
+        nodes += [helper.make_node("Range", ["palette_0", x + "n", "palette_1"], [x + "rows"]),
+                  helper.make_node("Div", [x + "rows", x + "group"], [x + "row_palette"]),
+                  helper.make_node("Mul", [x + "row_palette", x + "levels"], [x + "row_offset"]),
+                  helper.make_node("Unsqueeze", [x + "row_offset", "palette_last"], [x + "offset"]),
+                  helper.make_node("Add", [x + "codes_nk", x + "offset"], [x + "index"])]
+    else:
+        nodes.append(helper.make_node("Identity", [x + "codes_nk"], [x + "index"]))
+    nodes += [helper.make_node("Cast", [x + "pal"], [x + "pal32"], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Reshape", [x + "pal32", "palette_flat"], [x + "pal_flat"]),
+              helper.make_node("Gather", [x + "pal_flat", x + "index"], [x + "w_nk"], axis=0)]  # (N, K)
+    dims = list(weight.dims)
+    if node.op_type in ("Conv", "ConvTranspose"):
+        # Conv (O, C, p, p): matmul K in (p, p, C) order; ConvTranspose (C, O, p, p): N in (p, p, O)
+        c_or_o, o_or_c, kh, kw = dims
+        conv = node.op_type == "Conv"
+        tensors.append(const("shape4", [c_or_o, kh, kw, o_or_c] if conv else [kh, kw, o_or_c, c_or_o]))
+        nodes += [helper.make_node("Reshape", [x + "w_nk", x + "shape4"], [x + "w4"]),
+                  helper.make_node("Transpose", [x + "w4"], [x + "w"], perm=[0, 3, 1, 2] if conv else [3, 2, 0, 1])]
+    elif node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        nodes.append(helper.make_node("Identity", [x + "w_nk"], [x + "w"]))  # (N, K) as stored
+    else:  # MatMul, or Gemm without transB: (K, N)
+        nodes.append(helper.make_node("Transpose", [x + "w_nk"], [x + "w"], perm=[1, 0]))
+    return nodes, tensors, x + "w"
 
 
 def _matmulnbits(a: str, out: str, weights: list[str], *, tag: str, pw: PackedWeight,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 
 from hwnas.compress import (
@@ -12,7 +13,7 @@ from hwnas.compress import (
     quantize_model,
 )
 from hwnas.compress.quant import layer_sensitivity, mixed_bits
-from hwnas.model import example_inputs, extract_subnet
+from hwnas.model import example_inputs, export_onnx, extract_subnet
 from hwnas.train import Supernet
 
 
@@ -35,8 +36,25 @@ def test_matmulnbits_matches_dequantized_pytorch(tiny_net: Supernet, tmp_path: P
     assert fast["mean_abs_diff"] < 0.05 * fast["ref_abs_mean"]
 
 
-def test_kmeans_is_refused_for_the_runtime(tiny_net: Supernet, tmp_path: Path) -> None:
-    static = extract_subnet(tiny_net.dit, tiny_net.space.smallest()).eval()
-    q = quantize_model(static, QuantSpec("kmeans", 4, None))
-    with pytest.raises(ValueError, match="rtn"):
-        export_int4_onnx(static, q, tmp_path / "k.onnx")
+@pytest.mark.parametrize("group", [None, 8])
+def test_palettized_onnx_decodes_the_packed_palettes(tiny_net: Supernet, tmp_path: Path, group: int | None) -> None:
+    """k-means weights run in onnxruntime from their 4-bit codes: parity with the dequantized
+    PyTorch model, and the file's weights shrink by what the codes save."""
+    space = tiny_net.space
+    static = extract_subnet(tiny_net.dit, space.largest()).eval()
+    spec = QuantSpec("kmeans", 4, group)
+    inputs = example_inputs(space, batch=2)
+    bits = mixed_bits(static, spec, layer_sensitivity(static, spec, lambda m: m(*inputs)), extra_bits=1.0)
+    q = quantize_model(static, spec, bits=bits)
+    assert 8 in q.bits.values() and 4 in q.bits.values()
+    info = export_int4_onnx(static, q, tmp_path / "k.onnx")
+    assert info["palettized"] == len(q.packed) and info["matmulnbits"] == 0
+    parity = check_parity(tmp_path / "k.onnx", dequantized_copy(static, q))
+    assert parity["max_abs_diff"] < 1e-5 * max(1.0, parity["ref_abs_mean"])
+    export_onnx(static, tmp_path / "fp32.onnx")
+    quant_params = sum(pw.shape[0] * pw.shape[1] for pw in q.packed.values())
+    saved = quant_params * 4 - sum(pw.nbytes for pw in q.packed.values())  # fp32 bytes the codes save
+    shared_and_shapes = 256 * 2 * 8 + 64 * len(q.packed)  # the nibble table, per-layer shapes and counts
+    stored = {name: sum(len(t.raw_data) for t in onnx.load(str(tmp_path / name)).graph.initializer)
+              for name in ("fp32.onnx", "k.onnx")}
+    assert 0 <= stored["k.onnx"] - (stored["fp32.onnx"] - saved) <= shared_and_shapes
