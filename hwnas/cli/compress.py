@@ -49,7 +49,8 @@ def _pick_options(f: F) -> F:
                    f"{', '.join(FORMATS)} (repeat or comma-separate).")
 @click.option("--onnx", "with_onnx", is_flag=True, help="Same as --format onnx.")
 @click.option("--palettize-bits", default=4, show_default=True, type=click.IntRange(min=0, max=8),
-              help="Core ML: also write a copy with k-means palettized weights of this many bits (0: none).")
+              help="Also write a copy with k-means palettized weights of this many bits (0: none; "
+                   "ONNX: 4 or 8).")
 @user_errors
 def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str,
                formats: tuple[str, ...], with_onnx: bool, palettize_bits: int) -> None:

@@ -111,7 +111,8 @@ def export_artefacts(sub: SubDiT, out: str | Path, formats: Sequence[Format], *,
                      palettize_bits: int | None = 4) -> list[Artefact]:
     """Write `out/<format>/` for each of `formats` (see the module docstring); returns them in order.
 
-    `palettize_bits` adds a Core ML copy with k-means palettized weights (`None`: fp16 only).
+    `palettize_bits` adds a copy with k-means palettized weights (`None`: none): Core ML's through
+    coremltools, ONNX's (4 or 8 bits) through `hwnas.compress.onnx_int4`.
     """
     import torch
 
@@ -188,9 +189,39 @@ def _export_one(fmt: Format, model: StaticDiT, folder: Path, *, batch: int,
     inputs = example_inputs(model.space, batch=batch)
     with torch.no_grad():
         expected = model(*inputs).numpy()
-    return {"artefacts": [path.name], "inputs": io_spec(inputs), "precision": "fp32", "opset": 17,
-            "outputs": [{"name": "v", "shape": list(expected.shape), "dtype": "float32"}],
-            "parity_max_abs": float(np.abs(run_onnx(path, inputs, threads=1) - expected).max())}
+    details: dict[str, Any] = {"artefacts": [path.name], "inputs": io_spec(inputs), "precision": "fp32", "opset": 17,
+                               "outputs": [{"name": "v", "shape": list(expected.shape), "dtype": "float32"}],
+                               "parity_max_abs": float(np.abs(run_onnx(path, inputs, threads=1) - expected).max())}
+    if palettize_bits in (4, 8):
+        details["palettized"] = _palettized_onnx(model, folder, bits=palettize_bits, batch=batch, inputs=inputs)
+        details["artefacts"].append(details["palettized"]["file"])
+    elif palettize_bits is not None:
+        details["palettized_skipped"] = f"ONNX palettes are 4 or 8 bits, not {palettize_bits}"
+    return details
+
+
+def _palettized_onnx(model: StaticDiT, folder: Path, *, bits: int, batch: int,
+                     inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """`model-w{bits}.onnx`: every weight layer k-means palettized per tensor (codes and fp16
+    palettes in the file, decoded by onnxruntime at session start); parity against the PyTorch
+    model with the same dequantized weights."""
+    import numpy as np
+    import torch
+
+    from hwnas.compress.onnx_int4 import export_int4_onnx
+    from hwnas.compress.quant import dequantized_copy, quantize_model
+    from hwnas.compress.settings import QuantSpec
+    from hwnas.model import run_onnx
+
+    q = quantize_model(model, QuantSpec("kmeans", bits, None))  # type: ignore[arg-type]  # bits is 4 or 8
+    path = folder / f"model-w{bits}.onnx"
+    export_int4_onnx(model, q, path, batch=batch)
+    with torch.no_grad():
+        expected = dequantized_copy(model, q).eval()(*inputs).numpy()
+    return {"file": path.name, "nbits": bits, "mode": "kmeans", "granularity": "per_tensor",
+            "precision": "fp32", "decoded": "at session start (onnxruntime constant folding): runs as fp32",
+            **{k: v for k, v in q.summary().items() if k in ("avg_bits", "compression_vs_fp16", "layers")},
+            "parity_max_abs_vs_dequantized": float(np.abs(run_onnx(path, inputs, threads=1) - expected).max())}
 
 
 def io_spec(inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:

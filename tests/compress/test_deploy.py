@@ -111,15 +111,23 @@ def test_a_failed_export_leaves_no_half_written_folder(monkeypatch: pytest.Monke
 def test_onnx_artefact_and_its_calibration_row(tiny_sub: SubDiT, tmp_path: Path) -> None:
     [art] = export_artefacts(tiny_sub, tmp_path / "out", ["onnx"])
     assert art.folder == tmp_path / "out" / "onnx"
-    assert sorted(os.listdir(art.folder)) == ["MEASURE.md", "artefact.json", "model.onnx"]
-    assert art.files == {"model.onnx": (art.folder / "model.onnx").stat().st_size}
+    assert sorted(os.listdir(art.folder)) == ["MEASURE.md", "artefact.json", "model-w4.onnx", "model.onnx"]
+    assert art.files == {name: (art.folder / name).stat().st_size for name in ("model.onnx", "model-w4.onnx")}
     assert json.loads((art.folder / "artefact.json").read_text())["config_id"] == tiny_sub.cfg.id
     assert art.details["parity_max_abs"] < 1e-4
+    w4 = art.details["palettized"]
+    assert w4["parity_max_abs_vs_dequantized"] < 1e-4 and 4 < w4["avg_bits"] < 6  # tiny layers: palettes weigh
+    assert art.files["model-w4.onnx"] < art.files["model.onnx"]
     inputs = example_inputs(tiny_sub.space, seed=1)
     with torch.no_grad():
         expected = tiny_sub.dit(*inputs).numpy()
     assert np.abs(load_runner("onnx", art.folder / "model.onnx")(inputs) - expected).max() < 1e-4
     _check_rows(art.folder / "MEASURE.md", tiny_sub, tmp_path, n=1)
+
+
+def test_onnx_palettes_other_than_4_or_8_bits_are_skipped_with_a_reason(tiny_sub: SubDiT, tmp_path: Path) -> None:
+    [art] = export_artefacts(tiny_sub, tmp_path, ["onnx"], palettize_bits=6)
+    assert sorted(art.files) == ["model.onnx"] and "4 or 8" in art.details["palettized_skipped"]
 
 
 def _check_rows(notes: Path, sub: SubDiT, tmp_path: Path, *, n: int) -> None:
