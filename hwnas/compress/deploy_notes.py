@@ -57,7 +57,8 @@ adb shell "cd /data/local/tmp && ./onnxruntime_perf_test -e cpu -x 1 -r 50 -I {f
 `-I` generates the inputs (shapes are fixed in the graph), `-x 1` one intra-op thread; read
 `Average inference time cost` (ms). Use `-e nnapi` or `-e qnn` for the phone's accelerators.
 `{palettized}` (4-bit palettized weights, if present) is the smaller download: onnxruntime
-decodes its palettes when the session starts, so it times as `{file}` does and needs no row.""",
+decodes its palettes when the session starts, so it times as `{file}` does and needs no row. Its
+weights are not `{file}`'s: score it before you ship it (`hwnas quantize --method kmeans`).""",
 }
 
 
