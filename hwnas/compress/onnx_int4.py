@@ -83,7 +83,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
             new_nodes.append(node)
             palettized += 1
             continue
-        assert pw.scales is not None  # rtn (checked above) always stores scales
+        assert pw.scales is not None  # rtn always stores scales
         n, blocks = pw.scales.shape
         tag = f"{layer}_q{pw.spec.bits}_{replaced}"
         tensors = [numpy_helper.from_array(pw.codes.reshape(n, blocks, -1), tag + "_B"),
