@@ -193,35 +193,29 @@ def _export_one(fmt: Format, model: StaticDiT, folder: Path, *, batch: int,
                                "outputs": [{"name": "v", "shape": list(expected.shape), "dtype": "float32"}],
                                "parity_max_abs": float(np.abs(run_onnx(path, inputs, threads=1) - expected).max())}
     if palettize_bits in (4, 8):
-        details["palettized"] = _palettized_onnx(model, folder, bits=palettize_bits, batch=batch, inputs=inputs)
+        details["palettized"] = _palettized_onnx(model, folder, bits=palettize_bits, batch=batch)
         details["artefacts"].append(details["palettized"]["file"])
     elif palettize_bits is not None:
         details["palettized_skipped"] = f"ONNX palettes are 4 or 8 bits, not {palettize_bits}"
     return details
 
 
-def _palettized_onnx(model: StaticDiT, folder: Path, *, bits: int, batch: int,
-                     inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+def _palettized_onnx(model: StaticDiT, folder: Path, *, bits: int, batch: int) -> dict[str, Any]:
     """`model-w{bits}.onnx`: every weight layer k-means palettized per tensor (codes and fp16
     palettes in the file, decoded by onnxruntime at session start); parity against the PyTorch
     model with the same dequantized weights."""
-    import numpy as np
-    import torch
-
-    from hwnas.compress.onnx_int4 import export_int4_onnx
+    from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx
     from hwnas.compress.quant import dequantized_copy, quantize_model
     from hwnas.compress.settings import QuantSpec
-    from hwnas.model import run_onnx
 
     q = quantize_model(model, QuantSpec("kmeans", bits, None))  # type: ignore[arg-type]  # bits is 4 or 8
     path = folder / f"model-w{bits}.onnx"
     export_int4_onnx(model, q, path, batch=batch)
-    with torch.no_grad():
-        expected = dequantized_copy(model, q).eval()(*inputs).numpy()
+    parity = check_parity(path, dequantized_copy(model, q), batch=batch)
     return {"file": path.name, "nbits": bits, "mode": "kmeans", "granularity": "per_tensor",
             "precision": "fp32", "decoded": "at session start (onnxruntime constant folding): runs as fp32",
             **{k: v for k, v in q.summary().items() if k in ("avg_bits", "compression_vs_fp16", "layers")},
-            "parity_max_abs_vs_dequantized": float(np.abs(run_onnx(path, inputs, threads=1) - expected).max())}
+            "parity_max_abs_vs_dequantized": parity["max_abs_diff"]}
 
 
 def io_spec(inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:

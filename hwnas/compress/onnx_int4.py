@@ -139,7 +139,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
 _NIBBLES = "palette_nibbles"
 """Shared initializer `(256, 2)` int64: byte b -> its two 4-bit codes, low nibble first (quant.pack)."""
 _SHARED = {_NIBBLES: np.stack([np.arange(256) & 0xF, np.arange(256) >> 4], axis=1).astype(np.int64),
-           "palette_flat": np.array([-1], np.int64), "palette_last": np.array([-1], np.int64),
+           "palette_minus_1": np.array([-1], np.int64),  # Reshape to flat; Unsqueeze a last axis
            "palette_0": np.array(0, np.int64), "palette_1": np.array(1, np.int64),
            "palette_start": np.array([0], np.int64)}
 
@@ -162,7 +162,7 @@ def _palette_decoder(pw: PackedWeight, tag: str, weight: onnx.TensorProto,
     nodes = [helper.make_node("Cast", [x + "codes"], [x + "c"], to=onnx.TensorProto.INT64)]
     if pw.spec.bits == 4:  # (bytes,) -> (bytes, 2) codes -> (2 bytes,), less the odd pad code
         nodes += [helper.make_node("Gather", [_NIBBLES, x + "c"], [x + "pairs"], axis=0),
-                  helper.make_node("Reshape", [x + "pairs", "palette_flat"], [x + "all"])]
+                  helper.make_node("Reshape", [x + "pairs", "palette_minus_1"], [x + "all"])]
         if n * k % 2:
             tensors.append(const("count", [n * k]))
             nodes.append(helper.make_node("Slice", [x + "all", "palette_start", x + "count"], [x + "flat"]))
@@ -176,12 +176,12 @@ def _palette_decoder(pw: PackedWeight, tag: str, weight: onnx.TensorProto,
         nodes += [helper.make_node("Range", ["palette_0", x + "n", "palette_1"], [x + "rows"]),
                   helper.make_node("Div", [x + "rows", x + "group"], [x + "row_palette"]),
                   helper.make_node("Mul", [x + "row_palette", x + "levels"], [x + "row_offset"]),
-                  helper.make_node("Unsqueeze", [x + "row_offset", "palette_last"], [x + "offset"]),
+                  helper.make_node("Unsqueeze", [x + "row_offset", "palette_minus_1"], [x + "offset"]),
                   helper.make_node("Add", [x + "codes_nk", x + "offset"], [x + "index"])]
     else:
         nodes.append(helper.make_node("Identity", [x + "codes_nk"], [x + "index"]))
     nodes += [helper.make_node("Cast", [x + "pal"], [x + "pal32"], to=onnx.TensorProto.FLOAT),
-              helper.make_node("Reshape", [x + "pal32", "palette_flat"], [x + "pal_flat"]),
+              helper.make_node("Reshape", [x + "pal32", "palette_minus_1"], [x + "pal_flat"]),
               helper.make_node("Gather", [x + "pal_flat", x + "index"], [x + "w_nk"], axis=0)]  # (N, K)
     dims = list(weight.dims)
     if node.op_type in ("Conv", "ConvTranspose"):
