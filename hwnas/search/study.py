@@ -20,6 +20,7 @@ import datetime as _dt
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -368,7 +369,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None =
 def _remembered_interrupts() -> Iterator[list[int]]:
     """Ctrl-C raises KeyboardInterrupt as usual and is also remembered in the yielded list, so one
     that Python swallowed (raised inside a garbage-collection callback, say) is raised again at the
-    next trial boundary. Only the main thread can install the handler; elsewhere nothing changes."""
+    next trial boundary. Python would also print the swallowed one with its traceback ("Exception
+    ignored in ..."); that report is dropped, since the interrupt is not lost. Only the main thread
+    can install the handler; elsewhere nothing changes."""
     seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
@@ -378,11 +381,17 @@ def _remembered_interrupts() -> Iterator[list[int]]:
         seen.append(signum)
         raise KeyboardInterrupt
 
+    def unraisable(report: Any) -> None:
+        if not issubclass(report.exc_type, KeyboardInterrupt):
+            previous_hook(report)
+
     previous = signal.signal(signal.SIGINT, handler)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def open_study(*, storage: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
