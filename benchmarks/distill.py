@@ -15,9 +15,16 @@ under --students holding a model.json is one student, named by its directory:
         --n 346 --json reports/distill-long.json
 
 Each quality number is the mean over --eval-seeds evaluation seeds (--seed, --seed + 1, ...: noise
-and prompt order); --seed also seeds the distillation. The table has one row per stage and metric;
-the summary line gives each student's quality at 4 steps over the undistilled sub-DiT's at 4 steps
-(CFG 1, the same 4 DiT evaluations), next to the 28-step teacher's (CFG 4, 56 evaluations) over it.
+and prompt order); --seed also seeds the distillation. --distill-at K distils students to sample in
+K steps (default 4); where the few-step gap only opens below 4 steps, distil there:
+
+    OMP_NUM_THREADS=1 python benchmarks/distill.py --checkpoint checkpoints/shapes-latent --config full \
+        --students runs/distill-full-k2 --distill-at 2 --n 100 --eval-seeds 3 --json reports/distill-k2.json
+
+The table has one row per stage and metric. The summary line gives, per metric, each student at K
+steps (CFG 1, K DiT evaluations) and the 28-step sub-DiT (CFG 4, 56 evaluations) over the
+undistilled sub-DiT at K steps with CFG 1, and, where the undistilled K-step CFG 4 row exists, the
+share of the few-step gap (28 steps CFG 4 minus K steps CFG 4) that each student closes.
 """
 
 from __future__ import annotations
@@ -63,10 +70,12 @@ def main() -> None:
     add_seed(ap, controls="the distillation and the first evaluation seed")
     ap.add_argument("--eval-seeds", type=positive_int, default=1,
                     help="evaluate at this many seeds (--seed, --seed + 1, ...); rows give the mean")
-    ap.add_argument("--baselines", type=_baselines, default="28:4,4:4,4:1,2:1,8:4",
+    ap.add_argument("--baselines", type=_baselines, default="28:4,4:4,4:1,2:4,2:1,8:4",
                     help="undistilled sub-DiT rows, steps:CFG each (28:4 is the teacher row of the summary)")
     ap.add_argument("--student-steps", type=positive_ints, default="1,2,4",
                     help="sampling steps at which students are scored")
+    ap.add_argument("--distill-at", type=positive_int, default=4,
+                    help="steps the students learn to sample in (and the summary compares at)")
     add_json(ap, what="the config and every row")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -111,7 +120,7 @@ def main() -> None:
     else:
         for mode in args.modes:
             dc = terms(mode, DistillConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                           checkpoint_every=max(1, args.steps // 4)))
+                                           student_steps=args.distill_at, checkpoint_every=max(1, args.steps // 4)))
             student = from_supernet(net, cfg)
             t0 = time.perf_counter()
             summary = distill(net, student, out=Path(args.work) / f"{cfg.id}-{mode}", dc=dc, resume=False,
@@ -122,12 +131,13 @@ def main() -> None:
                       distill_steps=args.steps, distill_wall_s=wall, terms=summary["terms"])
     write_json(args.json_out, {"config_id": cfg.id, "describe": cfg.describe(),
                                "supernet_step": net.meta.get("step"), "rows": rows})
-    print_summary(_summary(rows))
+    print_summary(_summary(rows, args.distill_at))
 
 
-def _summary(rows: list[dict]) -> list[str]:
-    """Per metric: each student at 4 steps and the 28-step teacher over the undistilled sub-DiT at 4 steps
-    (CFG 1), all measured in this run on the same prompts and noise."""
+def _summary(rows: list[dict], k: int) -> list[str]:
+    """Per metric: each student at `k` steps and the 28-step teacher over the undistilled sub-DiT at `k`
+    steps (CFG 1), and the share of the few-step gap each student closes, all measured in this run on
+    the same prompts and noise."""
 
     def value(stage: str, metric: str) -> float | None:
         return next((r["value"] for r in rows if r["stage"] == stage and r["metric"] == metric), None)
@@ -135,16 +145,22 @@ def _summary(rows: list[dict]) -> list[str]:
     parts = []
     students = sorted({r["mode"] for r in rows if r["mode"] != "none"})
     for metric, _ in METRICS:
-        base = value("sub-DiT 4 steps CFG 1.0", metric)
+        base = value(f"sub-DiT {k} steps CFG 1.0", metric)
         if base is None:
             continue
         better = "higher" if metric == "compositional" else "lower"
+        teacher = value("sub-DiT 28 steps CFG 4.0", metric)
         cells = [(name, value(stage, metric)) for name, stage in
-                 [("teacher 28 steps", "sub-DiT 28 steps CFG 4.0")] + [(m, f"{m} student 4 steps") for m in students]]
+                 [("teacher 28 steps", "sub-DiT 28 steps CFG 4.0")] + [(m, f"{m} student {k} steps") for m in students]]
         ratios = [f"{name} {_ratio(v, base)}" for name, v in cells if v is not None]
-        parts.append(f"{metric} ({better} is better) over the undistilled sub-DiT at 4 steps ({base:.3g}): "
+        guided = value(f"sub-DiT {k} steps CFG 4.0", metric)
+        if teacher is not None and guided is not None and teacher != guided:
+            closed = [(m, value(f"{m} student {k} steps", metric)) for m in students]
+            ratios += [f"{m} closes {(v - guided) / (teacher - guided):.0%} of the gap" for m, v in closed
+                       if v is not None]
+        parts.append(f"{metric} ({better} is better) over the undistilled sub-DiT at {k} steps ({base:.3g}): "
                      + (", ".join(ratios) or "nothing to compare"))
-    return parts or ["no undistilled 4-step row (add 4:1 to --baselines) to compare with"]
+    return parts or [f"no undistilled {k}-step row (add {k}:1 to --baselines) to compare with"]
 
 
 def _ratio(value: float, base: float) -> str:

@@ -97,6 +97,21 @@ def test_distill_without_json_writes_no_report(tmp_path: Path, tiny_checkpoint: 
     assert any(line.startswith("kd student 4 steps") for line in lines)
 
 
+def test_distill_summary_gives_the_share_of_the_few_step_gap_each_student_closes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    summary = runpy.run_path(str(BENCH / "distill.py"), run_name="distill_bench")["_summary"]
+    rows = [{"stage": stage, "metric": "compositional", "value": value, "mode": mode} for stage, value, mode in (
+        ("sub-DiT 28 steps CFG 4.0", 0.30, "none"), ("sub-DiT 2 steps CFG 4.0", 0.20, "none"),
+        ("sub-DiT 2 steps CFG 1.0", 0.10, "none"), ("kdmd student 2 steps", 0.25, "kdmd"),
+        ("kd student 2 steps", 0.15, "kd"), ("kdmd student 4 steps", 0.40, "kdmd"))]
+    (line,) = summary(rows, 2)
+    assert "over the undistilled sub-DiT at 2 steps (0.1)" in line
+    assert "teacher 28 steps 3.00x" in line and "kdmd 2.50x" in line and "kd 1.50x" in line
+    assert "kdmd closes 50% of the gap" in line and "kd closes -50% of the gap" in line
+    assert summary(rows, 3) == ["no undistilled 3-step row (add 3:1 to --baselines) to compare with"]
+
+
 def test_noise_level_scores_the_real_images_then_each_start_time(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "levels.json"
     res = _run("noise_level.py", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--n", "4",

@@ -153,6 +153,8 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @click.option("--out", "out", type=click.Path(file_okay=False),
               help="Default: RUN_DIR/compress/<config_id> (with --run), else runs/compress/<config_id>.")
 @click.option("--distill-steps", default=_DC.steps, show_default=True, type=click.IntRange(min=1))
+@click.option("--student-steps", default=_DC.student_steps, show_default=True, type=click.IntRange(min=1),
+              help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with).")
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--resume", is_flag=True, help="Resume the distillation in OUT/kdmd.")
 @click.option("--keep-distilled", is_flag=True,
@@ -160,14 +162,17 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @click.option("--quiet", is_flag=True)
 @user_errors
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
-                 distill_steps: int, n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
-    """Close the loop for one pick: quality at 28 / 4 / K-DMD 4 / int4, predicted vs measured latency."""
+                 distill_steps: int, student_steps: int, n: int, resume: bool, keep_distilled: bool,
+                 quiet: bool) -> None:
+    """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
+    K-DMD and with int4 weights; predicted vs measured latency."""
     from hwnas.compress import compress_pick
 
     net = load_supernet(checkpoint)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
-    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=DistillConfig(steps=distill_steps),
-                           n=n, resume=resume, progress=not quiet, keep_distilled=keep_distilled)
+    dc = DistillConfig(steps=distill_steps, student_steps=student_steps)
+    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, n=n, resume=resume,
+                           progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
                            "shipped": result["shipped"], "latency": result["latency"]}, indent=2))
