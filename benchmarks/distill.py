@@ -19,7 +19,7 @@ and prompt order); --seed also seeds the distillation. --distill-at K distils st
 K steps (default 4); where the few-step gap only opens below 4 steps, distil there:
 
     OMP_NUM_THREADS=1 python benchmarks/distill.py --checkpoint checkpoints/shapes-latent --config full \
-        --students runs/distill-full-k2 --distill-at 2 --n 100 --eval-seeds 3 --json reports/distill-k2.json
+        --students runs/distill-full-k2 --distill-at 2 --n 100 --eval-seeds 3 --json reports/distill-latent-k2.json
 
 The table has one row per stage and metric. The summary line gives, per metric, each student at K
 steps (CFG 1, K DiT evaluations) and the 28-step sub-DiT (CFG 4, 56 evaluations) over the
@@ -149,15 +149,11 @@ def _summary(rows: list[dict], k: int) -> list[str]:
         if base is None:
             continue
         better = "higher" if metric == "compositional" else "lower"
-        teacher = value("sub-DiT 28 steps CFG 4.0", metric)
-        cells = [(name, value(stage, metric)) for name, stage in
-                 [("teacher 28 steps", "sub-DiT 28 steps CFG 4.0")] + [(m, f"{m} student {k} steps") for m in students]]
-        ratios = [f"{name} {_ratio(v, base)}" for name, v in cells if v is not None]
-        guided = value(f"sub-DiT {k} steps CFG 4.0", metric)
+        teacher, guided = value("sub-DiT 28 steps CFG 4.0", metric), value(f"sub-DiT {k} steps CFG 4.0", metric)
+        scored = [(m, v) for m in students if (v := value(f"{m} student {k} steps", metric)) is not None]
+        ratios = [f"{name} {_ratio(v, base)}" for name, v in [("teacher 28 steps", teacher), *scored] if v is not None]
         if teacher is not None and guided is not None and teacher != guided:
-            closed = [(m, value(f"{m} student {k} steps", metric)) for m in students]
-            ratios += [f"{m} closes {(v - guided) / (teacher - guided):.0%} of the gap" for m, v in closed
-                       if v is not None]
+            ratios += [f"{m} closes {(v - guided) / (teacher - guided):.0%} of the gap" for m, v in scored]
         parts.append(f"{metric} ({better} is better) over the undistilled sub-DiT at {k} steps ({base:.3g}): "
                      + (", ".join(ratios) or "nothing to compare"))
     return parts or [f"no undistilled {k}-step row (add {k}:1 to --baselines) to compare with"]
