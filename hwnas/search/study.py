@@ -358,7 +358,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None =
     both before either writes); the first to finish records it and the other's result is dropped."""
     try:
         study.tell(trial, values, state=state)
-    except ValueError:
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # which one depends on when the other wrote
         if study._storage.get_trial(trial._trial_id).state.is_finished():
             return False
         raise
