@@ -102,6 +102,10 @@ CASES: dict[str, list[str]] = {
     "quantize unknown method": ["quantize", "--checkpoint", CKPT, "--method", "gptq"],
     "quantize group 0": ["quantize", "--checkpoint", CKPT, "--group", "0"],
     "compress from a missing run": ["compress", "--checkpoint", CKPT, "--run", "{tmp}/missing"],
+    "compress a missing student": ["compress", "--checkpoint", CKPT, "--config", "small", "--student", "{tmp}/missing",
+                                   "--out", "{tmp}/c"],
+    "compress a student, distilling again": ["compress", "--checkpoint", CKPT, "--config", "small", "--student",
+                                             "{tmp}/missing", "--mode", "dmd", "--out", "{tmp}/c"],
 }
 
 

@@ -18,6 +18,7 @@ from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DC, _QS = DistillConfig(), QuantSpec()
+_MODE_HELP = "K-DMD (all terms), DMD-only or KD-only (output + feature)."
 
 
 def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str | None) -> SubnetConfig:
@@ -88,8 +89,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
               help="AdamW beta1 of student and critic (DMD2 uses 0; beta2 is 0.99).")
 @click.option("--cfg-scale", default=_DC.cfg_scale, show_default=True, type=click.FloatRange(min=1),
               help="Classifier-free guidance of the teacher (real score and KD targets).")
-@click.option("--mode", type=click.Choice(MODES), default="kdmd", show_default=True,
-              help="K-DMD (all terms), DMD-only or KD-only (output + feature).")
+@click.option("--mode", type=click.Choice(MODES), default="kdmd", show_default=True, help=_MODE_HELP)
 @click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
 @click.option("--kd-teacher-steps", default=_DC.kd_teacher_steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
@@ -110,15 +110,26 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
     click.echo(json.dumps(distill(net, from_supernet(net, cfg), out=out, dc=dc, resume=resume, progress=not quiet)))
 
 
+def _quant_options(f: F) -> F:
+    f = click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")(f)
+    f = click.option("--symmetric/--asymmetric", default=_QS.symmetric, show_default=True,
+                     help="rtn without / with zero points.")(f)
+    f = click.option("--group", default=_QS.group, show_default=True, type=click.IntRange(min=0),
+                     help="rtn: input channels per scale (the most; a layer whose width it does not divide "
+                          "takes the largest power of two that does); kmeans: output rows per palette "
+                          "(0 = per tensor).")(f)
+    return click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True)(f)
+
+
+def _spec(method: Method, group: int, symmetric: bool) -> QuantSpec:
+    return QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, symmetric)
+
+
 @main.command("quantize")
 @checkpoint_option
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), help="A sub-DiT dir (export/distill output).")
 @config_option()
-@click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True)
-@click.option("--group", default=_QS.group, show_default=True, type=click.IntRange(min=0),
-              help="rtn: input channels per scale; kmeans: output rows per palette (0 = per tensor).")
-@click.option("--asymmetric", is_flag=True, help="rtn with zero points.")
-@click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")
+@_quant_options
 @click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bias/norm self-distillation steps after quantization.")
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
@@ -129,7 +140,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 @json_option
 @user_errors
 def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: Method, group: int,
-                 asymmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
+                 symmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
                  onnx_out: str | None, as_json: bool) -> None:
     """Weight-only int4 quantization; accuracy before/after on the quantized weights."""
     from hwnas.compress import from_supernet, load_subdit, quantize_and_score
@@ -139,7 +150,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
     else:
         net = load_supernet(checkpoint)
         sub = from_supernet(net, resolve_config(net.space, config))
-    spec = QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, not asymmetric)
+    spec = _spec(method, group, symmetric)
     r = quantize_and_score(sub, spec, mixed=mixed, finetune_steps=finetune_steps, n=n, steps=steps,
                            cfg_scale=cfg_scale, checkpoint=checkpoint, onnx_out=onnx_out)
     click.echo(json.dumps(r, indent=2) if as_json else
@@ -152,27 +163,41 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @_pick_options
 @click.option("--out", "out", type=click.Path(file_okay=False),
               help="Default: RUN_DIR/compress/<config_id> (with --run), else runs/compress/<config_id>.")
-@click.option("--distill-steps", default=_DC.steps, show_default=True, type=click.IntRange(min=1))
-@click.option("--student-steps", default=_DC.student_steps, show_default=True, type=click.IntRange(min=1),
-              help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with).")
+@click.option("--student", "student", type=click.Path(file_okay=False),
+              help="A student `hwnas distill` finished for this pick and checkpoint: score, quantize and export "
+                   "it instead of distilling one (its own terms and step count).")
+@click.option("--mode", type=click.Choice(MODES), help=f"{_MODE_HELP} [default: kdmd]")
+@click.option("--distill-steps", type=click.IntRange(min=1), help=f"Student updates. [default: {_DC.steps}]")
+@click.option("--student-steps", type=click.IntRange(min=1),
+              help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with). "
+                   f"[default: {_DC.student_steps}]")
+@_quant_options
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
-@click.option("--resume", is_flag=True, help="Resume the distillation in OUT/kdmd.")
+@click.option("--resume", is_flag=True, help="Resume the distillation in OUT/student.")
 @click.option("--keep-distilled", is_flag=True,
-              help="Quantize and export the K-DMD student even where the undistilled sub-DiT scores better.")
+              help="Quantize and export the student even where the undistilled sub-DiT scores better.")
 @click.option("--quiet", is_flag=True)
 @user_errors
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
-                 distill_steps: int, student_steps: int, n: int, resume: bool, keep_distilled: bool,
-                 quiet: bool) -> None:
+                 student: str | None, mode: Mode | None, distill_steps: int | None, student_steps: int | None,
+                 method: Method, group: int, symmetric: bool, mixed: bool, n: int, resume: bool,
+                 keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
-    K-DMD and with int4 weights; predicted vs measured latency."""
+    distillation and with int4 weights; predicted vs measured latency."""
     from hwnas.compress import compress_pick
 
+    if student is not None:
+        clash = [flag for flag, value in (("--mode", mode), ("--distill-steps", distill_steps),
+                                          ("--student-steps", student_steps), ("--resume", resume or None))
+                 if value is not None]
+        if clash:
+            raise click.UsageError(f"--student takes a finished student as it is; drop {', '.join(clash)}")
     net = load_supernet(checkpoint)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
-    dc = DistillConfig(steps=distill_steps, student_steps=student_steps)
-    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, n=n, resume=resume,
+    dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
+    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or "kdmd", student=student,
+                           spec=_spec(method, group, symmetric), mixed=mixed, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
                            "shipped": result["shipped"], "latency": result["latency"]}, indent=2))

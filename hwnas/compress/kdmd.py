@@ -24,6 +24,7 @@ slice of the batch and DDP averages the gradients (gloo on CPU, NCCL on GPUs).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from dataclasses import asdict
@@ -34,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hwnas.compress.extract import SubDiT, save_subdit
-from hwnas.compress.settings import DistillConfig
+from hwnas.compress.extract import SubDiT, load_subdit, save_subdit
+from hwnas.compress.settings import DistillConfig, mode_name
 from hwnas.io import atomic_write_csv, atomic_write_json
 from hwnas.model.ops import plain_norm
 from hwnas.space import SubnetConfig
@@ -205,20 +206,44 @@ def distill(teacher: Supernet, student: SubDiT, *, out: str | Path, dc: DistillC
     student.dit.eval()
     summary = {"out": str(out), "steps": dc.steps, "wall_s": round(wall_before + time.perf_counter() - t0, 1),
                "student_steps": dc.student_steps, "dit_evals_per_image": dc.student_steps,
-               "teacher_dit_evals_per_image_28_steps": 2 * 28, "terms": _term_names(dc),
+               "teacher_dit_evals_per_image_28_steps": 2 * 28, "terms": dc.term_names(),
                "loss_last": history[-1]["loss"] if history else float("nan")}
     if rank == 0:
         atomic_write_json(out / "distill_summary.json", summary, sort_keys=True)
     return summary
 
 
+def load_student(path: str | Path, teacher: Supernet, cfg: SubnetConfig) -> tuple[SubDiT, dict[str, Any]]:
+    """A student `distill` finished in `path`, checked against the supernet and pick it will be
+    compared with; returns (student, summary) with the summary `distill` returned (plus `mode`).
+    One clear ValueError where it is not such a student."""
+    path = Path(path)
+    student = load_subdit(path)
+    meta = student.meta
+    run = meta.get("distill")
+    if not isinstance(run, dict) or "distill" not in run:
+        raise ValueError(f"{path}: not a distilled student (its {path.name}/model.json has no distill settings); "
+                         "make one with `hwnas distill`")
+    if student.cfg.id != cfg.id:
+        raise ValueError(f"{path}: a student of {student.cfg.id}, but the pick is {cfg.id}")
+    ours = (teacher.meta.get("experiment_toml", ""), teacher.meta.get("step"))
+    if (meta.get("experiment_toml", ""), meta.get("supernet_step")) != ours:
+        raise ValueError(f"{path}: distilled from another supernet (step {meta.get('supernet_step')} of its "
+                         f"experiment, this checkpoint: step {ours[1]} of {teacher.space.name})")
+    dc = DistillConfig(**run["distill"])
+    if int(run.get("step", 0)) < dc.steps:
+        raise ValueError(f"{path}: its distillation stopped at update {run.get('step')} of {dc.steps}; "
+                         "finish it with `hwnas distill ... --resume`")
+    summary_file = path / "distill_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {
+        "out": str(path), "steps": dc.steps, "student_steps": dc.student_steps,
+        "dit_evals_per_image": dc.student_steps, "terms": dc.term_names()}
+    return student.eval(), {**summary, "mode": mode_name(dc.term_names()), "loaded_from": str(path)}
+
+
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings that must match on resume (the step count may grow)."""
     return {**settings, "distill": {k: v for k, v in settings["distill"].items() if k != "steps"}}
-
-
-def _term_names(dc: DistillConfig) -> list[str]:
-    return [n for n, w in (("dmd", dc.dmd_weight), ("kd", dc.kd_weight), ("feat", dc.feat_weight)) if w]
 
 
 def _save(out: Path, student: SubDiT, gen: _Generator, critic: nn.Module, opt_g: torch.optim.Optimizer,
@@ -227,8 +252,9 @@ def _save(out: Path, student: SubDiT, gen: _Generator, critic: nn.Module, opt_g:
     """Log, then the student as a sub-DiT directory, then the resume state (that order)."""
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
     atomic_write_csv(out / LOG, history, fieldnames=keys)
-    save_subdit(student, out, distill={**settings, "step": step, "terms": _term_names(
-        DistillConfig(**settings["distill"]))}, source=f"K-DMD student of {student.cfg.id}")
+    names = DistillConfig(**settings["distill"]).term_names()
+    save_subdit(student, out, distill={**settings, "step": step, "terms": names},
+                source=f"{mode_name(names)} student of {student.cfg.id}")
     state = {"settings": settings, "step": step, "wall_s": wall_s, "history": history, "gen": gen.state_dict(),
              "critic": critic.state_dict(), "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict()}
     save_train_state(out, state, name=STATE)

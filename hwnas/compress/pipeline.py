@@ -1,18 +1,18 @@
-"""Close the loop for one search pick: extract -> evaluate -> K-DMD -> int4 -> ONNX -> measure.
+"""Close the loop for one search pick: extract -> evaluate -> distill -> int4 -> ONNX -> measure.
 
 Writes `RUN_DIR/compress/<config_id>/` with the sub-DiT (`subdit/`), the distilled student
-(`kdmd/`), the int4 ONNX model (`int4.onnx`), the fp32 ONNX model (`fp32.onnx`) and
-`results.json`, which `hwnas report` renders:
+(`student/`, unless one distilled earlier is passed in), the int4 ONNX model (`int4.onnx`), the
+fp32 ONNX model (`fp32.onnx`) and `results.json`, which `hwnas report` renders:
 
     {"config_id", "quality_rows": [{"stage", "metric", "value", "n", "steps", "source"}],
      "shipped": {"model", "why"},
      "latency": {"device", "precision", "predicted_ms", "measured_ms", "how"}, ...}
 
 Quality rows: the sub-DiT at 28 steps with CFG (56 DiT evaluations per image), the same sub-DiT
-at 4 steps without CFG (before distillation, 4 evaluations), the K-DMD student at 4 steps
-without CFG (4 evaluations), and the better of those two (the one shipped) with its int4 weights
-(dequantized, as the int4 runtime runs them). Latency: the host LUT's prediction
-(`latency_tables/host/<experiment>.csv`) against the TVM-compiled whole step
+at the student's K steps without CFG (before distillation, K evaluations), the student (K-DMD,
+DMD or KD, by its terms) at K steps without CFG, and the better of those two (the one shipped)
+with its int4 weights (dequantized, as the int4 runtime runs them). Latency: the host LUT's
+prediction (`latency_tables/host/<experiment>.csv`) against the TVM-compiled whole step
 (`hwnas.latency.bench.time_subnet_tvm`); where either is missing the field is null and `how` says
 why, and onnxruntime fp32/int4 timings are reported beside it.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
-from hwnas.compress.kdmd import distill
+from hwnas.compress.kdmd import distill, load_student
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
 from hwnas.compress.quant import (
     dequantized_copy,
@@ -33,7 +33,7 @@ from hwnas.compress.quant import (
     mixed_bits,
     quantize_model,
 )
-from hwnas.compress.settings import DistillConfig, QuantSpec
+from hwnas.compress.settings import DistillConfig, Mode, QuantSpec, mode_name, terms
 from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import Metric, evaluate
 from hwnas.model import example_inputs, export_onnx
@@ -127,43 +127,50 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: Precision = "f
 
 
 def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
-                  dc: DistillConfig | None = None, spec: QuantSpec | None = None, mixed: bool = True,
-                  n: int = 100, teacher_steps: int = 28, cfg_scale: float = 4.0, resume: bool = False,
-                  progress: bool = True, threads: int = 1, keep_distilled: bool = False) -> dict[str, Any]:
+                  dc: DistillConfig | None = None, mode: Mode = "kdmd", student: str | Path | None = None,
+                  spec: QuantSpec | None = None, mixed: bool = False, n: int = 100, teacher_steps: int = 28,
+                  cfg_scale: float = 4.0, resume: bool = False, progress: bool = True, threads: int = 1,
+                  keep_distilled: bool = False) -> dict[str, Any]:
     """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content.
 
-    The undistilled sub-DiT and the K-DMD student are scored at the same steps and DiT evaluations
-    (CFG 1); the better of the two (compositional accuracy, then fd_ref) is the one quantized and
-    exported, unless `keep_distilled`. `results.json` says which was shipped and why."""
+    The student is distilled here with `mode`'s terms (`dc` for the rest), or is the one an earlier
+    `hwnas distill` left in `student` (its own terms and step count; `dc` unused). The undistilled
+    sub-DiT and the student are scored at the same steps and DiT evaluations (CFG 1); the better of
+    the two (compositional accuracy, then fd_ref) is the one quantized and exported, unless
+    `keep_distilled`. `results.json` says which was shipped and why."""
     out = Path(out)
     start = time.perf_counter()
-    dc = dc or DistillConfig()
-    spec = spec or QuantSpec("rtn", 4, 32, True)
+    spec = spec or QuantSpec()
+    if student is not None:
+        distilled, summary = load_student(student, net, cfg)
+        few, name = int(summary["student_steps"]), str(summary["mode"])
+    else:
+        dc = terms(mode, dc)
+        distilled, few, name = from_supernet(net, cfg), dc.student_steps, mode_name(dc.term_names())
+        summary = {**distill(net, distilled, out=out / "student", dc=dc, resume=resume, progress=progress),
+                   "mode": name}
     sub = from_supernet(net, cfg, source=f"extracted from {checkpoint or 'the shipped proxy supernet'}")
     save_subdit(sub, out / "subdit")
-    few = dc.student_steps
     rows: list[dict[str, Any] | None] = []
     for metric in _METRICS:
         rows.append(quality_row(sub, cfg, stage=f"teacher {teacher_steps} steps", metric=metric, n=n,
                                 steps=teacher_steps, cfg_scale=cfg_scale, checkpoint=checkpoint))
         rows.append(quality_row(sub, cfg, stage=f"student {few} steps (before distillation)", metric=metric, n=n,
                                 steps=few, cfg_scale=1.0, checkpoint=checkpoint))
-    student = from_supernet(net, cfg)
-    summary = distill(net, student, out=out / "kdmd", dc=dc, resume=resume, progress=progress)
     for metric in _METRICS:
-        rows.append(quality_row(student, cfg, stage=f"K-DMD {few} steps", metric=metric, n=n, steps=few,
+        rows.append(quality_row(distilled, cfg, stage=f"{name} {few} steps", metric=metric, n=n, steps=few,
                                 cfg_scale=1.0, checkpoint=checkpoint))
     before = _scores(rows, f"student {few} steps (before distillation)")
-    after = _scores(rows, f"K-DMD {few} steps")
+    after = _scores(rows, f"{name} {few} steps")
     distilled_wins = keep_distilled or after >= before
-    shipped, name = (student, "K-DMD") if distilled_wins else (sub, "undistilled")
+    shipped, shipped_name = (distilled, name) if distilled_wins else (sub, "undistilled")
     why = ("kept on request (keep_distilled)" if keep_distilled else
-           f"at {few} steps CFG 1 (compositional, then fd_ref): K-DMD {after[0]:.3f} / {-after[1]:.1f}, "
+           f"at {few} steps CFG 1 (compositional, then fd_ref): {name} {after[0]:.3f} / {-after[1]:.1f}, "
            f"undistilled {before[0]:.3f} / {-before[1]:.1f}")
     quant_model, q = quantize_subdit(shipped, spec, mixed=mixed)
     for metric in _METRICS:
-        rows.append(quality_row(quant_model, cfg, stage=f"{name} {few} steps + int4", metric=metric, n=n, steps=few,
-                                cfg_scale=1.0, checkpoint=checkpoint))
+        rows.append(quality_row(quant_model, cfg, stage=f"{shipped_name} {few} steps + int4", metric=metric, n=n,
+                                steps=few, cfg_scale=1.0, checkpoint=checkpoint))
     int4 = export_int4_onnx(shipped.dit, q, out / "int4.onnx")
     parity = check_parity(out / "int4.onnx", quant_model.dit, threads=threads)
     export_onnx(shipped.dit, out / "fp32.onnx")
@@ -172,7 +179,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     result = {
         "config_id": cfg.id, "config": cfg.to_dict(), "describe": cfg.describe(),
         "quality_rows": [r for r in rows if r is not None],
-        "shipped": {"model": name, "why": why},
+        "shipped": {"model": shipped_name, "why": why},
         "latency": measure_latency(shipped, experiment=net.space.name),
         "runtime": {"onnxruntime_fp32": ort_fp32, "onnxruntime_int4": ort_int4,
                     "int4_over_fp32": ort_int4["median_ms"] / ort_fp32["median_ms"], "parity": parity,

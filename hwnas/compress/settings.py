@@ -50,6 +50,10 @@ class DistillConfig:
         if not 0.0 < self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
+    def term_names(self) -> list[str]:
+        """The loss terms switched on: 'dmd', 'kd', 'feat'."""
+        return [n for n, w in (("dmd", self.dmd_weight), ("kd", self.kd_weight), ("feat", self.feat_weight)) if w]
+
 
 def terms(mode: Mode, base: DistillConfig | None = None) -> DistillConfig:
     """DMD-only (no knowledge terms), KD-only (no DMD, no critic needed) or K-DMD (all)."""
@@ -63,15 +67,24 @@ def terms(mode: Mode, base: DistillConfig | None = None) -> DistillConfig:
     raise ValueError(f"mode must be 'dmd', 'kd' or 'kdmd', got {mode!r}")
 
 
+def mode_name(terms_on: list[str] | tuple[str, ...]) -> str:
+    """The name a student's loss terms go by: 'K-DMD', 'DMD' (no knowledge terms) or 'KD' (no DMD)."""
+    if "dmd" not in terms_on:
+        return "KD"
+    return "K-DMD" if {"kd", "feat"} & set(terms_on) else "DMD"
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
-    palette (kmeans; None = one palette per tensor)."""
+    palette (kmeans; None = one palette per tensor). The default, rtn with zero points in groups of
+    up to 128 input channels, is the smallest rtn that kept the latent proxy's accuracy (README,
+    "int4 at proxy widths")."""
 
     method: Method = "rtn"
     bits: Bits = 4
-    group: int | None = 32
-    symmetric: bool = True
+    group: int | None = 128
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("rtn", "kmeans"):
