@@ -1,11 +1,20 @@
 """int4 benchmark: average bits, bytes vs fp16, onnxruntime int4 / fp32 step latency, output parity
 and quality before/after (compositional accuracy on --n held-out prompts; fd_ref on --fd-n
 images, lower is better; same prompts and noise before and after), per method (rtn sym/asym
-groups, k-means, mixed 4/8). Every weight layer is quantized: Linears and patch convs.
+groups, k-means, mixed 4/8; --specs picks some). Every weight layer is quantized: Linears and patch convs.
 
     OMP_NUM_THREADS=1 python benchmarks/int4.py --run reports/RUN --pick best --n 346 --fd-n 200 \
         --steps 28 --json reports/int4.json
 
+--model takes a sub-DiT directory instead (`hwnas export` or `hwnas distill` output: a distilled
+student, sampled at its own steps without CFG):
+
+    OMP_NUM_THREADS=1 python benchmarks/int4.py --checkpoint checkpoints/shapes-latent \
+        --model runs/full-dmd2 --steps 2 --cfg-scale 1 --n 346 --eval-seeds 3 \
+        --specs rtn-g128-asym,rtn-g32-sym-mixed,kmeans --json reports/int4-latent-dmd2.json
+
+With --eval-seeds K each accuracy is the mean over seeds --seed .. --seed + K - 1, and each row
+gets the paired change in points (quantized minus fp32, seed by seed) with its standard error.
 Every row is also exported and timed in onnxruntime (rtn on MatMulNBits, k-means on the palette
 decoder of `hwnas.compress.onnx_int4`, which runs at fp32 speed once decoded). The table has one row
 per method; the summary line gives the smallest rtn variant's and k-means' size over fp16 and
@@ -14,6 +23,8 @@ accuracy change, and the onnxruntime int4 / fp32 step-time ratios, timed side by
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -25,18 +36,46 @@ from hwnas.compress import (
     check_parity,
     export_int4_onnx,
     from_supernet,
+    load_subdit,
     quality_row,
     quantize_subdit,
     resolve_pick,
     time_onnx,
 )
+from hwnas.metrics.evaluate import Metric
 from hwnas.model import export_onnx
 from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
-SPECS = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False), ("rtn", 32, False, False),
-         ("rtn", 128, False, False), ("kmeans", None, True, False), ("rtn", 32, True, True),
-         ("kmeans", None, True, True)]
+Spec = tuple[str, int | None, bool, bool]  # method, group, symmetric, mixed
+SPECS: list[Spec] = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False),
+                     ("rtn", 32, False, False), ("rtn", 128, False, False), ("kmeans", None, True, False),
+                     ("rtn", 32, True, True), ("kmeans", None, True, True)]
+
+
+def _specs(text: str) -> list[Spec]:
+    """An argparse type: `METHOD[-gGROUP][-sym|-asym][-mixed]`, comma-separated (rtn-g128-asym,kmeans);
+    rtn's group defaults to 32 and symmetric, k-means' palettes are per tensor unless -gROWS."""
+    specs = []
+    for item in text.split(","):
+        method, *parts = item.strip().split("-")
+        group, sym, mixed = (32 if method == "rtn" else None), True, False
+        for part in parts:
+            if part in ("sym", "asym"):
+                sym = part == "sym"
+            elif part == "mixed":
+                mixed = True
+            elif part.startswith("g") and part[1:].isdigit():
+                group = int(part[1:])
+            else:
+                raise argparse.ArgumentTypeError(f"{item!r}: unknown part {part!r} "
+                                                 "(METHOD[-gGROUP][-sym|-asym][-mixed])")
+        try:
+            QuantSpec(method, 4, group, sym)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
+        specs.append((method, group, sym, mixed))
+    return specs
 
 
 def main() -> None:
@@ -46,6 +85,12 @@ def main() -> None:
                     help="tiny|small|full|largest|smallest, an id, config JSON or a JSON file (without --run)")
     ap.add_argument("--run", help="a search run directory: quantize its --pick")
     ap.add_argument("--pick", default="best")
+    ap.add_argument("--model", help="a sub-DiT directory (hwnas export / distill output) instead of --config or --run")
+    ap.add_argument("--specs", type=_specs, default=SPECS,
+                    help="comma-separated METHOD[-gGROUP][-sym|-asym][-mixed], e.g. rtn-g128-asym,kmeans "
+                         "(default: the eight of the README's table)")
+    ap.add_argument("--eval-seeds", type=positive_int, default=1,
+                    help="evaluation seeds --seed, --seed + 1, ...: means, and paired changes with their SE")
     ap.add_argument("--n", type=positive_int, default=48, help="held-out prompts for compositional accuracy")
     ap.add_argument("--fd-n", type=int, default=0, help="fd_ref images (0: skip)")
     ap.add_argument("--steps", type=positive_int, default=28)
@@ -58,36 +103,44 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     with user_input():
-        net = load_supernet(args.checkpoint)
-        cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
-        net.space.validate(cfg)
-    sub = from_supernet(net, cfg)
-    kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint, seed=args.seed)
-    metrics = [("compositional", args.n)] + ([("fd_ref", args.fd_n)] if args.fd_n else [])
+        if args.model:
+            sub = load_subdit(args.model)
+            cfg, step = sub.cfg, sub.meta.get("supernet_step")
+        else:
+            net = load_supernet(args.checkpoint)
+            cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
+            net.space.validate(cfg)
+            sub, step = from_supernet(net, cfg), net.meta.get("step")
+    seeds = list(range(args.seed, args.seed + args.eval_seeds))
+    kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint)
+    metrics: list[tuple[Metric, int]] = [("compositional", args.n)] + ([("fd_ref", args.fd_n)] if args.fd_n else [])
 
-    def quality(model: object, stage: str) -> dict[str, float | None]:
-        rows = {m: quality_row(model, cfg, stage=stage, metric=m, n=n, **kw) for m, n in metrics}
-        return {m: r["value"] if r else None for m, r in rows.items()}
+    def quality(model: object, stage: str) -> dict[str, list[float] | None]:
+        """Per metric, its value at each evaluation seed (None where fd_ref's weights are missing)."""
+        out: dict[str, list[float] | None] = {}
+        for m, n in metrics:
+            per_seed = [quality_row(model, cfg, stage=stage, metric=m, n=n, seed=seed, **kw) for seed in seeds]
+            out[m] = [r["value"] for r in per_seed if r] or None
+        return out
 
     base = quality(sub, "fp32")
     batches, b0 = args.batches, args.batches[0]
-    print(f"{cfg.describe()} ({cfg.id}), {args.steps} steps CFG {args.cfg_scale}: compositional n={args.n}, "
-          f"fd_ref n={args.fd_n or '-'}; ORT int4/fp32 at batch {b0}, {args.threads} thread(s)")
+    print(f"{cfg.describe()} ({cfg.id}{', ' + args.model if args.model else ''}), supernet step {step}, "
+          f"{args.steps} steps CFG {args.cfg_scale}: compositional n={args.n}, fd_ref n={args.fd_n or '-'}, "
+          f"evaluation seeds {seeds}; ORT int4/fp32 at batch {b0}, {args.threads} thread(s)")
     print(f"{'method':8s} {'group':>5s} {'sym':>5s} {'mixed':>5s} {'bits':>6s} {'x fp16':>6s} {'int4/fp32':>9s} "
-          f"{'acc':>11s} {'fd_ref':>13s}", flush=True)
+          f"{'acc':>11s} {'pts (SE)':>12s} {'fd_ref':>13s}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         fp32 = {b: export_onnx(sub.dit, tmp / f"fp32-b{b}.onnx", batch=b) for b in batches}
         t_fp32 = {b: time_onnx(fp32[b], sub.dit, batch=b, threads=args.threads) for b in batches}
-        for method, group, sym, mixed in SPECS:
-            spec = QuantSpec(method, 4, group, sym)  # type: ignore[arg-type]
+        for method, group, sym, mixed in args.specs:
+            spec = QuantSpec(method, 4, group, sym)
             qsub, q = quantize_subdit(sub, spec, mixed=mixed, seed=args.seed)
             row = {"method": method, "group": group, "symmetric": sym, "mixed": mixed, **q.summary(),
-                   **{f"{'acc' if m == 'compositional' else m}_fp32": v for m, v in base.items()},
-                   **{f"{'acc' if m == 'compositional' else m}_quant": v for m, v in quality(qsub, "int4").items()},
-                   "n": args.n, "fd_n": args.fd_n, "steps": args.steps,
-                   "fp32_onnx_bytes": fp32[b0].stat().st_size}
+                   **_paired(base, quality(qsub, "int4")), "n": args.n, "fd_n": args.fd_n, "steps": args.steps,
+                   "cfg_scale": args.cfg_scale, "seeds": seeds, "fp32_onnx_bytes": fp32[b0].stat().st_size}
             for b in batches:
                 info = export_int4_onnx(sub.dit, q, tmp / f"int4-b{b}.onnx", batch=b)
                 row["int4_onnx_bytes"] = info["file_bytes"]
@@ -103,21 +156,55 @@ def main() -> None:
             fd = f"{row['fd_ref_fp32']:.0f}->{row['fd_ref_quant']:.0f}" if row.get("fd_ref_quant") is not None else "-"
             print(f"{method:8s} {group or '-':>5} {sym!s:>5s} {mixed!s:>5s} {row['avg_bits']:6.2f} "
                   f"{row['compression_vs_fp16']:6.2f} {f'{ratio:.2f}' if ratio else '-':>9s} "
-                  f"{row['acc_fp32']:.3f}->{row['acc_quant']:.3f} {fd:>13s}", flush=True)
-    write_json(args.json_out, {"config_id": cfg.id, "describe": cfg.describe(), "supernet_step": net.meta.get("step"),
-                               "seed": args.seed, "base": base, "rows": rows})
+                  f"{row['acc_fp32']:.3f}->{row['acc_quant']:.3f} {_points(row):>12s} {fd:>13s}", flush=True)
+    write_json(args.json_out, {"config_id": cfg.id, "describe": cfg.describe(), "model": args.model,
+                               "supernet_step": step, "seed": args.seed, "seeds": seeds,
+                               "base": {m: statistics.fmean(v) if v else None for m, v in base.items()},
+                               "rows": rows})
+    parts = []
     rtn = [r for r in rows if r["method"] == "rtn" and not r["mixed"]]
-    small = min(rtn, key=lambda r: r["avg_bits"])
-    fast = min(rtn, key=lambda r: r[f"int4_over_fp32_b{b0}"])
-    km = next(r for r in rows if r["method"] == "kmeans" and not r["mixed"])
-    print_summary([f"smallest rtn (g{small['group']}) {small['avg_bits']:.2f} bits, "
-                   f"{small['compression_vs_fp16']:.2f}x smaller than fp16, "
-                   f"accuracy {100 * (small['acc_quant'] - small['acc_fp32']):+.1f} points",
-                   f"k-means {km['avg_bits']:.2f} bits, {km['compression_vs_fp16']:.2f}x, "
-                   f"accuracy {100 * (km['acc_quant'] - km['acc_fp32']):+.1f} points, "
-                   f"ORT / fp32 {km[f'int4_over_fp32_b{b0}']:.2f}",
-                   f"ORT int4 / fp32 step time {small[f'int4_over_fp32_b{b0}']:.2f} (best g{fast['group']}: "
-                   f"{fast[f'int4_over_fp32_b{b0}']:.2f})"])
+    if rtn:
+        small = min(rtn, key=lambda r: r["avg_bits"])
+        fast = min(rtn, key=lambda r: r[f"int4_over_fp32_b{b0}"])
+        parts += [f"smallest rtn ({_name(small)}) {small['avg_bits']:.2f} bits, "
+                  f"{small['compression_vs_fp16']:.2f}x smaller than fp16, accuracy {_points(small)} points",
+                  f"ORT int4 / fp32 step time {small[f'int4_over_fp32_b{b0}']:.2f} (best {_name(fast)}: "
+                  f"{fast[f'int4_over_fp32_b{b0}']:.2f})"]
+    for km in [r for r in rows if r["method"] == "kmeans" and not r["mixed"]][:1]:
+        parts.append(f"k-means {km['avg_bits']:.2f} bits, {km['compression_vs_fp16']:.2f}x, accuracy "
+                     f"{_points(km)} points, ORT / fp32 {km[f'int4_over_fp32_b{b0}']:.2f}")
+    for mixed in [r for r in rows if r["mixed"]]:
+        parts.append(f"{_name(mixed)} {mixed['avg_bits']:.2f} bits, accuracy {_points(mixed)} points")
+    print_summary(parts)
+
+
+def _paired(base: dict[str, list[float] | None], quant: dict[str, list[float] | None]) -> dict[str, object]:
+    """Per metric (acc for compositional): the means before and after and, for accuracy, the paired
+    change in points per seed, its mean and standard error (None with one seed)."""
+    row: dict[str, object] = {}
+    for metric, before in base.items():
+        after, key = quant[metric], "acc" if metric == "compositional" else metric
+        row[f"{key}_fp32"] = statistics.fmean(before) if before else None
+        row[f"{key}_quant"] = statistics.fmean(after) if after else None
+        if metric == "compositional" and before and after:
+            diffs = [100 * (a - b) for a, b in zip(after, before, strict=True)]
+            row.update(acc_fp32_seeds=before, acc_quant_seeds=after, acc_change_points=diffs,
+                       acc_change_mean=statistics.fmean(diffs),
+                       acc_change_se=statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None)
+    return row
+
+
+def _points(row: dict) -> str:  # type: ignore[type-arg]
+    """`-1.0 (SE 0.8)`, or `-1.0` with one seed."""
+    se = row["acc_change_se"]
+    return f"{row['acc_change_mean']:+.1f}" + (f" (SE {se:.1f})" if se is not None else "")
+
+
+def _name(row: dict) -> str:  # type: ignore[type-arg]
+    """`rtn-g128-asym`, the --specs spelling of a row."""
+    sym = "" if row["method"] == "kmeans" else "-sym" if row["symmetric"] else "-asym"
+    group = f"-g{row['group']}" if row["group"] else ""
+    return f"{row['method']}{group}{sym}{'-mixed' if row['mixed'] else ''}"
 
 
 if __name__ == "__main__":

@@ -112,6 +112,31 @@ def test_distill_summary_gives_the_share_of_the_few_step_gap_each_student_closes
     assert summary(rows, 3) == ["no undistilled 3-step row (add 3:1 to --baselines) to compare with"]
 
 
+def test_int4_scores_a_saved_sub_dit_with_paired_changes_per_seed(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from hwnas.compress import from_supernet, save_subdit
+    from hwnas.train import load_supernet
+
+    net = load_supernet(tiny_checkpoint)
+    save_subdit(from_supernet(net, net.space.smallest()), tmp_path / "model")
+    out = tmp_path / "int4.json"
+    res = _run("int4.py", "--checkpoint", str(tiny_checkpoint), "--model", str(tmp_path / "model"), "--steps", "1",
+               "--cfg-scale", "1", "--n", "2", "--eval-seeds", "2", "--specs", "rtn-g16-asym,kmeans-mixed",
+               "--json", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [0, 1] and report["model"] == str(tmp_path / "model")
+    assert [(r["method"], r["group"], r["symmetric"], r["mixed"]) for r in report["rows"]] == [
+        ("rtn", 16, False, False), ("kmeans", None, True, True)]
+    for row in report["rows"]:
+        diffs = [100 * (a - b) for a, b in zip(row["acc_quant_seeds"], row["acc_fp32_seeds"], strict=True)]
+        assert row["acc_change_points"] == pytest.approx(diffs) and len(diffs) == 2
+        assert row["acc_change_mean"] == pytest.approx(sum(diffs) / 2) and row["acc_change_se"] is not None
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("summary: smallest rtn (rtn-g16-asym)") and "kmeans-mixed" in last
+    bad = _run("int4.py", "--specs", "rtn-g16-fast", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown part 'fast'" in bad.stderr
+
+
 def test_noise_level_scores_the_real_images_then_each_start_time(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "levels.json"
     res = _run("noise_level.py", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--n", "4",
