@@ -130,7 +130,7 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
         "device": "host", "precision": precision, "predicted_ms": None, "measured_ms": None, "how": "skipped in test"})
     out = tmp_path / "c"
     code, text = _run("compress", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--out", str(out),
-                      "--distill-steps", "1", "--student-steps", "2", "--n", "2", "--quiet")
+                      "--distill-steps", "1", "--student-steps", "2", "--n", "2", "--format", "onnx", "--quiet")
     assert code == 0, text
     printed = json.loads(text)
     on_disk = json.loads((out / "results.json").read_text())
@@ -140,6 +140,9 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
     assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")
     assert printed["quality_rows"] == on_disk["quality_rows"]
     assert (out / "int4.onnx").stat().st_size > 0 and (out / "fp32.onnx").stat().st_size > 0
+    assert printed["artefacts"] == on_disk["artefacts"]
+    assert str(out / "onnx" / "model.onnx") in on_disk["artefacts"]["onnx"]
+    assert (out / "onnx" / "MEASURE.md").is_file()
 
 
 def test_cli_choices_are_the_library_s() -> None:

@@ -42,31 +42,44 @@ def _pick_options(f: F) -> F:
     return checkpoint_option(f)
 
 
+def _format_option(f: F) -> F:
+    return click.option("--format", "formats", multiple=True, metavar="FORMAT[,FORMAT]",
+                        help=f"Also write deployable artefacts, each in OUT/<format>/ with MEASURE.md: "
+                             f"{', '.join(FORMATS)} (repeat or comma-separate).")(f)
+
+
 @main.command("export")
 @_pick_options
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="A saved sub-DiT (a distilled student, an earlier export) instead of --run or --config.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--format", "formats", multiple=True, metavar="FORMAT[,FORMAT]",
-              help=f"Also write deployable artefacts, each in OUT/<format>/ with MEASURE.md: "
-                   f"{', '.join(FORMATS)} (repeat or comma-separate).")
+@_format_option
 @click.option("--onnx", "with_onnx", is_flag=True, help="Same as --format onnx.")
 @click.option("--palettize-bits", default=4, show_default=True, type=click.IntRange(min=0, max=8),
               help="Also write a copy with k-means palettized weights of this many bits (0: none; "
                    "ONNX: 4 or 8).")
 @user_errors
-def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str,
-               formats: tuple[str, ...], with_onnx: bool, palettize_bits: int) -> None:
+def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, model_dir: str | None,
+               out: str, formats: tuple[str, ...], with_onnx: bool, palettize_bits: int) -> None:
     """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON), and
     optionally as ONNX, Core ML or ExecuTorch artefacts."""
-    from hwnas.compress import from_supernet, save_subdit
+    from hwnas.compress import from_supernet, load_subdit, save_subdit
     from hwnas.compress.deploy import export_artefacts, parse_formats, require_runtimes
 
     chosen = parse_formats([*formats, *(["onnx"] if with_onnx else [])])
     require_runtimes(chosen)  # before anything loads or is written
-    net = load_supernet(checkpoint)
-    cfg = _pick(net.space, run=run, pick=pick, config=config)
-    sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
-                        + (f", search run {run} pick {pick}" if run else ""))
-    save_subdit(sub, out)
+    if model_dir is not None:
+        if run is not None or config is not None:
+            raise click.UsageError("give --model DIR, --run RUN_DIR (with --pick) or --config, one of them")
+        sub = load_subdit(model_dir)
+        cfg = sub.cfg
+    else:
+        net = load_supernet(checkpoint)
+        cfg = _pick(net.space, run=run, pick=pick, config=config)
+        sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
+                            + (f", search run {run} pick {pick}" if run else ""))
+    if model_dir is None or Path(out).resolve() != Path(model_dir).resolve():
+        save_subdit(sub, out)
     artefacts = export_artefacts(sub, out, chosen, palettize_bits=palettize_bits or None)
     click.echo(json.dumps({"out": out, "config_id": cfg.id, "describe": cfg.describe(),
                            "params": sum(p.numel() for p in sub.dit.parameters()),
@@ -172,6 +185,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
               help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with). "
                    f"[default: {_DC.student_steps}]")
 @_quant_options
+@_format_option
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--resume", is_flag=True, help="Resume the distillation in OUT/student.")
 @click.option("--keep-distilled", is_flag=True,
@@ -180,12 +194,15 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @user_errors
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
                  student: str | None, mode: Mode | None, distill_steps: int | None, student_steps: int | None,
-                 method: Method, group: int, symmetric: bool, mixed: bool, n: int, resume: bool,
-                 keep_distilled: bool, quiet: bool) -> None:
+                 method: Method, group: int, symmetric: bool, mixed: bool, formats: tuple[str, ...], n: int,
+                 resume: bool, keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
     distillation and with int4 weights; predicted vs measured latency."""
     from hwnas.compress import compress_pick
+    from hwnas.compress.deploy import parse_formats, require_runtimes
 
+    chosen = parse_formats(formats)
+    require_runtimes(chosen)  # before an hour of distillation, not after
     if student is not None:
         clash = [flag for flag, value in (("--mode", mode), ("--distill-steps", distill_steps),
                                           ("--student-steps", student_steps), ("--resume", resume or None))
@@ -197,7 +214,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
     result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or "kdmd", student=student,
-                           spec=_spec(method, group, symmetric), mixed=mixed, n=n, resume=resume,
+                           spec=_spec(method, group, symmetric), mixed=mixed, formats=chosen, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
-                           "shipped": result["shipped"], "latency": result["latency"]}, indent=2))
+                           "shipped": result["shipped"], "latency": result["latency"],
+                           "artefacts": result["artefacts"]}, indent=2))

@@ -20,9 +20,11 @@ why, and onnxruntime fp32/int4 timings are reported beside it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hwnas.compress.deploy import export_artefacts
 from hwnas.compress.extract import SubDiT, from_supernet, save_subdit
 from hwnas.compress.kdmd import distill, load_student
 from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
@@ -42,6 +44,7 @@ from hwnas.space import SubnetConfig
 from hwnas.train.supernet import Supernet
 
 if TYPE_CHECKING:  # hwnas.latency is imported where used
+    from hwnas.compress.deploy import Format
     from hwnas.latency import Precision
 
 _METRICS: tuple[Metric, ...] = ("compositional", "fd_ref")
@@ -128,7 +131,8 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: Precision = "f
 
 def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
                   dc: DistillConfig | None = None, mode: Mode = "kdmd", student: str | Path | None = None,
-                  spec: QuantSpec | None = None, mixed: bool = False, n: int = 100, teacher_steps: int = 28,
+                  spec: QuantSpec | None = None, mixed: bool = False, formats: Sequence[Format] = (),
+                  n: int = 100, teacher_steps: int = 28,
                   cfg_scale: float = 4.0, resume: bool = False, progress: bool = True, threads: int = 1,
                   keep_distilled: bool = False) -> dict[str, Any]:
     """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content.
@@ -137,7 +141,8 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     `hwnas distill` left in `student` (its own terms and step count; `dc` unused). The undistilled
     sub-DiT and the student are scored at the same steps and DiT evaluations (CFG 1); the better of
     the two (compositional accuracy, then fd_ref) is the one quantized and exported, unless
-    `keep_distilled`. `results.json` says which was shipped and why."""
+    `keep_distilled`. `results.json` says which was shipped and why. `formats` also writes the
+    shipped model's deployable artefacts (`out/<format>/`, `hwnas.compress.deploy`)."""
     out = Path(out)
     start = time.perf_counter()
     spec = spec or QuantSpec()
@@ -176,6 +181,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     export_onnx(shipped.dit, out / "fp32.onnx")
     ort_fp32 = time_onnx(out / "fp32.onnx", shipped.dit, threads=threads)
     ort_int4 = time_onnx(out / "int4.onnx", shipped.dit, threads=threads)
+    artefacts = export_artefacts(shipped, out, formats) if formats else []
     result = {
         "config_id": cfg.id, "config": cfg.to_dict(), "describe": cfg.describe(),
         "quality_rows": [r for r in rows if r is not None],
@@ -186,6 +192,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
                     "int4_file_bytes": int4["file_bytes"], "fp32_file_bytes": (out / "fp32.onnx").stat().st_size},
         "quant": {**q.summary(), "method": spec.method, "group": spec.group, "symmetric": spec.symmetric,
                   "mixed": mixed},
+        "artefacts": {a.format: {str(a.folder / name): size for name, size in a.files.items()} for a in artefacts},
         "distill": summary, "wall_s": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(out / "results.json", result, sort_keys=True)

@@ -198,3 +198,33 @@ def test_core_ml_cannot_run_here(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot run on this host"):
         load_runner("coreml", tmp_path / "model.mlpackage")
 
+
+
+def test_export_takes_a_saved_sub_dit_and_refuses_a_second_source(tiny_checkpoint: Path, tiny_sub: SubDiT,
+                                                                   tmp_path: Path) -> None:
+    from hwnas.compress import save_subdit
+
+    save_subdit(tiny_sub, tmp_path / "student")
+    out = tmp_path / "m"
+    result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "student"), "--out", str(out),
+                                       "--format", "onnx", "--palettize-bits", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config_id"] == tiny_sub.cfg.id
+    runner = load_runner("onnx", out / "onnx" / "model.onnx")
+    inputs = example_inputs(tiny_sub.space, batch=1, seed=0)
+    with torch.no_grad():
+        want = tiny_sub.dit(*inputs).numpy()
+    assert np.abs(runner(inputs) - want).max() < 1e-4  # the saved weights, not the supernet's
+    both = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "student"), "--config", "smallest",
+                                     "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "n")])
+    assert both.exit_code == 2 and "one of them" in both.stderr and not (tmp_path / "n").exists()
+
+
+def test_compress_checks_the_export_packages_before_it_distills(monkeypatch: pytest.MonkeyPatch,
+                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:
+    _hide(monkeypatch, "coremltools")
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, ["compress", "--checkpoint", str(tiny_checkpoint), "--config", "smallest",
+                                       "--out", str(out), "--format", "coreml"])
+    assert result.exit_code == 2 and "pip install 'hwnas[coreml]'" in result.stderr
+    assert not out.exists()
