@@ -1,9 +1,10 @@
 """Deployable artefacts of one sub-DiT: output parity, size on disk and speed per runtime.
 
-    OMP_NUM_THREADS=1 python benchmarks/export_parity.py [--checkpoint DIR] [--config small]
+    OMP_NUM_THREADS=1 python benchmarks/export_parity.py [--checkpoint DIR] [--config small | --model DIR]
         [--formats onnx,coreml,executorch] [--rounds 20] [--seed 0] [--out DIR] [--json OUT]
 
-Exports `--config` of the checkpoint (default: the shipped proxy supernet) with `hwnas export`'s
+Exports `--config` of the checkpoint (default: the shipped proxy supernet), or the saved sub-DiT
+in `--model` (a distilled student, say), with `hwnas export`'s
 library call (`hwnas.compress.deploy.export_artefacts`) to every format whose package is
 installed; a missing one is listed with the pip line that installs it. Then, on the inputs
 `example_inputs(space, seed=--seed)` (x, t, text, text_mask; batch 1):
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from _common import add_json, add_seed, parser, positive_int, print_summary, user_input, write_json
 
-from hwnas.compress import from_supernet
+from hwnas.compress import from_supernet, load_subdit
 from hwnas.compress.deploy import (
     FORMATS,
     RUNTIMES,
@@ -103,6 +104,8 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--checkpoint", default=None, help="supernet checkpoint dir (default: the shipped proxy)")
     ap.add_argument("--config", default="small", help="preset, smallest/largest, config id, JSON or file")
+    ap.add_argument("--model", help="a saved sub-DiT (hwnas export / distill output, e.g. a distilled student) "
+                                    "instead of --config of --checkpoint")
     ap.add_argument("--formats", default=",".join(FORMATS), help="comma list (default: %(default)s)")
     ap.add_argument("--rounds", type=positive_int, default=20, help="timed rounds (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=None, help="keep the artefacts here (default: a temp dir)")
@@ -112,8 +115,12 @@ def main() -> None:
     torch.set_num_threads(1)
     with user_input():
         formats = parse_formats([args.formats])
-        net = load_supernet(args.checkpoint)
-        cfg = resolve_config(net.space, args.config)
+        if args.model:
+            sub = load_subdit(args.model)
+        else:
+            net = load_supernet(args.checkpoint)
+            sub = from_supernet(net, resolve_config(net.space, args.config),
+                                source=f"{args.checkpoint or 'shipped proxy supernet'}")
     skipped = {}
     for fmt in formats:
         try:
@@ -121,9 +128,9 @@ def main() -> None:
         except MissingRuntimeError as exc:
             skipped[fmt] = str(exc)
     chosen = [f for f in formats if f not in skipped]
-    sub = from_supernet(net, cfg, source=f"{args.checkpoint or 'shipped proxy supernet'}")
+    cfg = sub.cfg
     params = sum(p.numel() for p in sub.dit.parameters())
-    inputs = example_inputs(net.space, seed=args.seed)
+    inputs = example_inputs(sub.space, seed=args.seed)
     with torch.no_grad():
         expected = sub.dit(*inputs).numpy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +145,8 @@ def main() -> None:
         rows = _rows(artefacts, expected, runners, inputs, times)
         trace = _coreml_trace(sub.dit, Path(tmp) / "trace") if "coreml" in chosen else None
 
-    print(f"{cfg.id} ({cfg.describe()}) of {net.space.name}: {params:,} parameters, fp32 {4 * params:,} B, "
+    source = f"{sub.space.name}, {args.model}" if args.model else sub.space.name
+    print(f"{cfg.id} ({cfg.describe()}) of {source}: {params:,} parameters, fp32 {4 * params:,} B, "
           f"fp16 {2 * params:,} B; export {export_s:.0f} s; PyTorch eager {times['pytorch']:.2f} ms")
     print(f"{'file':<26} {'runtime':<20} {'precision':<9} {'bytes':>10} {'weights B':>10} {'max |diff|':>11} "
           f"{'median ms':>10}")
@@ -165,7 +173,8 @@ def main() -> None:
     parts += [f"{fmt} skipped" for fmt in skipped]
     print_summary(parts)
     write_json(args.json_out, {
-        "config": cfg.to_dict(), "config_id": cfg.id, "experiment": net.space.name, "params": params,
+        "config": cfg.to_dict(), "config_id": cfg.id, "experiment": sub.space.name, "model": args.model,
+        "params": params,
         "seed": args.seed, "rounds": args.rounds, "threads": 1, "export_s": export_s, "median_ms": times,
         "rows": rows, "skipped": skipped, "coreml_trace_frontend": trace, "torch": torch.__version__,
         "versions": {a.format: a.details["package_version"] for a in artefacts},
