@@ -1,7 +1,8 @@
 """int4 benchmark: average bits, bytes vs fp16, onnxruntime int4 / fp32 step latency, output parity
 and quality before/after (compositional accuracy on --n held-out prompts; fd_ref on --fd-n
 images, lower is better; same prompts and noise before and after), per method (rtn sym/asym
-groups, k-means, mixed 4/8; --specs picks some). Every weight layer is quantized: Linears and patch convs.
+groups, k-means, fit: rtn where MatMulNBits blocks fill and palettes elsewhere, mixed 4/8;
+--specs picks some). Every weight layer is quantized: Linears and patch convs.
 
     OMP_NUM_THREADS=1 python benchmarks/int4.py --run reports/RUN --pick best --n 346 --fd-n 200 \
         --steps 28 --json reports/int4.json
@@ -55,11 +56,11 @@ SPECS: list[Spec] = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn",
 
 def _specs(text: str) -> list[Spec]:
     """An argparse type: `METHOD[-gGROUP][-sym|-asym][-mixed]`, comma-separated (rtn-g128-asym,kmeans);
-    rtn's group defaults to 32 and symmetric, k-means' palettes are per tensor unless -gROWS."""
+    rtn's and fit's group defaults to 32 and symmetric, k-means' palettes are per tensor unless -gROWS."""
     specs = []
     for item in text.split(","):
         method, *parts = item.strip().split("-")
-        group, sym, mixed = (32 if method == "rtn" else None), True, False
+        group, sym, mixed = (None if method == "kmeans" else 32), True, False
         for part in parts:
             if part in ("sym", "asym"):
                 sym = part == "sym"
@@ -173,6 +174,9 @@ def main() -> None:
     for km in [r for r in rows if r["method"] == "kmeans" and not r["mixed"]][:1]:
         parts.append(f"k-means {km['avg_bits']:.2f} bits, {km['compression_vs_fp16']:.2f}x, accuracy "
                      f"{_points(km)} points, ORT / fp32 {km[f'int4_over_fp32_b{b0}']:.2f}")
+    for fit in [r for r in rows if r["method"] == "fit"]:
+        parts.append(f"{_name(fit)} {fit['avg_bits']:.2f} bits, {fit['compression_vs_fp16']:.2f}x, accuracy "
+                     f"{_points(fit)} points ({fit['layers_kmeans']} of {fit['layers']} layers on palettes)")
     for mixed in [r for r in rows if r["mixed"]]:
         parts.append(f"{_name(mixed)} {mixed['avg_bits']:.2f} bits, accuracy {_points(mixed)} points")
     print_summary(parts)

@@ -13,6 +13,11 @@ over non-overlapping patches; see `matmul_weight` for the K and N orders):
 - **kmeans**: palettization (SnapGen++ section 5; Core ML's `OpPalettizerConfig(mode="kmeans")`):
   one 2^bits-entry fp16 palette per `group` output rows (per tensor when `group` is None), codes
   are palette indices; 1-D Lloyd k-means from quantile initialisation.
+- **fit**: per layer, rtn where K splits into MatMulNBits blocks of at least `FIT_MIN_BLOCK`
+  without padding (at most 0.31 bit of scale and zero point per weight), else k-means with just
+  enough rows per palette that the palette costs at most `FIT_PALETTE_BITS` per weight. Narrow
+  proxy widths (24 or 40 input channels) pad every rtn block by a third or a fifth; palettes need
+  no blocks (`fit_spec`).
 
 Mixed precision (SnapGen++): each layer's sensitivity is the MSE of the model output with that
 layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to 8 bits until the
@@ -132,6 +137,27 @@ def block_size(k: int, group: int) -> int:
     return min(group, max(16, 1 << (k - 1).bit_length()))
 
 
+FIT_MIN_BLOCK = 64
+"""fit's rtn layers: the smallest MatMulNBits block (fp16 scale + 4-bit zero point: 0.31 bit a weight)."""
+FIT_PALETTE_BITS = 0.25
+"""fit's k-means layers: the most a palette may cost per weight it serves."""
+
+
+def fit_spec(spec: QuantSpec, shape: tuple[int, int]) -> QuantSpec:
+    """The concrete spec of one `(N, K)` weight: `spec` itself unless its method is fit (see the
+    module docstring), in which case rtn or k-means with rows per palette for this K (one palette
+    for a tensor too small to share one at `FIT_PALETTE_BITS`)."""
+    if spec.method != "fit":
+        return spec
+    n, k = shape
+    assert spec.group is not None  # QuantSpec requires one for fit
+    block = block_size(k, spec.group)
+    if block >= FIT_MIN_BLOCK and k % block == 0:
+        return QuantSpec("rtn", spec.bits, spec.group, spec.symmetric)
+    palettes = int(n * k * FIT_PALETTE_BITS // (2**spec.bits * 16))  # of 2^bits fp16 entries each
+    return QuantSpec("kmeans", spec.bits, math.ceil(n / palettes) if palettes > 1 else None)
+
+
 def quantize_rtn(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
     """Group-wise round-to-nearest of `w (N, K)` in MatMulNBits layout (see module docstring)."""
     n, k = w.shape
@@ -209,6 +235,8 @@ def quantize_kmeans(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
 
 
 def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
+    """`w (N, K)` packed by `spec` (fit resolved for this shape: the result's `spec` is rtn or kmeans)."""
+    spec = fit_spec(spec, (w.shape[0], w.shape[1]))
     return quantize_rtn(w, spec) if spec.method == "rtn" else quantize_kmeans(w, spec)
 
 
@@ -264,7 +292,8 @@ class QuantizedModel:
                 "bytes": self.bytes, "bytes_fp16": self.bytes_fp16,
                 "compression_vs_fp16": round(self.bytes_fp16 / self.bytes, 3),
                 "layers_8bit": sorted(k for k, b in self.bits.items() if b == 8),
-                "layers": len(self.packed)}
+                "layers": len(self.packed),
+                "layers_kmeans": sum(p.spec.method == "kmeans" for p in self.packed.values())}
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, Bits] | None = None) -> QuantizedModel:

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 Mode = Literal["dmd", "kd", "kdmd"]
 MODES: tuple[Mode, ...] = get_args(Mode)
-Method = Literal["rtn", "kmeans"]
+Method = Literal["rtn", "kmeans", "fit"]
 METHODS: tuple[Method, ...] = get_args(Method)
 Bits = Literal[4, 8]
 
@@ -76,10 +76,12 @@ def mode_name(terms_on: list[str] | tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How to quantize one weight. `group`: input channels per scale (rtn) or output rows per
-    palette (kmeans; None = one palette per tensor). The default, rtn with zero points in groups of
-    up to 128 input channels, is the smallest rtn that kept the latent proxy's accuracy (README,
-    "int4 at proxy widths")."""
+    """How to quantize one weight. `group`: input channels per scale (rtn, and fit's rtn layers) or
+    output rows per palette (kmeans; None = one palette per tensor). fit picks per layer: rtn where
+    its input channels split into MatMulNBits blocks of 64 or more without padding, k-means palettes
+    of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). The default, rtn with
+    zero points in groups of up to 128 input channels, is the smallest rtn that kept the latent
+    proxy's accuracy (README, "int4 at proxy widths")."""
 
     method: Method = "rtn"
     bits: Bits = 4
@@ -87,11 +89,11 @@ class QuantSpec:
     symmetric: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("rtn", "kmeans"):
-            raise ValueError(f"method must be 'rtn' or 'kmeans', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.bits not in (4, 8):
             raise ValueError(f"bits must be 4 or 8, got {self.bits!r}")
-        if self.method == "rtn" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
-            raise ValueError(f"rtn needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
+        if self.method != "kmeans" and (self.group is None or self.group < 16 or self.group & (self.group - 1)):
+            raise ValueError(f"{self.method} needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
         if self.group is not None and self.group < 1:
             raise ValueError(f"group must be positive, got {self.group!r}")

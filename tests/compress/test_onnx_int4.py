@@ -58,3 +58,18 @@ def test_palettized_onnx_decodes_the_packed_palettes(tiny_net: Supernet, tmp_pat
     stored = {name: sum(len(t.raw_data) for t in onnx.load(str(tmp_path / name)).graph.initializer)
               for name in ("fp32.onnx", "k.onnx")}
     assert 0 <= stored["k.onnx"] - (stored["fp32.onnx"] - saved) <= shared_and_shapes
+
+
+def test_fit_runs_matmulnbits_and_palettes_side_by_side(tiny_net: Supernet, tmp_path: Path) -> None:
+    """fit quantizes the tiny space's 64- and 256-wide inputs with rtn and the rest with palettes;
+    one ONNX model runs both, equal to the dequantized PyTorch model."""
+    static = extract_subnet(tiny_net.dit, tiny_net.space.largest()).eval()
+    q = quantize_model(static, QuantSpec("fit", 4, 128, False))
+    methods = {name: pw.spec.method for name, pw in q.packed.items()}
+    assert {pw.shape[1] for pw in q.packed.values() if pw.spec.method == "rtn"} == {64, 256}
+    info = export_int4_onnx(static, q, tmp_path / "fit.onnx", accuracy_level=0)
+    assert info["matmulnbits"] == list(methods.values()).count("rtn") > 0
+    assert info["palettized"] == list(methods.values()).count("kmeans") > 0
+    assert q.summary()["layers_kmeans"] == info["palettized"]
+    parity = check_parity(tmp_path / "fit.onnx", dequantized_copy(static, q))
+    assert parity["max_abs_diff"] < 1e-4 * max(1.0, parity["ref_abs_mean"])

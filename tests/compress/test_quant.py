@@ -16,6 +16,7 @@ from hwnas.compress.quant import (
     quantize_kmeans,
     quantize_model,
     quantize_rtn,
+    quantize_weight,
     unpack,
 )
 
@@ -150,3 +151,23 @@ def test_patch_convs_are_matmuls_over_patches() -> None:
         assert torch.equal(m.weight, before)
     q = quantize_model(model, QuantSpec("rtn", 4, 16, True))
     assert set(q.packed) == {"0", "1", "3"} and q.packed["0"].shape == (5, 12) and q.packed["1"].shape == (16, 5)
+
+
+@pytest.mark.parametrize(("k", "group", "want"), [
+    (64, 128, QuantSpec("rtn", 4, 128, False)),  # one 64-wide block: 0.31 bit of scale and zero point
+    (256, 128, QuantSpec("rtn", 4, 128, False)),
+    (24, 128, QuantSpec("kmeans", 4, 48)),  # rtn would pad 24 -> 32; two palettes of 16 fp16 entries: 0.22 bit
+    (48, 128, QuantSpec("kmeans", 4, 24)),  # 16-wide blocks fit, but cost 1.25 bits of scales and zero points
+    (256, 32, QuantSpec("kmeans", 4, 4)),  # a group below 64 caps every block below it: palettes
+    (8, 128, QuantSpec("kmeans", 4, None)),  # 128 rows needed, the tensor has fewer: one palette
+])
+def test_fit_takes_rtn_where_blocks_fill_and_palettes_elsewhere(k: int, group: int, want: QuantSpec) -> None:
+    from hwnas.compress.quant import FIT_PALETTE_BITS, fit_spec
+
+    spec = fit_spec(QuantSpec("fit", 4, group, False), (96, k))
+    assert spec == want
+    pw = quantize_weight(torch.randn(96, k), QuantSpec("fit", 4, group, False))
+    assert pw.spec == spec
+    if spec.method == "kmeans":  # a tensor too small for one palette at that cost still gets one
+        assert pw.palette is not None and len(pw.palette) == 96 // (spec.group or 96)
+        assert spec.group is None or pw.palette.size * 16 / (96 * k) <= FIT_PALETTE_BITS
