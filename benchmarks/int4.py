@@ -36,6 +36,7 @@ from hwnas.compress import (
     QuantSpec,
     check_parity,
     export_int4_onnx,
+    finetune_biases_norms,
     from_supernet,
     load_subdit,
     quality_row,
@@ -44,7 +45,7 @@ from hwnas.compress import (
     time_onnx,
 )
 from hwnas.metrics.evaluate import Metric
-from hwnas.model import export_onnx
+from hwnas.model import example_inputs, export_onnx
 from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
@@ -90,6 +91,9 @@ def main() -> None:
     ap.add_argument("--specs", type=_specs, default=SPECS,
                     help="comma-separated METHOD[-gGROUP][-sym|-asym][-mixed], e.g. rtn-g128-asym,kmeans "
                          "(default: the eight of the README's table)")
+    ap.add_argument("--finetune-steps", type=int, default=0,
+                    help="after quantizing, train biases, norms and adaLN tables this many steps to match the "
+                         "fp32 model's output (`hwnas quantize --finetune-steps`)")
     ap.add_argument("--eval-seeds", type=positive_int, default=1,
                     help="evaluation seeds --seed, --seed + 1, ...: means, and paired changes with their SE")
     ap.add_argument("--n", type=positive_int, default=48, help="held-out prompts for compositional accuracy")
@@ -139,11 +143,15 @@ def main() -> None:
         for method, group, sym, mixed in args.specs:
             spec = QuantSpec(method, 4, group, sym)
             qsub, q = quantize_subdit(sub, spec, mixed=mixed, seed=args.seed)
+            if args.finetune_steps:
+                finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
+                                      steps=args.finetune_steps)
             row = {"method": method, "group": group, "symmetric": sym, "mixed": mixed, **q.summary(),
                    **_paired(base, quality(qsub, "int4")), "n": args.n, "fd_n": args.fd_n, "steps": args.steps,
-                   "cfg_scale": args.cfg_scale, "seeds": seeds, "fp32_onnx_bytes": fp32[b0].stat().st_size}
+                   "cfg_scale": args.cfg_scale, "seeds": seeds, "finetune_steps": args.finetune_steps,
+                   "fp32_onnx_bytes": fp32[b0].stat().st_size}
             for b in batches:
-                info = export_int4_onnx(sub.dit, q, tmp / f"int4-b{b}.onnx", batch=b)
+                info = export_int4_onnx(qsub.dit, q, tmp / f"int4-b{b}.onnx", batch=b)
                 row["int4_onnx_bytes"] = info["file_bytes"]
                 row["parity"] = check_parity(tmp / f"int4-b{b}.onnx", qsub.dit, batch=b, seed=args.seed,
                                              threads=args.threads)

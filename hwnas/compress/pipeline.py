@@ -96,7 +96,7 @@ def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, fin
               "mixed": mixed, "finetune_steps": finetune_steps, **q.summary(), "acc_fp32": before["value"],
               "acc_quant": after["value"], "source": after["source"], "n": n, "steps": steps, "cfg_scale": cfg_scale}
     if onnx_out is not None:
-        result["onnx"] = export_int4_onnx(sub.dit, q, onnx_out)
+        result["onnx"] = export_int4_onnx(qsub.dit, q, onnx_out)  # its biases and norms, fine-tuned or not
         result["parity"] = check_parity(onnx_out, qsub.dit)
     return result
 
