@@ -130,11 +130,12 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
         "device": "host", "precision": precision, "predicted_ms": None, "measured_ms": None, "how": "skipped in test"})
     out = tmp_path / "c"
     code, text = _run("compress", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--out", str(out),
-                      "--distill-steps", "1", "--student-steps", "2", "--n", "2", "--format", "onnx", "--quiet")
+                      "--distill-steps", "1", "--student-steps", "2", "--n", "2", "--format", "onnx",
+                      "--finetune-steps", "2", "--quiet")
     assert code == 0, text
     printed = json.loads(text)
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["distill"]["student_steps"] == 2
+    assert on_disk["distill"]["student_steps"] == 2 and on_disk["quant"]["finetune_steps"] == 2
     assert {"student 2 steps (before distillation)", "K-DMD 2 steps"} <= {r["stage"] for r in on_disk["quality_rows"]}
     assert printed["results"] == str(out / "results.json")
     assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")

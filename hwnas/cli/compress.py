@@ -134,6 +134,11 @@ def _quant_options(f: F) -> F:
     return click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True)(f)
 
 
+def _finetune_option(f: F) -> F:
+    return click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
+                        help="Bias/norm self-distillation steps after quantization.")(f)
+
+
 def _spec(method: Method, group: int, symmetric: bool) -> QuantSpec:
     return QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, symmetric)
 
@@ -143,8 +148,7 @@ def _spec(method: Method, group: int, symmetric: bool) -> QuantSpec:
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), help="A sub-DiT dir (export/distill output).")
 @config_option()
 @_quant_options
-@click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Bias/norm self-distillation steps after quantization.")
+@_finetune_option
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--steps", default=28, show_default=True, type=click.IntRange(min=1))
 @click.option("--cfg-scale", "cfg_scale", default=4.0, show_default=True, type=float)
@@ -185,6 +189,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
               help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with). "
                    f"[default: {_DC.student_steps}]")
 @_quant_options
+@_finetune_option
 @_format_option
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--resume", is_flag=True, help="Resume the distillation in OUT/student.")
@@ -194,8 +199,8 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @user_errors
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
                  student: str | None, mode: Mode | None, distill_steps: int | None, student_steps: int | None,
-                 method: Method, group: int, symmetric: bool, mixed: bool, formats: tuple[str, ...], n: int,
-                 resume: bool, keep_distilled: bool, quiet: bool) -> None:
+                 method: Method, group: int, symmetric: bool, mixed: bool, finetune_steps: int,
+                 formats: tuple[str, ...], n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
     distillation and with int4 weights; predicted vs measured latency."""
     from hwnas.compress import compress_pick
@@ -214,7 +219,8 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
     result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or "kdmd", student=student,
-                           spec=_spec(method, group, symmetric), mixed=mixed, formats=chosen, n=n, resume=resume,
+                           spec=_spec(method, group, symmetric), mixed=mixed, finetune_steps=finetune_steps,
+                           formats=chosen, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
                            "shipped": result["shipped"], "latency": result["latency"],

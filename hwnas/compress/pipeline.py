@@ -131,8 +131,8 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: Precision = "f
 
 def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
                   dc: DistillConfig | None = None, mode: Mode = "kdmd", student: str | Path | None = None,
-                  spec: QuantSpec | None = None, mixed: bool = False, formats: Sequence[Format] = (),
-                  n: int = 100, teacher_steps: int = 28,
+                  spec: QuantSpec | None = None, mixed: bool = False, finetune_steps: int = 0,
+                  formats: Sequence[Format] = (), n: int = 100, teacher_steps: int = 28,
                   cfg_scale: float = 4.0, resume: bool = False, progress: bool = True, threads: int = 1,
                   keep_distilled: bool = False) -> dict[str, Any]:
     """Run the whole compression stage for `cfg`; write and return `out/results.json`'s content.
@@ -141,7 +141,8 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     `hwnas distill` left in `student` (its own terms and step count; `dc` unused). The undistilled
     sub-DiT and the student are scored at the same steps and DiT evaluations (CFG 1); the better of
     the two (compositional accuracy, then fd_ref) is the one quantized and exported, unless
-    `keep_distilled`. `results.json` says which was shipped and why. `formats` also writes the
+    `keep_distilled`. `results.json` says which was shipped and why. `finetune_steps` trains the
+    quantized model's biases and norms against the shipped one's output. `formats` also writes the
     shipped model's deployable artefacts (`out/<format>/`, `hwnas.compress.deploy`)."""
     out = Path(out)
     start = time.perf_counter()
@@ -173,10 +174,13 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
            f"at {few} steps CFG 1 (compositional, then fd_ref): {name} {after[0]:.3f} / {-after[1]:.1f}, "
            f"undistilled {before[0]:.3f} / {-before[1]:.1f}")
     quant_model, q = quantize_subdit(shipped, spec, mixed=mixed)
+    if finetune_steps:
+        finetune_biases_norms(quant_model.dit, shipped.dit,
+                              lambda i: example_inputs(shipped.space, batch=8, seed=1000 + i), steps=finetune_steps)
     for metric in _METRICS:
         rows.append(quality_row(quant_model, cfg, stage=f"{shipped_name} {few} steps + int4", metric=metric, n=n,
                                 steps=few, cfg_scale=1.0, checkpoint=checkpoint))
-    int4 = export_int4_onnx(shipped.dit, q, out / "int4.onnx")
+    int4 = export_int4_onnx(quant_model.dit, q, out / "int4.onnx")
     parity = check_parity(out / "int4.onnx", quant_model.dit, threads=threads)
     export_onnx(shipped.dit, out / "fp32.onnx")
     ort_fp32 = time_onnx(out / "fp32.onnx", shipped.dit, threads=threads)
@@ -191,7 +195,7 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
                     "int4_over_fp32": ort_int4["median_ms"] / ort_fp32["median_ms"], "parity": parity,
                     "int4_file_bytes": int4["file_bytes"], "fp32_file_bytes": (out / "fp32.onnx").stat().st_size},
         "quant": {**q.summary(), "method": spec.method, "group": spec.group, "symmetric": spec.symmetric,
-                  "mixed": mixed},
+                  "mixed": mixed, "finetune_steps": finetune_steps},
         "artefacts": {a.format: {str(a.folder / name): size for name, size in a.files.items()} for a in artefacts},
         "distill": summary, "wall_s": round(time.perf_counter() - start, 1),
     }
