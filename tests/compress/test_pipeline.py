@@ -122,3 +122,15 @@ def test_a_student_that_does_not_belong_is_refused_before_anything_is_written(ti
         with pytest.raises(ValueError, match=message):
             compress_pick(tiny_net, cfg, out=out, student=tmp_path / name, n=2, teacher_steps=2, progress=False)
         assert not out.exists(), name
+
+
+def test_the_shipped_student_is_a_finished_distillation_of_the_shipped_latent_proxy() -> None:
+    """checkpoints/shapes-latent-full-dmd2 is what `hwnas compress --student` takes for `full`."""
+    from hwnas.compress.kdmd import load_student
+    from hwnas.space import resolve_config
+    from hwnas.train import load_supernet
+
+    root = Path(__file__).resolve().parents[2] / "checkpoints"
+    net = load_supernet(root / "shapes-latent")
+    _, summary = load_student(root / "shapes-latent-full-dmd2", net, resolve_config(net.space, "full"))
+    assert (summary["mode"], summary["student_steps"], summary["steps"]) == ("DMD", 2, 300)
