@@ -12,12 +12,13 @@ installed; a missing one is listed with the pip line that installs it. Then, on 
 - parity: max |v_artefact - v_PyTorch| in fp32, for the runtimes that run on this host (ONNX
   Runtime, ExecuTorch). Core ML runs only on macOS/iOS: its row gives the spec and MIL op count
   instead, and the Core ML `torch.jit.trace` frontend is tried too (the error it ends in is
-  recorded);
+  recorded). The palettized ONNX copy (`model-w4.onnx`) is compared with PyTorch running the same
+  palettized weights, since its distance from the fp32 model is the quantization's;
 - size: bytes on disk of each artefact (an `.mlpackage` counted whole) beside the fp32 and fp16
   size of the parameters;
-- latency: the median over `--rounds` interleaved rounds (each round calls every runtime once, in
-  turn, after 3 warm-up calls each) with one thread everywhere (onnxruntime intra-op 1, XNNPACK's
-  thread pool 1, `torch.set_num_threads(1)`); PyTorch eager is timed as a reference.
+- latency: the median over `--rounds` interleaved rounds (each round calls every file that runs
+  here once, in turn, after 3 warm-up calls each) with one thread everywhere (onnxruntime intra-op
+  1, XNNPACK's thread pool 1, `torch.set_num_threads(1)`); PyTorch eager is timed as a reference.
 
 The summary line: parity per runtime, ExecuTorch / onnxruntime latency, palettized / fp16 Core ML
 size. The artefacts go to a temporary directory unless `--out` keeps them. ~15-30 min on the 2
@@ -56,22 +57,35 @@ from hwnas.train import load_supernet
 
 def _rows(artefacts: list[Any], expected: np.ndarray, runners: dict[str, Any], inputs: tuple[torch.Tensor, ...],
           times: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per file. A palettized file's parity is against PyTorch with the same palettized
+    weights (measured at export; its distance from the fp32 model is quantization, not export)."""
     rows = []
     for a in artefacts:
+        palettized = a.details.get("palettized", {})
         for name, size in a.files.items():
-            palettized = a.details.get("palettized", {})
+            key = _key(a.format, name, a.details)
             row: dict[str, Any] = {
                 "format": a.format, "file": name, "bytes": size, "runtime": RUNTIMES[a.format].label,
                 "precision": palettized["precision"] if name == palettized.get("file") else a.details["precision"]}
-            if a.format in runners:
-                row["parity_max_abs"] = float(np.abs(runners[a.format](inputs) - expected).max())
-                row["median_ms"] = times[a.format]
+            if name == palettized.get("file") and "parity_max_abs_vs_dequantized" in palettized:
+                row["parity_max_abs"] = palettized["parity_max_abs_vs_dequantized"]
+                row["parity_reference"] = "PyTorch, the same palettized weights"
+            elif key in runners:
+                row["parity_max_abs"] = float(np.abs(runners[key](inputs) - expected).max())
+                row["parity_reference"] = "PyTorch, fp32"
+            if key in times:
+                row["median_ms"] = times[key]
             if a.format == "coreml":
                 row["weights_bytes"] = tree_bytes(a.folder / name / WEIGHTS)
                 row["mil_ops"] = sum(a.details["mil_ops"].values())
                 row["mil_op_types"] = len(a.details["mil_ops"])
             rows.append(row)
     return rows
+
+
+def _key(fmt: str, name: str, details: dict[str, Any]) -> str:
+    """The timing key of one file: its format for the format's main artefact, else `format/file`."""
+    return fmt if name == details["artefacts"][0] else f"{fmt}/{name}"
 
 
 def _time_all(calls: dict[str, Any], inputs: tuple[torch.Tensor, ...], *, rounds: int) -> dict[str, float]:
@@ -138,8 +152,8 @@ def main() -> None:
         t0 = time.perf_counter()
         artefacts = export_artefacts(sub, out, chosen)
         export_s = time.perf_counter() - t0
-        runners = {a.format: load_runner(a.format, a.folder / a.details["artefacts"][0], threads=1)
-                   for a in artefacts if RUNTIMES[a.format].runs_here}
+        runners = {_key(a.format, name, a.details): load_runner(a.format, a.folder / name, threads=1)
+                   for a in artefacts if RUNTIMES[a.format].runs_here for name in a.details["artefacts"]}
         with torch.no_grad():
             times = _time_all({"pytorch": lambda x: sub.dit(*x), **runners}, inputs, rounds=args.rounds)
         rows = _rows(artefacts, expected, runners, inputs, times)
@@ -161,7 +175,7 @@ def main() -> None:
     if trace is not None:
         print(f"coreml torch.jit.trace frontend: {trace}")
 
-    parts = [f"{r['format']} max|diff| {r['parity_max_abs']:.1e}" for r in rows if "parity_max_abs" in r]
+    parts = [f"{r['format']}/{r['file']} max|diff| {r['parity_max_abs']:.1e}" for r in rows if "parity_max_abs" in r]
     if "executorch" in times and "onnx" in times:
         parts.append(f"executorch/onnxruntime latency {times['executorch'] / times['onnx']:.2f}x "
                      f"({times['executorch']:.2f} vs {times['onnx']:.2f} ms, 1 thread)")
