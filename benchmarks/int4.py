@@ -49,34 +49,37 @@ from hwnas.model import example_inputs, export_onnx
 from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
-Spec = tuple[str, int | None, bool, bool]  # method, group, symmetric, mixed
-SPECS: list[Spec] = [("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False),
-                     ("rtn", 32, False, False), ("rtn", 128, False, False), ("kmeans", None, True, False),
-                     ("rtn", 32, True, True), ("kmeans", None, True, True)]
+Spec = tuple[str, int | None, bool, bool, int]  # method, group, symmetric, mixed, side bits
+SPECS: list[Spec] = [("rtn", 32, True, False, 16), ("rtn", 64, True, False, 16), ("rtn", 128, True, False, 16),
+                     ("rtn", 32, False, False, 16), ("rtn", 128, False, False, 16), ("kmeans", None, True, False, 16),
+                     ("rtn", 32, True, True, 16), ("kmeans", None, True, True, 16)]
 
 
 def _specs(text: str) -> list[Spec]:
-    """An argparse type: `METHOD[-gGROUP][-sym|-asym][-mixed]`, comma-separated (rtn-g128-asym,kmeans);
-    rtn's and fit's group defaults to 32 and symmetric, k-means' palettes are per tensor unless -gROWS."""
+    """An argparse type: `METHOD[-gGROUP][-sym|-asym][-mixed][-side8]`, comma-separated
+    (rtn-g128-asym,kmeans); rtn's and fit's group defaults to 32 and symmetric, k-means' palettes
+    are per tensor unless -gROWS; -side8 stores biases, norms and adaLN tables as uint8."""
     specs = []
     for item in text.split(","):
         method, *parts = item.strip().split("-")
-        group, sym, mixed = (None if method == "kmeans" else 32), True, False
+        group, sym, mixed, side = (None if method == "kmeans" else 32), True, False, 16
         for part in parts:
             if part in ("sym", "asym"):
                 sym = part == "sym"
             elif part == "mixed":
                 mixed = True
+            elif part == "side8":
+                side = 8
             elif part.startswith("g") and part[1:].isdigit():
                 group = int(part[1:])
             else:
                 raise argparse.ArgumentTypeError(f"{item!r}: unknown part {part!r} "
-                                                 "(METHOD[-gGROUP][-sym|-asym][-mixed])")
+                                                 "(METHOD[-gGROUP][-sym|-asym][-mixed][-side8])")
         try:
-            QuantSpec(method, 4, group, sym)  # type: ignore[arg-type]
+            QuantSpec(method, 4, group, sym, side)  # type: ignore[arg-type]
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
-        specs.append((method, group, sym, mixed))
+        specs.append((method, group, sym, mixed, side))
     return specs
 
 
@@ -89,7 +92,7 @@ def main() -> None:
     ap.add_argument("--pick", default="best")
     ap.add_argument("--model", help="a sub-DiT directory (hwnas export / distill output) instead of --config or --run")
     ap.add_argument("--specs", type=_specs, default=SPECS,
-                    help="comma-separated METHOD[-gGROUP][-sym|-asym][-mixed], e.g. rtn-g128-asym,kmeans "
+                    help="comma-separated METHOD[-gGROUP][-sym|-asym][-mixed][-side8], e.g. rtn-g128-asym,kmeans "
                          "(default: the eight of the README's table)")
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="after quantizing, train biases, norms and adaLN tables this many steps to match the "
@@ -140,12 +143,12 @@ def main() -> None:
         tmp = Path(tmp_dir)
         fp32 = {b: export_onnx(sub.dit, tmp / f"fp32-b{b}.onnx", batch=b) for b in batches}
         t_fp32 = {b: time_onnx(fp32[b], sub.dit, batch=b, threads=args.threads) for b in batches}
-        for method, group, sym, mixed in args.specs:
-            spec = QuantSpec(method, 4, group, sym)
+        for method, group, sym, mixed, side in args.specs:
+            spec = QuantSpec(method, 4, group, sym, side)  # type: ignore[arg-type]
             qsub, q = quantize_subdit(sub, spec, mixed=mixed, seed=args.seed)
             if args.finetune_steps:
                 finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
-                                      steps=args.finetune_steps)
+                                      steps=args.finetune_steps, side_bits=spec.side_bits)
             row = {"method": method, "group": group, "symmetric": sym, "mixed": mixed, **q.summary(),
                    **_paired(base, quality(qsub, "int4")), "n": args.n, "fd_n": args.fd_n, "steps": args.steps,
                    "cfg_scale": args.cfg_scale, "seeds": seeds, "finetune_steps": args.finetune_steps,
@@ -216,7 +219,8 @@ def _name(row: dict) -> str:  # type: ignore[type-arg]
     """`rtn-g128-asym`, the --specs spelling of a row."""
     sym = "" if row["method"] == "kmeans" else "-sym" if row["symmetric"] else "-asym"
     group = f"-g{row['group']}" if row["group"] else ""
-    return f"{row['method']}{group}{sym}{'-mixed' if row['mixed'] else ''}"
+    side = "-side8" if row.get("side_bits") == 8 else ""
+    return f"{row['method']}{group}{sym}{'-mixed' if row['mixed'] else ''}{side}"
 
 
 if __name__ == "__main__":

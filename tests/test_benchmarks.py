@@ -120,19 +120,19 @@ def test_int4_scores_a_saved_sub_dit_with_paired_changes_per_seed(tmp_path: Path
     save_subdit(from_supernet(net, net.space.smallest()), tmp_path / "model")
     out = tmp_path / "int4.json"
     res = _run("int4.py", "--checkpoint", str(tiny_checkpoint), "--model", str(tmp_path / "model"), "--steps", "1",
-               "--cfg-scale", "1", "--n", "2", "--eval-seeds", "2", "--specs", "rtn-g16-asym,kmeans-mixed",
+               "--cfg-scale", "1", "--n", "2", "--eval-seeds", "2", "--specs", "rtn-g16-asym,kmeans-mixed-side8",
                "--json", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["seeds"] == [0, 1] and report["model"] == str(tmp_path / "model")
-    assert [(r["method"], r["group"], r["symmetric"], r["mixed"]) for r in report["rows"]] == [
-        ("rtn", 16, False, False), ("kmeans", None, True, True)]
+    assert [(r["method"], r["group"], r["symmetric"], r["mixed"], r["side_bits"]) for r in report["rows"]] == [
+        ("rtn", 16, False, False, 16), ("kmeans", None, True, True, 8)]
     for row in report["rows"]:
         diffs = [100 * (a - b) for a, b in zip(row["acc_quant_seeds"], row["acc_fp32_seeds"], strict=True)]
         assert row["acc_change_points"] == pytest.approx(diffs) and len(diffs) == 2
         assert row["acc_change_mean"] == pytest.approx(sum(diffs) / 2) and row["acc_change_se"] is not None
     last = res.stdout.strip().splitlines()[-1]
-    assert last.startswith("summary: smallest rtn (rtn-g16-asym)") and "kmeans-mixed" in last
+    assert last.startswith("summary: smallest rtn (rtn-g16-asym)") and "kmeans-mixed-side8" in last
     bad = _run("int4.py", "--specs", "rtn-g16-fast", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown part 'fast'" in bad.stderr
 

@@ -109,13 +109,16 @@ def test_eval_passes_the_time_shift_to_the_sampler(tiny_checkpoint: Path, monkey
     assert shifts == [3.0] and result["shift"] == 3.0 and "time shift 3.0" in result["source"]
 
 
-def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("side_bits", ["16", "8"])
+def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path, side_bits: str) -> None:
     onnx_path = tmp_path / "int4.onnx"
     code, text = _run("quantize", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--group", "16",
-                      "--n", "2", "--steps", "1", "--onnx", str(onnx_path), "--json")
+                      "--n", "2", "--steps", "1", "--finetune-steps", "2", "--side-bits", side_bits,
+                      "--onnx", str(onnx_path), "--json")
     assert code == 0, text
     result = json.loads(text)
     assert result["method"] == "rtn" and result["group"] == 16 and 4.0 <= result["avg_bits"] < 8.0
+    assert result["side_bits"] == int(side_bits)
     assert 0 < result["bytes"] < result["bytes_fp16"]
     assert 0.0 <= result["acc_fp32"] <= 1.0 and 0.0 <= result["acc_quant"] <= 1.0
     assert onnx_path.stat().st_size > 0 and result["parity"]["max_abs_diff"] < 1e-2

@@ -124,6 +124,9 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 
 
 def _quant_options(f: F) -> F:
+    f = click.option("--side-bits", "side_bits", type=click.Choice(["16", "8"]), default=str(_QS.side_bits),
+                     show_default=True,
+                     help="Biases, norms and adaLN tables: fp16, or uint8 on a per-tensor grid (narrow picks).")(f)
     f = click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")(f)
     f = click.option("--symmetric/--asymmetric", default=_QS.symmetric, show_default=True,
                      help="rtn without / with zero points.")(f)
@@ -139,8 +142,9 @@ def _finetune_option(f: F) -> F:
                         help="Bias/norm self-distillation steps after quantization.")(f)
 
 
-def _spec(method: Method, group: int, symmetric: bool) -> QuantSpec:
-    return QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, symmetric)
+def _spec(method: Method, group: int, symmetric: bool, side_bits: str) -> QuantSpec:
+    return QuantSpec(method, 4, None if method == "kmeans" and group == 0 else group, symmetric,
+                     8 if side_bits == "8" else 16)
 
 
 @main.command("quantize")
@@ -157,8 +161,8 @@ def _spec(method: Method, group: int, symmetric: bool) -> QuantSpec:
 @json_option
 @user_errors
 def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, method: Method, group: int,
-                 symmetric: bool, mixed: bool, finetune_steps: int, n: int, steps: int, cfg_scale: float,
-                 onnx_out: str | None, as_json: bool) -> None:
+                 symmetric: bool, mixed: bool, side_bits: str, finetune_steps: int, n: int, steps: int,
+                 cfg_scale: float, onnx_out: str | None, as_json: bool) -> None:
     """Weight-only int4 quantization; accuracy before/after on the quantized weights."""
     from hwnas.compress import from_supernet, load_subdit, quantize_and_score
 
@@ -167,11 +171,12 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
     else:
         net = load_supernet(checkpoint)
         sub = from_supernet(net, resolve_config(net.space, config))
-    spec = _spec(method, group, symmetric)
+    spec = _spec(method, group, symmetric, side_bits)
     r = quantize_and_score(sub, spec, mixed=mixed, finetune_steps=finetune_steps, n=n, steps=steps,
                            cfg_scale=cfg_scale, checkpoint=checkpoint, onnx_out=onnx_out)
     click.echo(json.dumps(r, indent=2) if as_json else
-               f"{method} g{spec.group} {'sym' if spec.symmetric else 'asym'}{' mixed' if mixed else ''}: "
+               f"{method} g{spec.group} {'sym' if spec.symmetric else 'asym'}{' mixed' if mixed else ''}"
+               f"{' side8' if spec.side_bits == 8 else ''}: "
                f"{r['avg_bits']:.3f} bits, {r['bytes']} B vs {r['bytes_fp16']} B fp16; accuracy "
                f"{r['acc_fp32']:.3f} -> {r['acc_quant']:.3f} (n={n}, {steps} steps)")
 
@@ -199,7 +204,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @user_errors
 def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str | None,
                  student: str | None, mode: Mode | None, distill_steps: int | None, student_steps: int | None,
-                 method: Method, group: int, symmetric: bool, mixed: bool, finetune_steps: int,
+                 method: Method, group: int, symmetric: bool, mixed: bool, side_bits: str, finetune_steps: int,
                  formats: tuple[str, ...], n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
     distillation and with int4 weights; predicted vs measured latency."""
@@ -219,7 +224,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
     result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or "kdmd", student=student,
-                           spec=_spec(method, group, symmetric), mixed=mixed, finetune_steps=finetune_steps,
+                           spec=_spec(method, group, symmetric, side_bits), mixed=mixed, finetune_steps=finetune_steps,
                            formats=chosen, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],

@@ -19,6 +19,9 @@ runtime executes exactly the weights PyTorch's quality was measured on:
   onnxruntime runs the decoder once, when the session constant-folds it, so a step then runs at
   fp32 speed on the fp32 weights (Core ML decodes palettes the same way on the phone; onnxruntime
   has no palettized matmul kernel).
+- **side parameters** (biases, norms, adaLN tables) stay fp32 initializers holding the fp16-rounded
+  values, or with `side_bits=8` become uint8 codes with an fp32 minimum and step, decoded by
+  `Cast -> Mul -> Add` under the initializer's own name.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from hwnas.compress.quant import (
     QuantizedModel,
     dequantized_copy,
     pack,
+    side_grid,
+    side_int8,
+    side_parameters,
     weight_layers,
 )
 from hwnas.io import atomic_write
@@ -115,25 +121,60 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
                 helper.make_node("Transpose", [tag + "_mm"], [tag + "_nchw"], perm=[0, 3, 1, 2]),
                 helper.make_node("DepthToSpace", [tag + "_nchw"], [node.output[0] if bias is None else tag + "_d2s"],
                                  blocksize=p, mode="DCR")]
-            if bias is not None:
-                b = numpy_helper.to_array(inits[bias]).reshape(-1, 1, 1)
-                added.append(numpy_helper.from_array(b, tag + "_bias_c11"))
-                new_nodes.append(helper.make_node("Add", [tag + "_d2s", tag + "_bias_c11"], [node.output[0]]))
+            if bias is not None:  # the bias by name, so that a uint8 side tensor decodes it
+                added.append(numpy_helper.from_array(np.array([-1, 1, 1], np.int64), tag + "_c11"))
+                new_nodes += [helper.make_node("Reshape", [bias, tag + "_c11"], [tag + "_bias_c11"]),
+                              helper.make_node("Add", [tag + "_d2s", tag + "_bias_c11"], [node.output[0]])]
         replaced += 1
     if palettized:
         added += [numpy_helper.from_array(v, name) for name, v in _SHARED.items()]
+    decoders, tensors = _side_decoders(deq, q, inits)
+    added += tensors
+    decoded = {nd.output[0] for nd in decoders}
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(decoders + new_nodes)
     graph.initializer.extend(added)
     used = {i for nd in graph.node for i in nd.input}
-    keep = [i for i in graph.initializer if i.name in used]
+    keep = [i for i in graph.initializer if i.name in used and i.name not in decoded]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     if replaced and not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     atomic_write(path, lambda tmp: onnx.save(graph_model, str(tmp)))
     return {"path": str(path), "matmulnbits": replaced, "palettized": palettized, "layers": len(q.packed),
-            "file_bytes": path.stat().st_size}
+            "side_uint8": len(decoders) // 3, "file_bytes": path.stat().st_size}
+
+
+def _side_decoders(deq: StaticDiT, q: QuantizedModel,
+                   inits: dict[str, onnx.TensorProto]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """With `q.side_bits == 8`: every initializer holding a side tensor stored as uint8
+    (`quant.side_int8`) becomes its codes, minimum and step, and `Cast -> Mul -> Add` nodes that
+    rebuild it under its own name (onnxruntime folds them at session start), where that makes the
+    file smaller (the nodes cost ~150 bytes; the fp32 initializer holds the same grid values).
+    Initializers are matched by value, since the exporter merges equal tensors (norm weights of all
+    ones, say)."""
+    nodes: list[onnx.NodeProto] = []
+    tensors: list[onnx.TensorProto] = []
+    if q.side_bits != 8:
+        return nodes, tensors
+    grids = {np.ascontiguousarray(p.detach().numpy(), np.float32).tobytes(): p
+             for p in side_parameters(deq).values() if side_int8(p.numel(), q.side_bits)}
+    for name, init in inits.items():
+        p = grids.get(numpy_helper.to_array(init).tobytes()) if init.data_type == onnx.TensorProto.FLOAT else None
+        if p is None:
+            continue
+        codes, lo, step = side_grid(p)
+        tag = f"side{len(nodes) // 3}"
+        coded = [numpy_helper.from_array(codes.reshape(tuple(init.dims)), tag + "_u8"),
+                 numpy_helper.from_array(np.array(step, np.float32), tag + "_step"),
+                 numpy_helper.from_array(np.array(lo, np.float32), tag + "_min")]
+        decoder = [helper.make_node("Cast", [tag + "_u8"], [tag + "_f"], to=onnx.TensorProto.FLOAT),
+                   helper.make_node("Mul", [tag + "_f", tag + "_step"], [tag + "_s"]),
+                   helper.make_node("Add", [tag + "_s", tag + "_min"], [name])]
+        if sum(t.ByteSize() for t in coded) + sum(nd.ByteSize() for nd in decoder) < init.ByteSize():  # same values
+            tensors += coded
+            nodes += decoder
+    return nodes, tensors
 
 
 _NIBBLES = "palette_nibbles"

@@ -88,7 +88,7 @@ def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, fin
     qsub, q = quantize_subdit(sub, spec, mixed=mixed)
     if finetune_steps:
         finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),
-                              steps=finetune_steps)
+                              steps=finetune_steps, side_bits=spec.side_bits)
     kw: dict[str, Any] = dict(metric="compositional", n=n, steps=steps, cfg_scale=cfg_scale, checkpoint=checkpoint)
     before, after = quality_row(sub, sub.cfg, stage="fp32", **kw), quality_row(qsub, sub.cfg, stage="quantized", **kw)
     assert before is not None and after is not None  # compositional is always available
@@ -176,7 +176,8 @@ def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoi
     quant_model, q = quantize_subdit(shipped, spec, mixed=mixed)
     if finetune_steps:
         finetune_biases_norms(quant_model.dit, shipped.dit,
-                              lambda i: example_inputs(shipped.space, batch=8, seed=1000 + i), steps=finetune_steps)
+                              lambda i: example_inputs(shipped.space, batch=8, seed=1000 + i), steps=finetune_steps,
+                              side_bits=spec.side_bits)
     for metric in _METRICS:
         rows.append(quality_row(quant_model, cfg, stage=f"{shipped_name} {few} steps + int4", metric=metric, n=n,
                                 steps=few, cfg_scale=1.0, checkpoint=checkpoint))

@@ -21,8 +21,10 @@ over non-overlapping patches; see `matmul_weight` for the K and N orders):
 
 Mixed precision (SnapGen++): each layer's sensitivity is the MSE of the model output with that
 layer alone quantized to 4 bits; the most sensitive layers (per extra bit) go to 8 bits until the
-average bits rise by `mixed_extra_bits`. Everything else (biases, norms, adaLN tables, any other
-conv) stays fp16 and is counted as 16 bits in `avg_bits_all` and in `bytes`.
+average bits rise by `mixed_extra_bits`. Everything else (the side parameters: biases, norms,
+adaLN tables, any other conv) is stored as fp16, or with `side_bits=8` as uint8 codes on an even
+grid from each tensor's minimum to its maximum (`round_side`; fp32 minimum and step, 8 bytes a
+tensor, so tensors of 8 values or fewer stay fp16), and counted so in `avg_bits_all` and `bytes`.
 
 PyTorch quality uses the dequantized weights from the packed codes (`dequantized_copy`), which
 are the weights the int4 ONNX model (`hwnas.compress.onnx_int4`) runs.
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.compress.settings import Bits, QuantSpec
+from hwnas.compress.settings import Bits, QuantSpec, SideBits
 
 WeightLayer: TypeAlias = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
 """What `weight_layers` picks (a conv only with its kernel equal to its stride)."""
@@ -141,6 +143,8 @@ FIT_MIN_BLOCK = 64
 """fit's rtn layers: the smallest MatMulNBits block (fp16 scale + 4-bit zero point: 0.31 bit a weight)."""
 FIT_PALETTE_BITS = 0.25
 """fit's k-means layers: the most a palette may cost per weight it serves."""
+SIDE_GRID_BYTES = 8
+"""Bytes a uint8 side tensor stores beside its codes: the fp32 minimum and step of its grid."""
 
 
 def fit_spec(spec: QuantSpec, shape: tuple[int, int]) -> QuantSpec:
@@ -286,9 +290,11 @@ class QuantizedModel:
     avg_bits: float
     avg_bits_all: float
     bits: dict[str, Bits]
+    side_bits: SideBits = 16
 
     def summary(self) -> dict[str, float | int | list[str]]:
         return {"avg_bits": round(self.avg_bits, 4), "avg_bits_all": round(self.avg_bits_all, 4),
+                "side_bits": self.side_bits,
                 "bytes": self.bytes, "bytes_fp16": self.bytes_fp16,
                 "compression_vs_fp16": round(self.bytes_fp16 / self.bytes, 3),
                 "layers_8bit": sorted(k for k, b in self.bits.items() if b == 8),
@@ -307,23 +313,60 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, Bits] |
     chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
     packed = {name: quantize_weight(matmul_weight(m), QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))
               for name, m in layers.items()}
-    weight_ids = {id(m.weight) for m in layers.values()}
     total = sum(p.numel() for p in model.parameters())
-    other = sum(p.numel() for p in model.parameters() if id(p) not in weight_ids)
-    quant_params = total - other
+    side = side_parameters(model)
+    quant_params = total - sum(p.numel() for p in side.values())
     quant_bytes = sum(p.nbytes for p in packed.values())
-    nbytes = quant_bytes + 2 * other
+    nbytes = quant_bytes + sum(side_bytes(p.numel(), spec.side_bits) for p in side.values())
     return QuantizedModel(packed=packed, bytes=nbytes, bytes_fp16=2 * total, avg_bits=8 * quant_bytes / quant_params,
-                          avg_bits_all=8 * nbytes / total, bits=chosen)
+                          avg_bits_all=8 * nbytes / total, bits=chosen, side_bits=spec.side_bits)
+
+
+def side_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters `quantize_model` leaves to `side_bits`: all but the weight layers' weights."""
+    weight_ids = {id(m.weight) for m in weight_layers(model).values()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in weight_ids}
+
+
+def side_int8(numel: int, side_bits: SideBits) -> bool:
+    """Whether a side tensor of `numel` values is stored as uint8 codes (smaller than fp16 only past 8 values)."""
+    return side_bits == 8 and numel > SIDE_GRID_BYTES
+
+
+def side_bytes(numel: int, side_bits: SideBits) -> int:
+    """Storage bytes of one side tensor: uint8 codes and its fp32 minimum and step, or fp16."""
+    return numel + SIDE_GRID_BYTES if side_int8(numel, side_bits) else 2 * numel
+
+
+def side_grid(t: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    """uint8 codes and the fp32 `(minimum, step)` of the even 256-level grid over `t`'s range;
+    `t` is approximately `minimum + codes * step`."""
+    x = t.detach().cpu().float().numpy()
+    lo = np.float32(x.min())
+    step = np.float32((np.float32(x.max()) - lo) / np.float32(255))
+    if step == 0:
+        return np.zeros(x.shape, np.uint8), float(lo), 0.0
+    codes = np.clip(np.rint((x - lo) / step), 0, 255).astype(np.uint8)
+    return codes, float(lo), float(step)
+
+
+@torch.no_grad()
+def round_side(p: torch.Tensor, side_bits: SideBits) -> None:
+    """Round a side parameter in place to what is stored: fp16, or its uint8 grid (`side_grid`)."""
+    if side_int8(p.numel(), side_bits):
+        codes, lo, step = side_grid(p)
+        p.copy_(torch.from_numpy(np.float32(lo) + codes.astype(np.float32) * np.float32(step)).to(p.dtype))
+    else:
+        p.copy_(p.half().float())
 
 
 @torch.no_grad()
 def dequantized_copy(model: _M, q: QuantizedModel) -> _M:
-    """A copy of `model` whose weight layers hold the dequantized packed weights and whose other
-    parameters are rounded to fp16 (as stored), in fp32 for PyTorch."""
+    """A copy of `model` whose weight layers hold the dequantized packed weights and whose side
+    parameters are rounded as stored (`round_side` with `q.side_bits`), in fp32 for PyTorch."""
     out = copy.deepcopy(model)
-    for p in out.parameters():
-        p.copy_(p.half().float())
+    for p in side_parameters(out).values():
+        round_side(p, q.side_bits)
     for name, m in weight_layers(out).items():
         set_matmul_weight(m, q.packed[name].dequantize())
     return out
@@ -367,10 +410,11 @@ def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float],
 
 
 def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Callable[[int], tuple[torch.Tensor, ...]], *,
-                          steps: int = 100, lr: float = 1e-4) -> list[float]:
+                          steps: int = 100, lr: float = 1e-4, side_bits: SideBits = 16) -> list[float]:
     """Self-distillation after quantization (SnapGen++): train only biases, norm affines and
     adaLN tables of the dequantized `student` to match the fp32 `teacher`'s output on
-    `batches(i)` (model inputs); Linear/conv weights stay frozen. Returns the loss per step."""
+    `batches(i)` (model inputs); Linear/conv weights stay frozen. They are rounded to `side_bits`
+    at the end, as they are stored. Returns the loss per step."""
     weights = {id(m.weight) for m in student.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))}
     train = [p for p in student.parameters() if id(p) not in weights]
     for p in student.parameters():
@@ -386,8 +430,7 @@ def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Calla
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    with torch.no_grad():
-        for p in train:
-            p.copy_(p.half().float())  # stored as fp16
+    for p in train:
+        round_side(p, side_bits)
     student.requires_grad_(False)
     return losses

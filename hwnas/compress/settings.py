@@ -11,6 +11,7 @@ MODES: tuple[Mode, ...] = get_args(Mode)
 Method = Literal["rtn", "kmeans", "fit"]
 METHODS: tuple[Method, ...] = get_args(Method)
 Bits = Literal[4, 8]
+SideBits = Literal[8, 16]
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,19 @@ class QuantSpec:
     its input channels split into MatMulNBits blocks of 64 or more without padding, k-means palettes
     of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). The default, rtn with
     zero points in groups of up to 128 input channels, is the smallest rtn that kept the latent
-    proxy's accuracy (README, "int4 at proxy widths")."""
+    proxy's accuracy (README, "int4 at proxy widths").
+
+    `side_bits`: how the parameters that are not weights of a matmul are stored (biases, norm
+    affines, adaLN tables): 16 (fp16) or 8 (uint8 codes on an even grid from the tensor's minimum
+    to its maximum, per tensor; `hwnas.compress.quant.round_side`). They are 2% of a 64-channel
+    proxy sub-DiT's parameters but 4% of a 24-channel one's, where fp16 storage costs 0.45 bit a
+    parameter; at SnapGen++ widths they are under 0.5%."""
 
     method: Method = "rtn"
     bits: Bits = 4
     group: int | None = 128
     symmetric: bool = False
+    side_bits: SideBits = 16
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -97,3 +105,5 @@ class QuantSpec:
             raise ValueError(f"{self.method} needs a power-of-two group >= 16 (MatMulNBits blocks), got {self.group!r}")
         if self.group is not None and self.group < 1:
             raise ValueError(f"group must be positive, got {self.group!r}")
+        if self.side_bits not in (8, 16):
+            raise ValueError(f"side_bits must be 8 or 16, got {self.side_bits!r}")

@@ -73,3 +73,20 @@ def test_fit_runs_matmulnbits_and_palettes_side_by_side(tiny_net: Supernet, tmp_
     assert q.summary()["layers_kmeans"] == info["palettized"]
     parity = check_parity(tmp_path / "fit.onnx", dequantized_copy(static, q))
     assert parity["max_abs_diff"] < 1e-4 * max(1.0, parity["ref_abs_mean"])
+
+
+def test_side_uint8_tensors_are_decoded_in_the_graph(tiny_net: Supernet, tmp_path: Path) -> None:
+    """With side_bits 8 the file stores biases, norms and adaLN tables as uint8 (smaller) and still
+    equals the dequantized PyTorch model, whose side parameters sit on the same grids."""
+    static = extract_subnet(tiny_net.dit, tiny_net.space.largest()).eval()
+    q16 = quantize_model(static, QuantSpec("rtn", 4, 16, False))
+    q8 = quantize_model(static, QuantSpec("rtn", 4, 16, False, 8))
+    wide = export_int4_onnx(static, q16, tmp_path / "side16.onnx", accuracy_level=0)
+    small = export_int4_onnx(static, q8, tmp_path / "side8.onnx", accuracy_level=0)
+    assert wide["side_uint8"] == 0 < small["side_uint8"]
+    assert small["file_bytes"] < wide["file_bytes"]
+    deq = dequantized_copy(static, q8)
+    parity = check_parity(tmp_path / "side8.onnx", deq)
+    assert parity["max_abs_diff"] < 1e-4 * max(1.0, parity["ref_abs_mean"])
+    off = check_parity(tmp_path / "side8.onnx", dequantized_copy(static, q16))
+    assert off["max_abs_diff"] > parity["max_abs_diff"]  # the grid is not fp16: the check can fail

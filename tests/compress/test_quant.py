@@ -17,6 +17,9 @@ from hwnas.compress.quant import (
     quantize_model,
     quantize_rtn,
     quantize_weight,
+    round_side,
+    side_bytes,
+    side_parameters,
     unpack,
 )
 
@@ -123,6 +126,33 @@ def test_dequantized_copy_uses_the_packed_weights_and_finetune_moves_only_biases
                                    steps=30, lr=1e-3)
     assert torch.equal(qm[2].weight, weight) and not torch.equal(qm[2].bias, bias)
     assert losses[-1] < losses[0]
+
+
+def test_side_uint8_grid_bounds_error_and_accounting() -> None:
+    model = _mlp()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.linspace(-3, 5, model[0].bias.numel()) ** 3)
+    side = side_parameters(model)
+    assert set(side) == {"0.bias", "2.bias", "4.bias"}
+    b = side["0.bias"].detach().clone()
+    r = b.clone()
+    round_side(r, 8)
+    step = float(b.max() - b.min()) / 255
+    assert (r - b).abs().max() <= step / 2 + 1e-6 and r.min() == b.min()
+    assert len(torch.unique(r)) <= 256 and not torch.equal(r, b.half().float())
+    again = r.clone()
+    round_side(again, 8)  # what is stored rounds to itself (to fp32 ulps of the grid)
+    assert torch.allclose(again, r, rtol=0, atol=1e-5 * step)
+    q16 = quantize_model(model, QuantSpec("rtn", 4, 32, False))
+    q8 = quantize_model(model, QuantSpec("rtn", 4, 32, False, 8))
+    sizes = [p.numel() for p in side.values()]
+    assert q16.bytes - q8.bytes == sum(2 * n - side_bytes(n, 8) for n in sizes) > 0
+    assert q8.avg_bits == q16.avg_bits and q8.avg_bits_all < q16.avg_bits_all and q8.summary()["side_bits"] == 8
+    assert side_bytes(8, 8) == 16 and side_bytes(9, 8) == 17  # 8 values or fewer stay fp16
+    deq = dequantized_copy(model, q8)
+    expected = b.clone()
+    round_side(expected, 8)
+    assert torch.equal(deq[0].bias, expected)
 
 
 def test_patch_convs_are_matmuls_over_patches() -> None:
