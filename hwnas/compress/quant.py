@@ -413,24 +413,36 @@ def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Calla
                           steps: int = 100, lr: float = 1e-4, side_bits: SideBits = 16) -> list[float]:
     """Self-distillation after quantization (SnapGen++): train only biases, norm affines and
     adaLN tables of the dequantized `student` to match the fp32 `teacher`'s output on
-    `batches(i)` (model inputs); Linear/conv weights stay frozen. They are rounded to `side_bits`
-    at the end, as they are stored. Returns the loss per step."""
+    `batches(i)` (model inputs); Linear/conv weights stay frozen. Every forward runs them rounded
+    as stored (`round_side` with `side_bits`) while Adam updates fp32 copies (straight-through), so
+    the rounding is trained through, not added afterwards. Returns the loss per step."""
     weights = {id(m.weight) for m in student.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))}
     train = [p for p in student.parameters() if id(p) not in weights]
     for p in student.parameters():
         p.requires_grad_(id(p) not in weights)
-    opt = torch.optim.Adam(train, lr=lr)
+    masters = [p.detach().clone().requires_grad_(True) for p in train]
+    opt = torch.optim.Adam(masters, lr=lr)
     losses = []
     for i in range(steps):
+        _load_rounded(train, masters, side_bits)
         inputs = batches(i)
         with torch.no_grad():
             target = teacher(*inputs)
         loss = torch.mean((student(*inputs) - target) ** 2)
         opt.zero_grad(set_to_none=True)
+        student.zero_grad(set_to_none=True)
         loss.backward()
+        for p, m in zip(train, masters, strict=True):
+            m.grad = p.grad
         opt.step()
         losses.append(loss.item())
-    for p in train:
-        round_side(p, side_bits)
+    _load_rounded(train, masters, side_bits)
     student.requires_grad_(False)
     return losses
+
+
+@torch.no_grad()
+def _load_rounded(params: list[nn.Parameter], masters: list[torch.Tensor], side_bits: SideBits) -> None:
+    for p, m in zip(params, masters, strict=True):
+        p.copy_(m)
+        round_side(p, side_bits)

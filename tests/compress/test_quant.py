@@ -155,6 +155,20 @@ def test_side_uint8_grid_bounds_error_and_accounting() -> None:
     assert torch.equal(deq[0].bias, expected)
 
 
+def test_finetune_trains_through_the_uint8_grid() -> None:
+    model = _mlp()
+    q = quantize_model(model, QuantSpec("rtn", 4, 32, False, 8))
+    qm = dequantized_copy(model, q)
+    losses = finetune_biases_norms(qm, model,
+                                   lambda i: (torch.randn(16, 64, generator=torch.Generator().manual_seed(i)),),
+                                   steps=30, lr=1e-3, side_bits=8)
+    assert losses[-1] < losses[0]
+    for p in side_parameters(qm).values():
+        stored = p.detach().clone()
+        round_side(stored, 8)
+        assert torch.allclose(stored, p, rtol=0, atol=1e-6) and len(torch.unique(p)) <= 256
+
+
 def test_patch_convs_are_matmuls_over_patches() -> None:
     """Conv2d / ConvTranspose2d with kernel = stride are quantized in their matmul form; the K and
     N orders are those of ONNX SpaceToDepth / DepthToSpace (DCR), and the form round-trips."""
