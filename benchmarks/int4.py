@@ -49,10 +49,11 @@ from hwnas.model import example_inputs, export_onnx
 from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
-Spec = tuple[str, int | None, bool, bool, int]  # method, group, symmetric, mixed, side bits
-SPECS: list[Spec] = [("rtn", 32, True, False, 16), ("rtn", 64, True, False, 16), ("rtn", 128, True, False, 16),
-                     ("rtn", 32, False, False, 16), ("rtn", 128, False, False, 16), ("kmeans", None, True, False, 16),
-                     ("rtn", 32, True, True, 16), ("kmeans", None, True, True, 16)]
+Spec = tuple[QuantSpec, bool]  # the quantization, mixed 4/8 bits
+SPECS: list[Spec] = [(QuantSpec("rtn", 4, 32, True), False), (QuantSpec("rtn", 4, 64, True), False),
+                     (QuantSpec("rtn", 4, 128, True), False), (QuantSpec("rtn", 4, 32, False), False),
+                     (QuantSpec("rtn", 4, 128, False), False), (QuantSpec("kmeans", 4, None, True), False),
+                     (QuantSpec("rtn", 4, 32, True), True), (QuantSpec("kmeans", 4, None, True), True)]
 
 
 def _specs(text: str) -> list[Spec]:
@@ -76,10 +77,9 @@ def _specs(text: str) -> list[Spec]:
                 raise argparse.ArgumentTypeError(f"{item!r}: unknown part {part!r} "
                                                  "(METHOD[-gGROUP][-sym|-asym][-mixed][-side8])")
         try:
-            QuantSpec(method, 4, group, sym, side)  # type: ignore[arg-type]
+            specs.append((QuantSpec(method, 4, group, sym, side), mixed))  # type: ignore[arg-type]
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
-        specs.append((method, group, sym, mixed, side))
     return specs
 
 
@@ -143,8 +143,8 @@ def main() -> None:
         tmp = Path(tmp_dir)
         fp32 = {b: export_onnx(sub.dit, tmp / f"fp32-b{b}.onnx", batch=b) for b in batches}
         t_fp32 = {b: time_onnx(fp32[b], sub.dit, batch=b, threads=args.threads) for b in batches}
-        for method, group, sym, mixed, side in args.specs:
-            spec = QuantSpec(method, 4, group, sym, side)  # type: ignore[arg-type]
+        for spec, mixed in args.specs:
+            method, group, sym = spec.method, spec.group, spec.symmetric
             qsub, q = quantize_subdit(sub, spec, mixed=mixed, seed=args.seed)
             if args.finetune_steps:
                 finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),

@@ -142,7 +142,7 @@ def export_int4_onnx(model: StaticDiT, q: QuantizedModel, path: str | Path, *, b
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     atomic_write(path, lambda tmp: onnx.save(graph_model, str(tmp)))
     return {"path": str(path), "matmulnbits": replaced, "palettized": palettized, "layers": len(q.packed),
-            "side_uint8": len(decoders) // 3, "file_bytes": path.stat().st_size}
+            "side_uint8": len(decoded), "file_bytes": path.stat().st_size}
 
 
 def _side_decoders(deq: StaticDiT, q: QuantizedModel,
