@@ -109,16 +109,19 @@ def test_eval_passes_the_time_shift_to_the_sampler(tiny_checkpoint: Path, monkey
     assert shifts == [3.0] and result["shift"] == 3.0 and "time shift 3.0" in result["source"]
 
 
-@pytest.mark.parametrize("side_bits", ["16", "8"])
-def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path, side_bits: str) -> None:
+@pytest.mark.parametrize(("flags", "method", "side_bits"), [
+    (["--method", "rtn", "--group", "16", "--side-bits", "16"], "rtn", 16),
+    ([], "fit", 8),  # the defaults
+])
+def test_quantize_reports_bits_and_writes_int4_onnx(tiny_checkpoint: Path, tmp_path: Path, flags: list[str],
+                                                    method: str, side_bits: int) -> None:
     onnx_path = tmp_path / "int4.onnx"
-    code, text = _run("quantize", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", "--group", "16",
-                      "--n", "2", "--steps", "1", "--finetune-steps", "2", "--side-bits", side_bits,
-                      "--onnx", str(onnx_path), "--json")
+    code, text = _run("quantize", "--checkpoint", str(tiny_checkpoint), "--config", "smallest", *flags,
+                      "--n", "2", "--steps", "1", "--finetune-steps", "2", "--onnx", str(onnx_path), "--json")
     assert code == 0, text
     result = json.loads(text)
-    assert result["method"] == "rtn" and result["group"] == 16 and 4.0 <= result["avg_bits"] < 8.0
-    assert result["side_bits"] == int(side_bits)
+    assert result["method"] == method and 4.0 <= result["avg_bits"] < 8.0
+    assert result["side_bits"] == side_bits
     assert 0 < result["bytes"] < result["bytes_fp16"]
     assert 0.0 <= result["acc_fp32"] <= 1.0 and 0.0 <= result["acc_quant"] <= 1.0
     assert onnx_path.stat().st_size > 0 and result["parity"]["max_abs_diff"] < 1e-2
@@ -139,9 +142,9 @@ def test_compress_writes_results_and_the_shipped_model(tiny_checkpoint: Path, tm
     printed = json.loads(text)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["distill"]["student_steps"] == 2 and on_disk["quant"]["finetune_steps"] == 2
-    assert {"student 2 steps (before distillation)", "K-DMD 2 steps"} <= {r["stage"] for r in on_disk["quality_rows"]}
+    assert {"student 2 steps (before distillation)", "DMD 2 steps"} <= {r["stage"] for r in on_disk["quality_rows"]}
     assert printed["results"] == str(out / "results.json")
-    assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("K-DMD", "undistilled")
+    assert printed["shipped"] == on_disk["shipped"] and on_disk["shipped"]["model"] in ("DMD", "undistilled")
     assert printed["quality_rows"] == on_disk["quality_rows"]
     assert (out / "int4.onnx").stat().st_size > 0 and (out / "fp32.onnx").stat().st_size > 0
     assert printed["artefacts"] == on_disk["artefacts"]

@@ -13,7 +13,7 @@ import click
 from hwnas.cli._app import main, user_errors
 from hwnas.cli._options import CONFIG_HELP, checkpoint_option, config_option, json_option, load_supernet
 from hwnas.compress.deploy import FORMATS
-from hwnas.compress.settings import METHODS, MODES, DistillConfig, Method, Mode, QuantSpec
+from hwnas.compress.settings import DEFAULT_MODE, FINETUNE_STEPS, METHODS, MODES, DistillConfig, Method, Mode, QuantSpec
 from hwnas.space import SearchSpace, SubnetConfig, resolve_config
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,7 +102,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
               help="AdamW beta1 of student and critic (DMD2 uses 0; beta2 is 0.99).")
 @click.option("--cfg-scale", default=_DC.cfg_scale, show_default=True, type=click.FloatRange(min=1),
               help="Classifier-free guidance of the teacher (real score and KD targets).")
-@click.option("--mode", type=click.Choice(MODES), default="kdmd", show_default=True, help=_MODE_HELP)
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=_MODE_HELP)
 @click.option("--no-feature", is_flag=True, help="Turn the feature-level term off.")
 @click.option("--kd-teacher-steps", default=_DC.kd_teacher_steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--resume", is_flag=True, help="Continue the distillation in --out where it stopped.")
@@ -138,8 +138,9 @@ def _quant_options(f: F) -> F:
 
 
 def _finetune_option(f: F) -> F:
-    return click.option("--finetune-steps", default=0, show_default=True, type=click.IntRange(min=0),
-                        help="Bias/norm self-distillation steps after quantization.")(f)
+    return click.option("--finetune-steps", default=FINETUNE_STEPS, show_default=True, type=click.IntRange(min=0),
+                        help="Self-distillation steps of the stored biases, norms and adaLN tables after "
+                             "quantization (0: none).")(f)
 
 
 def _spec(method: Method, group: int, symmetric: bool, side_bits: str) -> QuantSpec:
@@ -188,7 +189,7 @@ def quantize_cmd(checkpoint: str | None, model_dir: str | None, config: str, met
 @click.option("--student", "student", type=click.Path(file_okay=False),
               help="A student `hwnas distill` finished for this pick and checkpoint: score, quantize and export "
                    "it instead of distilling one (its own terms and step count).")
-@click.option("--mode", type=click.Choice(MODES), help=f"{_MODE_HELP} [default: kdmd]")
+@click.option("--mode", type=click.Choice(MODES), help=f"{_MODE_HELP} [default: {DEFAULT_MODE}]")
 @click.option("--distill-steps", type=click.IntRange(min=1), help=f"Student updates. [default: {_DC.steps}]")
 @click.option("--student-steps", type=click.IntRange(min=1),
               help="Sampling steps of the student (and of the undistilled sub-DiT it is compared with). "
@@ -223,9 +224,9 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
-    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or "kdmd", student=student,
-                           spec=_spec(method, group, symmetric, side_bits), mixed=mixed, finetune_steps=finetune_steps,
-                           formats=chosen, n=n, resume=resume,
+    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or DEFAULT_MODE,
+                           student=student, spec=_spec(method, group, symmetric, side_bits), mixed=mixed,
+                           finetune_steps=finetune_steps, formats=chosen, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)
     click.echo(json.dumps({"results": str(target / "results.json"), "quality_rows": result["quality_rows"],
                            "shipped": result["shipped"], "latency": result["latency"],

@@ -35,7 +35,7 @@ from hwnas.compress.quant import (
     mixed_bits,
     quantize_model,
 )
-from hwnas.compress.settings import DistillConfig, Mode, QuantSpec, mode_name, terms
+from hwnas.compress.settings import DEFAULT_MODE, FINETUNE_STEPS, DistillConfig, Mode, QuantSpec, mode_name, terms
 from hwnas.io import atomic_write_json
 from hwnas.metrics.evaluate import Metric, evaluate
 from hwnas.model import example_inputs, export_onnx
@@ -79,7 +79,7 @@ def quantize_subdit(model: SubDiT, spec: QuantSpec, *, mixed: bool = False, extr
     return model.with_dit(dequantized_copy(dit, q).eval(), quant=q.summary()), q
 
 
-def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, finetune_steps: int = 0,
+def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, finetune_steps: int = FINETUNE_STEPS,
                        n: int = 100, steps: int = 28, cfg_scale: float = 4.0, checkpoint: str | Path | None = None,
                        onnx_out: str | Path | None = None) -> dict[str, Any]:
     """Quantize `sub` (`quantize_subdit`), optionally fine-tune its biases and norms against the fp32
@@ -130,8 +130,8 @@ def measure_latency(model: SubDiT, *, experiment: str, precision: Precision = "f
 
 
 def compress_pick(net: Supernet, cfg: SubnetConfig, *, out: str | Path, checkpoint: str | Path | None = None,
-                  dc: DistillConfig | None = None, mode: Mode = "kdmd", student: str | Path | None = None,
-                  spec: QuantSpec | None = None, mixed: bool = False, finetune_steps: int = 0,
+                  dc: DistillConfig | None = None, mode: Mode = DEFAULT_MODE, student: str | Path | None = None,
+                  spec: QuantSpec | None = None, mixed: bool = False, finetune_steps: int = FINETUNE_STEPS,
                   formats: Sequence[Format] = (), n: int = 100, teacher_steps: int = 28,
                   cfg_scale: float = 4.0, resume: bool = False, progress: bool = True, threads: int = 1,
                   keep_distilled: bool = False) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias, TypeGuard, TypeVar
 
 import numpy as np
@@ -157,9 +157,9 @@ def fit_spec(spec: QuantSpec, shape: tuple[int, int]) -> QuantSpec:
     assert spec.group is not None  # QuantSpec requires one for fit
     block = block_size(k, spec.group)
     if block >= FIT_MIN_BLOCK and k % block == 0:
-        return QuantSpec("rtn", spec.bits, spec.group, spec.symmetric)
+        return replace(spec, method="rtn")
     palettes = int(n * k * FIT_PALETTE_BITS // (2**spec.bits * 16))  # of 2^bits fp16 entries each
-    return QuantSpec("kmeans", spec.bits, math.ceil(n / palettes) if palettes > 1 else None)
+    return replace(spec, method="kmeans", group=math.ceil(n / palettes) if palettes > 1 else None)
 
 
 def quantize_rtn(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
@@ -311,7 +311,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, Bits] |
     """
     layers = weight_layers(model)
     chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
-    packed = {name: quantize_weight(matmul_weight(m), QuantSpec(spec.method, chosen[name], spec.group, spec.symmetric))
+    packed = {name: quantize_weight(matmul_weight(m), replace(spec, bits=chosen[name]))
               for name, m in layers.items()}
     total = sum(p.numel() for p in model.parameters())
     side = side_parameters(model)
@@ -397,7 +397,7 @@ def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float],
     total = sum(params.values())
     bits: dict[str, Bits] = {n: 4 for n in layers}
     cost4 = {n: quantize_weight(matmul_weight(m), spec).nbytes for n, m in layers.items()}
-    spec8 = QuantSpec(spec.method, 8, spec.group, spec.symmetric)
+    spec8 = replace(spec, bits=8)
     cost8 = {n: quantize_weight(matmul_weight(m), spec8).nbytes for n, m in layers.items()}
     budget = extra_bits * total / 8  # bytes
     order = sorted(layers, key=lambda n: -sensitivity[n] / max(cost8[n] - cost4[n], 1))

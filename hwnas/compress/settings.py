@@ -13,14 +13,25 @@ METHODS: tuple[Method, ...] = get_args(Method)
 Bits = Literal[4, 8]
 SideBits = Literal[8, 16]
 
+DEFAULT_MODE: Mode = "dmd"
+"""The student `hwnas distill` and `hwnas compress` train unless told: DMD without the knowledge
+terms, the best of the four students on the latent proxy at 2 steps (README, "Distilled to 2
+steps": DMD 0.37, K-DMD 0.31, KD 0.28 compositional)."""
+FINETUNE_STEPS = 2000
+"""Straight-through fine-tuning steps of the stored biases, norms and adaLN tables after int4
+quantization (`hwnas.compress.quant.finetune_biases_norms`): what took the search's narrow pick
+from a 1-point loss to none with uint8 side parameters (README, "int4 at proxy widths")."""
+
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """K-DMD settings. `batch_size` is global (split across torchrun ranks)."""
+    """K-DMD settings. `batch_size` is global (split across torchrun ranks). `student_steps` is 2,
+    where the latent proxy has a few-step gap to close; at 4 steps it has none (README, "Four steps
+    lose nothing yet")."""
 
     steps: int = 300
     batch_size: int = 8
-    student_steps: int = 4
+    student_steps: int = 2
     lr: float = 5e-5
     critic_lr: float = 1e-4
     beta1: float = 0.0
@@ -80,9 +91,10 @@ class QuantSpec:
     """How to quantize one weight. `group`: input channels per scale (rtn, and fit's rtn layers) or
     output rows per palette (kmeans; None = one palette per tensor). fit picks per layer: rtn where
     its input channels split into MatMulNBits blocks of 64 or more without padding, k-means palettes
-    of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). The default, rtn with
-    zero points in groups of up to 128 input channels, is the smallest rtn that kept the latent
-    proxy's accuracy (README, "int4 at proxy widths").
+    of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). The default, fit with
+    zero points in groups of up to 128 input channels and uint8 side parameters, meets the int4 goal
+    on the search's narrow pick (4.28 bits, 3.56x smaller than fp16, with `FINETUNE_STEPS`); on a
+    wide sub-DiT fit is rtn everywhere (README, "int4 at proxy widths").
 
     `side_bits`: how the parameters that are not weights of a matmul are stored (biases, norm
     affines, adaLN tables): 16 (fp16) or 8 (uint8 codes on an even grid from the tensor's minimum
@@ -90,11 +102,11 @@ class QuantSpec:
     proxy sub-DiT's parameters but 4% of a 24-channel one's, where fp16 storage costs 0.45 bit a
     parameter; at SnapGen++ widths they are under 0.5%."""
 
-    method: Method = "rtn"
+    method: Method = "fit"
     bits: Bits = 4
     group: int | None = 128
     symmetric: bool = False
-    side_bits: SideBits = 16
+    side_bits: SideBits = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

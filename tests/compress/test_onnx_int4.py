@@ -79,7 +79,7 @@ def test_side_uint8_tensors_are_decoded_in_the_graph(tiny_net: Supernet, tmp_pat
     """With side_bits 8 the file stores biases, norms and adaLN tables as uint8 (smaller) and still
     equals the dequantized PyTorch model, whose side parameters sit on the same grids."""
     static = extract_subnet(tiny_net.dit, tiny_net.space.largest()).eval()
-    q16 = quantize_model(static, QuantSpec("rtn", 4, 16, False))
+    q16 = quantize_model(static, QuantSpec("rtn", 4, 16, False, 16))
     q8 = quantize_model(static, QuantSpec("rtn", 4, 16, False, 8))
     wide = export_int4_onnx(static, q16, tmp_path / "side16.onnx", accuracy_level=0)
     small = export_int4_onnx(static, q8, tmp_path / "side8.onnx", accuracy_level=0)

@@ -20,22 +20,24 @@ def test_results_json_schema(tiny_net: Supernet, tiny_checkpoint: Path, tmp_path
     cfg = tiny_net.space.smallest()
     out = tmp_path / "run" / "compress" / cfg.id
     dc = DistillConfig(steps=1, batch_size=2, critic_updates=1, kd_teacher_steps=1)
-    result = compress_pick(tiny_net, cfg, out=out, checkpoint=tiny_checkpoint, dc=dc, spec=QuantSpec("rtn", 4, 16),
-                           n=2, teacher_steps=2, progress=False)
+    result = compress_pick(tiny_net, cfg, out=out, checkpoint=tiny_checkpoint, dc=dc, spec=QuantSpec(group=16),
+                           finetune_steps=2, n=2, teacher_steps=2, progress=False)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["config_id"] == cfg.id == result["config_id"]
     comp = {r["stage"]: r["value"] for r in on_disk["quality_rows"] if r["metric"] == "compositional"}
     shipped = on_disk["shipped"]["model"]
-    assert list(comp) == ["teacher 2 steps", "student 4 steps (before distillation)", "K-DMD 4 steps",
-                          f"{shipped} 4 steps + int4"]
-    assert shipped in ("K-DMD", "undistilled")  # which one wins on real scores: the test below
+    assert list(comp) == ["teacher 2 steps", "student 2 steps (before distillation)", "DMD 2 steps",
+                          f"{shipped} 2 steps + int4"]
+    assert shipped in ("DMD", "undistilled")  # which one wins on real scores: the test below
     for row in on_disk["quality_rows"]:
         assert set(row) == {"stage", "metric", "value", "n", "steps", "source"}
         assert row["n"] == 2 and (row["metric"] != "compositional" or 0.0 <= row["value"] <= 1.0)
     assert set(on_disk["latency"]) == {"device", "precision", "predicted_ms", "measured_ms", "how"}
     assert on_disk["runtime"]["onnxruntime_int4"]["median_ms"] > 0
     assert (out / "int4.onnx").exists() and (out / "student" / "model.safetensors").exists()
-    assert on_disk["distill"]["mode"] == "K-DMD"
+    assert on_disk["distill"]["mode"] == "DMD" and on_disk["distill"]["student_steps"] == 2
+    quant = on_disk["quant"]
+    assert (quant["method"], quant["side_bits"], quant["finetune_steps"]) == ("fit", 8, 2)
 
 
 @pytest.mark.parametrize(("kdmd_score", "keep", "want"), [
@@ -60,12 +62,13 @@ def test_the_better_scored_model_is_shipped(tiny_net: Supernet, tiny_checkpoint:
     cfg = tiny_net.space.smallest()
     out = tmp_path / "c"
     dc = DistillConfig(steps=2, batch_size=2, critic_updates=1, kd_teacher_steps=1, lr=1e-3)
-    result = compress_pick(tiny_net, cfg, out=out, checkpoint=tiny_checkpoint, dc=dc, spec=QuantSpec("rtn", 4, 16),
-                           n=2, teacher_steps=2, progress=False, keep_distilled=keep)
+    result = compress_pick(tiny_net, cfg, out=out, checkpoint=tiny_checkpoint, dc=dc, mode="kdmd",
+                           spec=QuantSpec("rtn", 4, 16), finetune_steps=0, n=2, teacher_steps=2, progress=False,
+                           keep_distilled=keep)
     on_disk = json.loads((out / "results.json").read_text())
     assert result["shipped"]["model"] == on_disk["shipped"]["model"] == want
     assert ("kept on request" in on_disk["shipped"]["why"]) == keep
-    assert result["quality_rows"][-1]["stage"] == f"{want} 4 steps + int4"
+    assert result["quality_rows"][-1]["stage"] == f"{want} 2 steps + int4"
     exported = load_subdit(out / ("student" if want == "K-DMD" else "subdit"))
     other = load_subdit(out / ("subdit" if want == "K-DMD" else "student"))
     assert check_parity(out / "fp32.onnx", exported.dit)["max_abs_diff"] < 1e-4  # the shipped weights
@@ -88,7 +91,8 @@ def test_a_student_distilled_earlier_is_scored_and_shipped_as_it_is(tiny_net: Su
     distill(tiny_net, from_supernet(tiny_net, cfg), out=tmp_path / "dmd", dc=dc, progress=False)
     out = tmp_path / "c"
     result = compress_pick(tiny_net, cfg, out=out, checkpoint=tiny_checkpoint, student=tmp_path / "dmd",
-                           spec=QuantSpec("rtn", 4, 16), n=2, teacher_steps=2, progress=False, keep_distilled=True)
+                           spec=QuantSpec("rtn", 4, 16), finetune_steps=0, n=2, teacher_steps=2, progress=False,
+                           keep_distilled=True)
     stages = [r["stage"] for r in result["quality_rows"] if r["metric"] == "compositional"]
     assert stages == ["teacher 2 steps", "student 2 steps (before distillation)", "DMD 2 steps", "DMD 2 steps + int4"]
     assert result["distill"]["mode"] == "DMD" and result["distill"]["loaded_from"] == str(tmp_path / "dmd")

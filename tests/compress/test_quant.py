@@ -143,7 +143,7 @@ def test_side_uint8_grid_bounds_error_and_accounting() -> None:
     again = r.clone()
     round_side(again, 8)  # what is stored rounds to itself (to fp32 ulps of the grid)
     assert torch.allclose(again, r, rtol=0, atol=1e-5 * step)
-    q16 = quantize_model(model, QuantSpec("rtn", 4, 32, False))
+    q16 = quantize_model(model, QuantSpec("rtn", 4, 32, False, 16))
     q8 = quantize_model(model, QuantSpec("rtn", 4, 32, False, 8))
     sizes = [p.numel() for p in side.values()]
     assert q16.bytes - q8.bytes == sum(2 * n - side_bytes(n, 8) for n in sizes) > 0
