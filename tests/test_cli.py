@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,17 @@ def test_the_command_line_loads_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'tvm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_native_library_chatter_is_dropped_and_other_warnings_are_kept(caplog: pytest.LogCaptureFixture) -> None:
+    from hwnas.cli._app import quiet_native_chatter
+
+    quiet_native_chatter()
+    quiet_native_chatter()  # idempotent: one filter per logger
+    log = logging.getLogger("coremltools")
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load _MLModelProxy: No module named 'coremltools.libcoremlpython'")
+        log.warning("Torch version 2.13.0+cpu has not been tested.")
+        logging.getLogger("torchao").warning("Failed to load _C_mxfp8.so")
+    assert [r.getMessage() for r in caplog.records] == ["Torch version 2.13.0+cpu has not been tested."]
+    assert len(log.filters) == 1
