@@ -126,7 +126,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
 def _quant_options(f: F) -> F:
     f = click.option("--side-bits", "side_bits", type=click.Choice(["16", "8"]), default=str(_QS.side_bits),
                      show_default=True,
-                     help="Biases, norms and adaLN tables: fp16, or uint8 on a per-tensor grid (narrow picks).")(f)
+                     help="Biases, norms and adaLN tables: uint8 on a per-tensor grid, or fp16.")(f)
     f = click.option("--mixed", is_flag=True, help="8 bits for the most sensitive layers (+0.3 average bits).")(f)
     f = click.option("--symmetric/--asymmetric", default=_QS.symmetric, show_default=True,
                      help="rtn without / with zero points.")(f)
@@ -134,7 +134,9 @@ def _quant_options(f: F) -> F:
                      help="rtn: input channels per scale (the most; a layer whose width it does not divide "
                           "takes the largest power of two that does); kmeans: output rows per palette "
                           "(0 = per tensor).")(f)
-    return click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True)(f)
+    return click.option("--method", type=click.Choice(METHODS), default=_QS.method, show_default=True,
+                        help="rtn: round-to-nearest in MatMulNBits blocks; kmeans: 16-entry palettes; fit: rtn "
+                             "where the blocks fill without padding, palettes elsewhere.")(f)
 
 
 def _finetune_option(f: F) -> F:
