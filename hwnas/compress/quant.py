@@ -307,7 +307,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec, *, bits: dict[str, Bits] |
     `bits` where given).
 
     `avg_bits` is over the quantized weights (codes + scales/zero points/palettes); `avg_bits_all`
-    over every parameter, the rest counted at 16 bits; `bytes` is the whole model so stored.
+    over every parameter, the rest counted as `spec.side_bits` stores them (`side_bytes`); `bytes`
+    is the whole model so stored.
     """
     layers = weight_layers(model)
     chosen = {name: (bits or {}).get(name, spec.bits) for name in layers}
