@@ -45,6 +45,7 @@ from hwnas.compress import (
     load_subdit,
     quality_row,
     resolve_pick,
+    run_checkpoint,
     terms,
 )
 from hwnas.space import resolve_config
@@ -80,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     with user_input():
-        net = load_supernet(args.checkpoint)
+        net = load_supernet(run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint)
         cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
         net.space.validate(cfg)
     rows: list[dict] = []

@@ -42,6 +42,7 @@ from hwnas.compress import (
     quality_row,
     quantize_subdit,
     resolve_pick,
+    run_checkpoint,
     time_onnx,
 )
 from hwnas.metrics.evaluate import Metric
@@ -115,7 +116,7 @@ def main() -> None:
             sub = load_subdit(args.model)
             cfg, step = sub.cfg, sub.meta.get("supernet_step")
         else:
-            net = load_supernet(args.checkpoint)
+            net = load_supernet(run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint)
             cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
             net.space.validate(cfg)
             sub, step = from_supernet(net, cfg), net.meta.get("step")

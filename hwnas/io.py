@@ -119,6 +119,22 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_files(paths: Sequence[Path]) -> str:
+    """Hex SHA-256 over several files, each as its name, a NUL and its bytes, in the order given."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a checkpoint: a directory's `.safetensors` and `.json` files by name (a single
+    file: itself). What a search run records as `checkpoint_sha256`."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json")) if path.is_dir() else [path]
+    return sha256_files([p for p in files if p.is_file()])
+
+
 def sha256_file(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's contents, read in chunks."""
     h = hashlib.sha256()

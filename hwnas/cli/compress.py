@@ -35,6 +35,13 @@ def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str 
     return cfg
 
 
+def _checkpoint(run: str | None, checkpoint: str | None) -> str | None:
+    """--checkpoint, or with --run the checkpoint that search ranked its picks with."""
+    from hwnas.compress import run_checkpoint
+
+    return checkpoint if run is None else run_checkpoint(run, checkpoint)
+
+
 def _pick_options(f: F) -> F:
     f = click.option("--config", "config", help=CONFIG_HELP)(f)
     f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
@@ -74,6 +81,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
         sub = load_subdit(model_dir)
         cfg = sub.cfg
     else:
+        checkpoint = _checkpoint(run, checkpoint)
         net = load_supernet(checkpoint)
         cfg = _pick(net.space, run=run, pick=pick, config=config)
         sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
@@ -113,6 +121,7 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
     """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
     from hwnas.compress import distill, from_supernet, terms
 
+    checkpoint = _checkpoint(run, checkpoint)
     net = load_supernet(checkpoint)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     if not resume and (Path(out) / "distill_state.pt").exists():
@@ -222,6 +231,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
                  if value is not None]
         if clash:
             raise click.UsageError(f"--student takes a finished student as it is; drop {', '.join(clash)}")
+    checkpoint = _checkpoint(run, checkpoint)
     net = load_supernet(checkpoint)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id

@@ -2,7 +2,8 @@
 the int4 ONNX runtime (onnxruntime MatMulNBits), and the close-the-loop results per pick.
 
 Public API:
-- `resolve_pick(run_dir, pick)`, `from_supernet(net, cfg)`, `save_subdit`, `load_subdit`, `SubDiT`;
+- `resolve_pick(run_dir, pick)`, `run_checkpoint(run_dir, checkpoint)`, `from_supernet(net, cfg)`,
+  `save_subdit`, `load_subdit`, `SubDiT`;
 - `DistillConfig`, `terms(mode)`, `distill(teacher, student, out=...)`;
 - `QuantSpec`, `quantize_model`, `dequantized_copy`, `layer_sensitivity`, `mixed_bits`,
   `finetune_biases_norms`, `PackedWeight`;
@@ -27,7 +28,7 @@ from hwnas.compress.settings import DistillConfig, QuantSpec, terms
 
 if TYPE_CHECKING:
     from hwnas.compress.deploy import Artefact, export_artefacts, load_runner
-    from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_pick, save_subdit
+    from hwnas.compress.extract import SubDiT, from_supernet, load_subdit, resolve_pick, run_checkpoint, save_subdit
     from hwnas.compress.kdmd import distill
     from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx, time_onnx
     from hwnas.compress.pipeline import (
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "deploy": ("Artefact", "export_artefacts", "load_runner"),
     "kdmd": ("distill",),
-    "extract": ("SubDiT", "from_supernet", "load_subdit", "resolve_pick", "save_subdit"),
+    "extract": ("SubDiT", "from_supernet", "load_subdit", "resolve_pick", "run_checkpoint", "save_subdit"),
     "onnx_int4": ("check_parity", "export_int4_onnx", "time_onnx"),
     "pipeline": ("compress_pick", "measure_latency", "quality_row", "quantize_and_score", "quantize_subdit"),
     "quant": ("PackedWeight", "QuantizedModel", "dequantized_copy", "finetune_biases_norms", "layer_sensitivity",
@@ -69,5 +70,6 @@ __all__ = [
     "Artefact", "DistillConfig", "PackedWeight", "QuantSpec", "QuantizedModel", "SubDiT", "check_parity",
     "compress_pick", "dequantized_copy", "distill", "export_artefacts", "export_int4_onnx", "finetune_biases_norms",
     "from_supernet", "layer_sensitivity", "load_runner", "load_subdit", "measure_latency", "mixed_bits", "quality_row",
-    "quantize_and_score", "quantize_model", "quantize_subdit", "resolve_pick", "save_subdit", "terms", "time_onnx",
+    "quantize_and_score", "quantize_model", "quantize_subdit", "resolve_pick", "run_checkpoint", "save_subdit", "terms",
+    "time_onnx",
 ]

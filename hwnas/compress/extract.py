@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from hwnas.data import Tokenizer
-from hwnas.io import atomic_write, atomic_write_json
+from hwnas.io import atomic_write, atomic_write_json, checkpoint_sha256
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.model.vae import Autoencoder
+from hwnas.paths import repo_path
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import check_finite, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
@@ -116,6 +117,34 @@ def load_subdit(path: str | Path) -> SubDiT:
         raise ValueError(f"{directory}: sub-DiT does not match this hwnas version ({exc})") from None
     vae = space_vae(space, meta["experiment_toml"], source=str(directory), trained_with=meta.get("vae") or {})
     return SubDiT(space, cfg, dit, text, tokenizer, meta, vae).eval()
+
+
+def run_checkpoint(run_dir: str | Path, checkpoint: str | None) -> str | None:
+    """The supernet checkpoint whose sub-DiTs a search run ranked: the one its `settings.json`
+    records, or `checkpoint` where given and the same by content (`checkpoint_sha256`). Another
+    checkpoint is refused: its weights are not the ones the run scored. A run without settings
+    (or one that records no checkpoint) leaves `checkpoint` as it is."""
+    path = Path(run_dir) / "settings.json"
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        return checkpoint  # resolve_pick says what is missing
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    recorded = settings.get("checkpoint")
+    if not recorded:
+        return checkpoint
+    if checkpoint is None:
+        found = repo_path(recorded)
+        if not found.exists():
+            raise ValueError(f"{run_dir} was searched with checkpoint {recorded}, which is not here; "
+                             "pass --checkpoint with a copy of it")
+        return str(found)
+    want = str(settings.get("identity", {}).get("checkpoint_sha256", ""))
+    if want and Path(checkpoint).exists() and (got := checkpoint_sha256(checkpoint)) != want:
+        raise ValueError(f"{run_dir} was searched with checkpoint {recorded} (sha256 {want[:12]}), not "
+                         f"{checkpoint} (sha256 {got[:12]}); drop --checkpoint to use the run's")
+    return checkpoint
 
 
 def resolve_pick(run_dir: str | Path, pick: str | int) -> SubnetConfig:

@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from hwnas.io import atomic_write_json, atomic_write_text
+from hwnas.io import atomic_write_json, atomic_write_text, checkpoint_sha256, sha256_files
 from hwnas.latency import LatencyTable, load_profile, load_table
 from hwnas.latency.table import table_paths
 from hwnas.paths import display_path, redact_url, repo_path
@@ -147,13 +147,6 @@ def prepare(settings: SearchSettings) -> _Context:
     return _Context(settings=settings, space=space, table=table, feasibility=feas, start=start, smallest=smallest)
 
 
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def _checkpoint_path(settings: SearchSettings) -> Path:
     from hwnas.train import DEFAULT_CHECKPOINT
 
@@ -163,13 +156,11 @@ def _checkpoint_path(settings: SearchSettings) -> Path:
 def run_identity(ctx: _Context) -> dict[str, Any]:
     """The settings that define the search plus content hashes of its inputs, and `identity_hash` over all."""
     s = ctx.settings
-    ckpt = _checkpoint_path(s)
-    ckpt_files = sorted(p for p in ckpt.iterdir() if p.suffix in (".safetensors", ".json")) if ckpt.is_dir() else [ckpt]
     table_files = [Path(p) for p in table_paths(s.device, ctx.space.name, table_dir=_repo_path(s.table_dir))]
     ident = {k: v for k, v in s.identity().items() if k not in ("experiment", "checkpoint")}
-    ident.update(experiment_sha256=_sha256([_repo_path(s.experiment)]),
-                 latency_table_sha256=_sha256([p for p in table_files if p.is_file()]),
-                 checkpoint_sha256=_sha256([p for p in ckpt_files if p.is_file()]))
+    ident.update(experiment_sha256=sha256_files([_repo_path(s.experiment)]),
+                 latency_table_sha256=sha256_files([p for p in table_files if p.is_file()]),
+                 checkpoint_sha256=checkpoint_sha256(_checkpoint_path(s)))
     ident["identity_hash"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return ident
 

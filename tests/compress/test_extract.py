@@ -57,3 +57,29 @@ def test_export_from_a_run_dir(tiny_checkpoint: Path, tiny_net: Supernet, tmp_pa
     bad = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--run", str(tmp_path / "run"),
                                     "--pick", "9", "--out", str(out)])
     assert bad.exit_code == 2 and "0..2" in bad.output
+
+
+def test_a_run_brings_its_own_checkpoint_and_refuses_another(tiny_checkpoint: Path, tiny_net: Supernet,
+                                                             tmp_path: Path) -> None:
+    from hwnas.io import checkpoint_sha256
+
+    picks = _fake_run(tmp_path / "run", tiny_net)
+    (tmp_path / "run" / "settings.json").write_text(json.dumps({
+        "checkpoint": str(tiny_checkpoint), "identity": {"checkpoint_sha256": checkpoint_sha256(tiny_checkpoint)}}))
+    out = tmp_path / "sub"
+    res = CliRunner().invoke(main, ["export", "--run", str(tmp_path / "run"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_subdit(out).cfg == picks[2] and str(tiny_checkpoint) in load_subdit(out).meta["source"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    (other / "supernet.json").write_text((other / "supernet.json").read_text() + "\n")
+    for command in (["export", "--out", str(tmp_path / "o")], ["distill", "--out", str(tmp_path / "d")],
+                    ["compress", "--out", str(tmp_path / "c")]):
+        bad = CliRunner().invoke(main, [*command, "--checkpoint", str(other), "--run", str(tmp_path / "run")])
+        assert bad.exit_code == 2, bad.output
+        assert f"searched with checkpoint {tiny_checkpoint}" in bad.stderr and "drop --checkpoint" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / name).exists() for name in ("o", "d", "c"))
