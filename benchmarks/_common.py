@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hwnas.io import atomic_write_json
+from hwnas.logs import quiet_native_chatter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose --help shows the script's docstring as written (what it measures, usage); a bad
-    flag ends in one line and exit code 2."""
+    flag ends in one line and exit code 2. Also drops the import warnings about native code hwnas
+    never calls (`hwnas.logs`)."""
+    quiet_native_chatter()
     return _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 

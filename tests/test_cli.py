@@ -178,7 +178,7 @@ def test_the_command_line_loads_without_torch() -> None:
 
 
 def test_native_library_chatter_is_dropped_and_other_warnings_are_kept(caplog: pytest.LogCaptureFixture) -> None:
-    from hwnas.cli._app import quiet_native_chatter
+    from hwnas.logs import quiet_native_chatter
 
     quiet_native_chatter()
     quiet_native_chatter()  # idempotent: one filter per logger
