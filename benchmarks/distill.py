@@ -1,7 +1,8 @@
 """Distillation benchmark: quality vs steps and DiT evaluations per image, for the 28-step teacher
 sub-DiT, the undistilled sub-DiT at few steps, and DMD-only / KD-only / K-DMD students
 (SnapGen++'s K-DMD; DMD: Yin et al. 2024). Quality is the compositional checker on held-out
-shapes prompts and fd_ref (lower is better), both on the shipped proxy unless --checkpoint.
+shapes prompts and fd_ref (lower is better), both on --checkpoint (default: the shipped proxy; with
+--run, the checkpoint that search used).
 
 Distil here (CPU, a few hundred updates):
 
@@ -75,13 +76,15 @@ def main() -> None:
                     help="undistilled sub-DiT rows, steps:CFG each (28:4 is the teacher row of the summary)")
     ap.add_argument("--student-steps", type=positive_ints, default="1,2,4",
                     help="sampling steps at which students are scored")
-    ap.add_argument("--distill-at", type=positive_int, default=4,
-                    help="steps the students learn to sample in (and the summary compares at)")
+    ap.add_argument("--distill-at", type=positive_int, default=DistillConfig().student_steps,
+                    help="steps the students learn to sample in (and the summary compares at; default: "
+                         "`hwnas distill`'s)")
     add_json(ap, what="the config and every row")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with user_input():
-        net = load_supernet(run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint)
+        checkpoint = run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint
+        net = load_supernet(checkpoint)
         cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
         net.space.validate(cfg)
     rows: list[dict] = []
@@ -93,7 +96,7 @@ def main() -> None:
         """One row per metric: the mean over the evaluation seeds (fd_ref at n=100 moves by ~+-60 between seeds)."""
         for metric, share in METRICS:
             per_seed = [quality_row(model, cfg, stage=stage, metric=metric, n=max(2, round(args.n * share)),
-                                    steps=steps, cfg_scale=scale, checkpoint=args.checkpoint, seed=seed)
+                                    steps=steps, cfg_scale=scale, checkpoint=checkpoint, seed=seed)
                         for seed in seeds]
             if per_seed[0] is not None:
                 values = [r["value"] for r in per_seed]  # type: ignore[index]

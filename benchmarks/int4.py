@@ -45,16 +45,17 @@ from hwnas.compress import (
     run_checkpoint,
     time_onnx,
 )
+from hwnas.compress.settings import Method
 from hwnas.metrics.evaluate import Metric
 from hwnas.model import example_inputs, export_onnx
 from hwnas.space import resolve_config
 from hwnas.train import load_supernet
 
 Spec = tuple[QuantSpec, bool]  # the quantization, mixed 4/8 bits
-SPECS: list[Spec] = [(QuantSpec("rtn", 4, 32, True), False), (QuantSpec("rtn", 4, 64, True), False),
-                     (QuantSpec("rtn", 4, 128, True), False), (QuantSpec("rtn", 4, 32, False), False),
-                     (QuantSpec("rtn", 4, 128, False), False), (QuantSpec("kmeans", 4, None, True), False),
-                     (QuantSpec("rtn", 4, 32, True), True), (QuantSpec("kmeans", 4, None, True), True)]
+_TABLE: list[tuple[Method, int | None, bool, bool]] = [  # method, group, symmetric, mixed 4/8 bits
+    ("rtn", 32, True, False), ("rtn", 64, True, False), ("rtn", 128, True, False), ("rtn", 32, False, False),
+    ("rtn", 128, False, False), ("kmeans", None, True, False), ("rtn", 32, True, True), ("kmeans", None, True, True)]
+SPECS: list[Spec] = [(QuantSpec(method, 4, group, sym, side_bits=16), mixed) for method, group, sym, mixed in _TABLE]
 
 
 def _specs(text: str) -> list[Spec]:
@@ -111,17 +112,20 @@ def main() -> None:
     add_json(ap, what="the config, the fp32 quality and every row")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    checkpoint = args.checkpoint
     with user_input():
+        if args.run:
+            checkpoint = run_checkpoint(args.run, args.checkpoint)
         if args.model:
             sub = load_subdit(args.model)
             cfg, step = sub.cfg, sub.meta.get("supernet_step")
         else:
-            net = load_supernet(run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint)
+            net = load_supernet(checkpoint)
             cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
             net.space.validate(cfg)
             sub, step = from_supernet(net, cfg), net.meta.get("step")
     seeds = list(range(args.seed, args.seed + args.eval_seeds))
-    kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=args.checkpoint)
+    kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, checkpoint=checkpoint)
     metrics: list[tuple[Metric, int]] = [("compositional", args.n)] + ([("fd_ref", args.fd_n)] if args.fd_n else [])
 
     def quality(model: object, stage: str) -> dict[str, list[float] | None]:

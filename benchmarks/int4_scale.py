@@ -123,7 +123,7 @@ def main() -> None:
     sizes = []
     print(f"{'method':8s} {'group':>5s} {'sym':>5s} {'avg_bits':>8s} {'all_bits':>8s} {'MB':>8s} {'x fp16':>7s}")
     for method, group, sym in SIZE_SPECS:
-        q = quantize_model(model, QuantSpec(method, 4, group, sym))  # type: ignore[arg-type]
+        q = quantize_model(model, QuantSpec(method, 4, group, sym, 16))  # type: ignore[arg-type]
         row = {"method": method, "group": group, "symmetric": sym, **q.summary()}
         row.pop("layers_8bit")
         sizes.append(row)

@@ -128,10 +128,11 @@ def sha256_files(paths: Sequence[Path]) -> str:
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a checkpoint: a directory's `.safetensors` and `.json` files by name (a single
-    file: itself). What a search run records as `checkpoint_sha256`."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json")) if path.is_dir() else [path]
+    """Hex SHA-256 of a checkpoint: its directory's `.safetensors` and `.json` files by name (given a
+    file of it, its directory's, as loading takes them). What a search run records as
+    `checkpoint_sha256`."""
+    folder = Path(path).parent if Path(path).is_file() else Path(path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json")) if folder.is_dir() else []
     return sha256_files([p for p in files if p.is_file()])
 
 

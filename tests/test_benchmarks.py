@@ -89,7 +89,7 @@ def test_distill_without_json_writes_no_report(tmp_path: Path, tiny_checkpoint: 
     cwd.mkdir()
     res = _run("distill.py", "--checkpoint", str(tiny_checkpoint), "--config", str(config), "--steps", "1",
                "--batch-size", "2", "--n", "2", "--modes", "kd", "--baselines", "4:1", "--student-steps", "4",
-               "--work", str(tmp_path / "work"), cwd=cwd)
+               "--distill-at", "4", "--work", str(tmp_path / "work"), cwd=cwd)
     assert res.returncode == 0, res.stderr
     assert list(cwd.iterdir()) == []
     lines = res.stdout.strip().splitlines()

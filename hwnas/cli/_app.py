@@ -94,7 +94,7 @@ def main() -> None:
       hwnas reference train                         fd_ref's reference classifier
       hwnas devices / predict / lut build|validate  device profiles and latency tables
       hwnas search / report / runs                  Optuna search, its report, the runs so far
-      hwnas export / distill / quantize / compress  K-DMD, int4, ONNX; close the loop
+      hwnas export / distill / quantize / compress  distillation, int4, export; close the loop
     """
     warnings.formatwarning = _warning_line
     quiet_native_chatter()

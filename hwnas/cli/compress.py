@@ -45,7 +45,9 @@ def _checkpoint(run: str | None, checkpoint: str | None) -> str | None:
 def _pick_options(f: F) -> F:
     f = click.option("--config", "config", help=CONFIG_HELP)(f)
     f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
-    f = click.option("--run", "run", type=click.Path(file_okay=False), help="A search run directory.")(f)
+    f = click.option("--run", "run", type=click.Path(file_okay=False),
+                     help="A search run directory; its supernet checkpoint comes with it (a --checkpoint with "
+                          "other content is refused).")(f)
     return checkpoint_option(f)
 
 
@@ -81,10 +83,10 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
         sub = load_subdit(model_dir)
         cfg = sub.cfg
     else:
-        checkpoint = _checkpoint(run, checkpoint)
-        net = load_supernet(checkpoint)
+        ckpt = _checkpoint(run, checkpoint)
+        net = load_supernet(ckpt)
         cfg = _pick(net.space, run=run, pick=pick, config=config)
-        sub = from_supernet(net, cfg, source=f"{checkpoint or 'shipped proxy supernet'}"
+        sub = from_supernet(net, cfg, source=f"{ckpt or 'shipped proxy supernet'}"
                             + (f", search run {run} pick {pick}" if run else ""))
     if model_dir is None or Path(out).resolve() != Path(model_dir).resolve():
         save_subdit(sub, out)
@@ -118,11 +120,12 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
 @user_errors
 def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str | None, out: str, mode: Mode,
                 no_feature: bool, resume: bool, quiet: bool, **settings: Any) -> None:
-    """K-DMD step distillation of a sub-DiT against the full supernet (runs under torchrun too)."""
+    """Step distillation (DMD, K-DMD or KD) of a sub-DiT against the full supernet (runs under torchrun
+    too)."""
     from hwnas.compress import distill, from_supernet, terms
 
-    checkpoint = _checkpoint(run, checkpoint)
-    net = load_supernet(checkpoint)
+    ckpt = _checkpoint(run, checkpoint)
+    net = load_supernet(ckpt)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     if not resume and (Path(out) / "distill_state.pt").exists():
         raise click.UsageError(f"{out} already holds a distillation; pass --resume or choose another --out")
@@ -231,12 +234,12 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
                  if value is not None]
         if clash:
             raise click.UsageError(f"--student takes a finished student as it is; drop {', '.join(clash)}")
-    checkpoint = _checkpoint(run, checkpoint)
-    net = load_supernet(checkpoint)
+    ckpt = _checkpoint(run, checkpoint)
+    net = load_supernet(ckpt)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id
     dc = DistillConfig(steps=distill_steps or _DC.steps, student_steps=student_steps or _DC.student_steps)
-    result = compress_pick(net, cfg, out=target, checkpoint=checkpoint, dc=dc, mode=mode or DEFAULT_MODE,
+    result = compress_pick(net, cfg, out=target, checkpoint=ckpt, dc=dc, mode=mode or DEFAULT_MODE,
                            student=student, spec=_spec(method, group, symmetric, side_bits), mixed=mixed,
                            finetune_steps=finetune_steps, formats=chosen, n=n, resume=resume,
                            progress=not quiet, keep_distilled=keep_distilled)

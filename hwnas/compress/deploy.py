@@ -202,13 +202,13 @@ def _export_one(fmt: Format, model: StaticDiT, folder: Path, *, batch: int,
 
 def _palettized_onnx(model: StaticDiT, folder: Path, *, bits: int, batch: int) -> dict[str, Any]:
     """`model-w{bits}.onnx`: every weight layer k-means palettized per tensor (codes and fp16
-    palettes in the file, decoded by onnxruntime at session start); parity against the PyTorch
-    model with the same dequantized weights."""
+    palettes in the file, decoded by onnxruntime at session start), the rest fp16, as Core ML's
+    palettization stores it; parity against the PyTorch model with the same dequantized weights."""
     from hwnas.compress.onnx_int4 import check_parity, export_int4_onnx
     from hwnas.compress.quant import dequantized_copy, quantize_model
     from hwnas.compress.settings import QuantSpec
 
-    q = quantize_model(model, QuantSpec("kmeans", bits, None))  # type: ignore[arg-type]  # bits is 4 or 8
+    q = quantize_model(model, QuantSpec("kmeans", bits, None, side_bits=16))  # type: ignore[arg-type]  # bits: 4 or 8
     path = folder / f"model-w{bits}.onnx"
     export_int4_onnx(model, q, path, batch=batch)
     parity = check_parity(path, dequantized_copy(model, q), batch=batch)

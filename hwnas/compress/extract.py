@@ -22,7 +22,7 @@ from hwnas.data import Tokenizer
 from hwnas.io import atomic_write, atomic_write_json, checkpoint_sha256
 from hwnas.model import BuiltinTextEncoder, StaticDiT, extract_subnet
 from hwnas.model.vae import Autoencoder
-from hwnas.paths import repo_path
+from hwnas.paths import REPO_ROOT
 from hwnas.space import SearchSpace, SubnetConfig, parse_space
 from hwnas.train.checkpoint import check_finite, prefixed, unprefixed
 from hwnas.train.flow import guided_velocity
@@ -120,10 +120,11 @@ def load_subdit(path: str | Path) -> SubDiT:
 
 
 def run_checkpoint(run_dir: str | Path, checkpoint: str | None) -> str | None:
-    """The supernet checkpoint whose sub-DiTs a search run ranked: the one its `settings.json`
-    records, or `checkpoint` where given and the same by content (`checkpoint_sha256`). Another
-    checkpoint is refused: its weights are not the ones the run scored. A run without settings
-    (or one that records no checkpoint) leaves `checkpoint` as it is."""
+    """The supernet checkpoint whose sub-DiTs a search run ranked: `checkpoint` where given, else the
+    path the run's `settings.json` records (relative to the checkout, as `display_path` writes it,
+    or else to the working directory). Either must match the run's `checkpoint_sha256` by content
+    (`hwnas.io.checkpoint_sha256`); other weights are refused, since they are not the ones the run
+    scored. A run that records no checkpoint leaves `checkpoint` as it is."""
     path = Path(run_dir) / "settings.json"
     try:
         settings = json.loads(path.read_text())
@@ -131,20 +132,27 @@ def run_checkpoint(run_dir: str | Path, checkpoint: str | None) -> str | None:
         return checkpoint  # resolve_pick says what is missing
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: not a JSON object")
     recorded = settings.get("checkpoint")
     if not recorded:
         return checkpoint
     if checkpoint is None:
-        found = repo_path(recorded)
-        if not found.exists():
+        candidates = [Path(recorded)] if Path(recorded).is_absolute() else [REPO_ROOT / recorded, Path(recorded)]
+        chosen = next((c for c in candidates if c.exists()), None)
+        if chosen is None:
             raise ValueError(f"{run_dir} was searched with checkpoint {recorded}, which is not here; "
                              "pass --checkpoint with a copy of it")
-        return str(found)
-    want = str(settings.get("identity", {}).get("checkpoint_sha256", ""))
-    if want and Path(checkpoint).exists() and (got := checkpoint_sha256(checkpoint)) != want:
-        raise ValueError(f"{run_dir} was searched with checkpoint {recorded} (sha256 {want[:12]}), not "
-                         f"{checkpoint} (sha256 {got[:12]}); drop --checkpoint to use the run's")
-    return checkpoint
+    elif not (chosen := Path(checkpoint)).exists():
+        return checkpoint  # load_supernet says what is missing
+    want = str((settings.get("identity") or {}).get("checkpoint_sha256") or "")
+    if want and (got := checkpoint_sha256(chosen)) != want:
+        raise ValueError(f"{run_dir} was searched with checkpoint {recorded} (sha256 {want[:12]}), " + (
+            f"not {checkpoint} (sha256 {got[:12]}); drop --checkpoint to use the run's" if checkpoint is not None
+            else f"which has changed since (sha256 {got[:12]}); pass --checkpoint with the one it searched with"))
+    if checkpoint is not None:
+        return checkpoint
+    return recorded if Path(recorded).resolve() == chosen.resolve() else str(chosen)
 
 
 def resolve_pick(run_dir: str | Path, pick: str | int) -> SubnetConfig:

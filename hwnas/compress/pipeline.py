@@ -84,7 +84,8 @@ def quantize_and_score(sub: SubDiT, spec: QuantSpec, *, mixed: bool = False, fin
                        onnx_out: str | Path | None = None) -> dict[str, Any]:
     """Quantize `sub` (`quantize_subdit`), optionally fine-tune its biases and norms against the fp32
     sub-DiT, and score both on the same prompts and noises (compositional accuracy); with `onnx_out`,
-    also export the int4 ONNX model (rtn) and check its parity. Returns the summary `hwnas quantize` prints."""
+    also export the int4 ONNX model (MatMulNBits and palette decoders) and check its parity. Returns
+    the summary `hwnas quantize` prints."""
     qsub, q = quantize_subdit(sub, spec, mixed=mixed)
     if finetune_steps:
         finetune_biases_norms(qsub.dit, sub.dit, lambda i: example_inputs(sub.space, batch=8, seed=1000 + i),

@@ -290,7 +290,7 @@ class QuantizedModel:
     avg_bits: float
     avg_bits_all: float
     bits: dict[str, Bits]
-    side_bits: SideBits = 16
+    side_bits: SideBits
 
     def summary(self) -> dict[str, float | int | list[str]]:
         return {"avg_bits": round(self.avg_bits, 4), "avg_bits_all": round(self.avg_bits_all, 4),
@@ -411,7 +411,7 @@ def mixed_bits(model: nn.Module, spec: QuantSpec, sensitivity: dict[str, float],
 
 
 def finetune_biases_norms(student: nn.Module, teacher: nn.Module, batches: Callable[[int], tuple[torch.Tensor, ...]], *,
-                          steps: int = 100, lr: float = 1e-4, side_bits: SideBits = 16) -> list[float]:
+                          side_bits: SideBits, steps: int = 100, lr: float = 1e-4) -> list[float]:
     """Self-distillation after quantization (SnapGen++): train only biases, norm affines and
     adaLN tables of the dequantized `student` to match the fp32 `teacher`'s output on
     `batches(i)` (model inputs); Linear/conv weights stay frozen. Every forward runs them rounded

@@ -14,20 +14,19 @@ Bits = Literal[4, 8]
 SideBits = Literal[8, 16]
 
 DEFAULT_MODE: Mode = "dmd"
-"""The student `hwnas distill` and `hwnas compress` train unless told: DMD without the knowledge
-terms, the best of the four students on the latent proxy at 2 steps (README, "Distilled to 2
-steps": DMD 0.37, K-DMD 0.31, KD 0.28 compositional)."""
+"""The student `hwnas distill` and `hwnas compress` train unless told; why this one: README,
+"Distilled to 2 steps"."""
 FINETUNE_STEPS = 2000
 """Straight-through fine-tuning steps of the stored biases, norms and adaLN tables after int4
-quantization (`hwnas.compress.quant.finetune_biases_norms`): what took the search's narrow pick
-from a 1-point loss to none with uint8 side parameters (README, "int4 at proxy widths")."""
+quantization (`hwnas.compress.quant.finetune_biases_norms`); why this many: README, "int4 at proxy
+widths"."""
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """K-DMD settings. `batch_size` is global (split across torchrun ranks). `student_steps` is 2,
-    where the latent proxy has a few-step gap to close; at 4 steps it has none (README, "Four steps
-    lose nothing yet")."""
+    """Distillation settings, with every K-DMD term on (`terms` switches some off). `batch_size` is
+    global (split across torchrun ranks). The default `student_steps` is where the latent proxy has a
+    few-step gap to close (README, "Four steps lose nothing yet")."""
 
     steps: int = 300
     batch_size: int = 8
@@ -91,10 +90,8 @@ class QuantSpec:
     """How to quantize one weight. `group`: input channels per scale (rtn, and fit's rtn layers) or
     output rows per palette (kmeans; None = one palette per tensor). fit picks per layer: rtn where
     its input channels split into MatMulNBits blocks of 64 or more without padding, k-means palettes
-    of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). The default, fit with
-    zero points in groups of up to 128 input channels and uint8 side parameters, meets the int4 goal
-    on the search's narrow pick (4.28 bits, 3.56x smaller than fp16, with `FINETUNE_STEPS`); on a
-    wide sub-DiT fit is rtn everywhere (README, "int4 at proxy widths").
+    of at most 1/4 bit per weight elsewhere (`hwnas.compress.quant.fit_spec`). Why the defaults:
+    README, "int4 at proxy widths".
 
     `side_bits`: how the parameters that are not weights of a matmul are stored (biases, norm
     affines, adaLN tables): 16 (fp16) or 8 (uint8 codes on an even grid from the tensor's minimum

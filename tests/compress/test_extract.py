@@ -83,3 +83,76 @@ def test_a_run_brings_its_own_checkpoint_and_refuses_another(tiny_checkpoint: Pa
         assert f"searched with checkpoint {tiny_checkpoint}" in bad.stderr and "drop --checkpoint" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
     assert not any((tmp_path / name).exists() for name in ("o", "d", "c"))
+
+
+def _copy_checkpoint(src: Path, dst: Path, *, changed: bool = False) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+    if changed:
+        (dst / "supernet.json").write_text((dst / "supernet.json").read_text() + "\n")
+    return dst
+
+
+@pytest.mark.parametrize(("settings", "given", "want"), [
+    (None, None, None),  # no settings.json: resolve_pick says what is missing
+    (None, "OTHER", "OTHER"),
+    ({}, "OTHER", "OTHER"),  # a run that records no checkpoint
+    ({"checkpoint": None, "identity": None}, None, None),
+    ({"checkpoint": "CKPT", "identity": None}, None, "CKPT"),  # no hash recorded: nothing to check
+    ({"checkpoint": "CKPT", "identity": {"checkpoint_sha256": "SHA"}}, None, "CKPT"),
+    ({"checkpoint": "CKPT", "identity": {"checkpoint_sha256": "SHA"}}, "COPY", "COPY"),  # same content
+    ({"checkpoint": "CKPT", "identity": {"checkpoint_sha256": "SHA"}}, "CKPT/supernet.safetensors",
+     "CKPT/supernet.safetensors"),  # a file of it
+    ({"checkpoint": "CKPT", "identity": {"checkpoint_sha256": "SHA"}}, "OTHER", "drop --checkpoint"),
+    ({"checkpoint": "OTHER", "identity": {"checkpoint_sha256": "SHA"}}, None, "has changed since"),
+    ({"checkpoint": "GONE", "identity": {"checkpoint_sha256": "SHA"}}, None, "is not here"),
+    ({"checkpoint": "CKPT", "identity": {"checkpoint_sha256": "SHA"}}, "GONE", "GONE"),  # load_supernet refuses it
+    ("not json", None, "not valid JSON"),
+    ([1, 2], None, "not a JSON object"),
+])
+def test_run_checkpoint(tiny_checkpoint: Path, tmp_path: Path, settings: object, given: str | None,
+                        want: str | None) -> None:
+    from hwnas.compress import run_checkpoint
+    from hwnas.io import checkpoint_sha256
+
+    names = {"CKPT": str(tiny_checkpoint), "SHA": checkpoint_sha256(tiny_checkpoint), "GONE": str(tmp_path / "gone"),
+             "COPY": str(_copy_checkpoint(tiny_checkpoint, tmp_path / "copy")),
+             "OTHER": str(_copy_checkpoint(tiny_checkpoint, tmp_path / "other", changed=True))}
+
+    def fill(value: object) -> object:
+        if isinstance(value, str):
+            return next((value.replace(k, v) for k, v in names.items() if value.startswith(k)), value)
+        return {k: fill(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if settings is not None:
+        (run / "settings.json").write_text(settings if isinstance(settings, str) else json.dumps(fill(settings)))
+    given_path = fill(given)
+    assert given_path is None or isinstance(given_path, str)
+    if want is not None and " " in want:
+        with pytest.raises(ValueError, match=want):
+            run_checkpoint(run, given_path)
+    else:
+        assert run_checkpoint(run, given_path) == fill(want)
+
+
+def test_a_recorded_relative_checkpoint_is_the_checkouts_from_any_directory(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwnas.compress import run_checkpoint
+    from hwnas.io import checkpoint_sha256
+    from hwnas.paths import REPO_ROOT
+
+    shipped = REPO_ROOT / "checkpoints" / "shapes-32"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "settings.json").write_text(json.dumps({
+        "checkpoint": "checkpoints/shapes-32", "identity": {"checkpoint_sha256": checkpoint_sha256(shipped)}}))
+    decoy = tmp_path / "checkpoints" / "shapes-32"  # what the name means from here, with other content
+    decoy.parent.mkdir()
+    _copy_checkpoint(shipped, decoy, changed=True)
+    monkeypatch.chdir(tmp_path)
+    assert run_checkpoint("run", None) == str(shipped)
+    monkeypatch.chdir(REPO_ROOT)
+    assert run_checkpoint(tmp_path / "run", None) == "checkpoints/shapes-32"
