@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     with user_input():
-        checkpoint = run_checkpoint(args.run, args.checkpoint) if args.run else args.checkpoint
+        checkpoint = run_checkpoint(args.run, args.checkpoint)
         net = load_supernet(checkpoint)
         cfg = resolve_pick(args.run, args.pick) if args.run else resolve_config(net.space, args.config)
         net.space.validate(cfg)

@@ -112,10 +112,8 @@ def main() -> None:
     add_json(ap, what="the config, the fp32 quality and every row")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    checkpoint = args.checkpoint
     with user_input():
-        if args.run:
-            checkpoint = run_checkpoint(args.run, args.checkpoint)
+        checkpoint = run_checkpoint(args.run, args.checkpoint)
         if args.model:
             sub = load_subdit(args.model)
             cfg, step = sub.cfg, sub.meta.get("supernet_step")

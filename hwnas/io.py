@@ -132,8 +132,8 @@ def checkpoint_sha256(path: str | Path) -> str:
     file of it, its directory's, as loading takes them). What a search run records as
     `checkpoint_sha256`."""
     folder = Path(path).parent if Path(path).is_file() else Path(path)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json")) if folder.is_dir() else []
-    return sha256_files([p for p in files if p.is_file()])
+    files = folder.iterdir() if folder.is_dir() else ()
+    return sha256_files(sorted(p for p in files if p.suffix in (".safetensors", ".json") and p.is_file()))
 
 
 def sha256_file(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:

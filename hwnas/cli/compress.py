@@ -35,13 +35,6 @@ def _pick(space: SearchSpace, *, run: str | None, pick: str | None, config: str 
     return cfg
 
 
-def _checkpoint(run: str | None, checkpoint: str | None) -> str | None:
-    """--checkpoint, or with --run the checkpoint that search ranked its picks with."""
-    from hwnas.compress import run_checkpoint
-
-    return checkpoint if run is None else run_checkpoint(run, checkpoint)
-
-
 def _pick_options(f: F) -> F:
     f = click.option("--config", "config", help=CONFIG_HELP)(f)
     f = click.option("--pick", default="best", show_default=True, help="Row of pareto.csv (0-based) or 'best'.")(f)
@@ -72,7 +65,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
                out: str, formats: tuple[str, ...], with_onnx: bool, palettize_bits: int) -> None:
     """Extract a sub-DiT from the supernet as a standalone model (safetensors + JSON), and
     optionally as ONNX, Core ML or ExecuTorch artefacts."""
-    from hwnas.compress import from_supernet, load_subdit, save_subdit
+    from hwnas.compress import from_supernet, load_subdit, run_checkpoint, save_subdit
     from hwnas.compress.deploy import export_artefacts, parse_formats, require_runtimes
 
     chosen = parse_formats([*formats, *(["onnx"] if with_onnx else [])])
@@ -83,7 +76,7 @@ def export_cmd(checkpoint: str | None, run: str | None, pick: str, config: str |
         sub = load_subdit(model_dir)
         cfg = sub.cfg
     else:
-        ckpt = _checkpoint(run, checkpoint)
+        ckpt = run_checkpoint(run, checkpoint)
         net = load_supernet(ckpt)
         cfg = _pick(net.space, run=run, pick=pick, config=config)
         sub = from_supernet(net, cfg, source=f"{ckpt or 'shipped proxy supernet'}"
@@ -122,9 +115,9 @@ def distill_cmd(checkpoint: str | None, run: str | None, pick: str, config: str 
                 no_feature: bool, resume: bool, quiet: bool, **settings: Any) -> None:
     """Step distillation (DMD, K-DMD or KD) of a sub-DiT against the full supernet (runs under torchrun
     too)."""
-    from hwnas.compress import distill, from_supernet, terms
+    from hwnas.compress import distill, from_supernet, run_checkpoint, terms
 
-    ckpt = _checkpoint(run, checkpoint)
+    ckpt = run_checkpoint(run, checkpoint)
     net = load_supernet(ckpt)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     if not resume and (Path(out) / "distill_state.pt").exists():
@@ -223,7 +216,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
                  formats: tuple[str, ...], n: int, resume: bool, keep_distilled: bool, quiet: bool) -> None:
     """Close the loop for one pick: quality at 28 steps, at the student's steps before and after
     distillation and with int4 weights; predicted vs measured latency."""
-    from hwnas.compress import compress_pick
+    from hwnas.compress import compress_pick, run_checkpoint
     from hwnas.compress.deploy import parse_formats, require_runtimes
 
     chosen = parse_formats(formats)
@@ -234,7 +227,7 @@ def compress_cmd(checkpoint: str | None, run: str | None, pick: str, config: str
                  if value is not None]
         if clash:
             raise click.UsageError(f"--student takes a finished student as it is; drop {', '.join(clash)}")
-    ckpt = _checkpoint(run, checkpoint)
+    ckpt = run_checkpoint(run, checkpoint)
     net = load_supernet(ckpt)
     cfg = _pick(net.space, run=run, pick=pick, config=config)
     target = Path(out) if out else (Path(run) if run else Path("runs")) / "compress" / cfg.id

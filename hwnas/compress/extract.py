@@ -119,12 +119,15 @@ def load_subdit(path: str | Path) -> SubDiT:
     return SubDiT(space, cfg, dit, text, tokenizer, meta, vae).eval()
 
 
-def run_checkpoint(run_dir: str | Path, checkpoint: str | None) -> str | None:
-    """The supernet checkpoint whose sub-DiTs a search run ranked: `checkpoint` where given, else the
+def run_checkpoint(run_dir: str | Path | None, checkpoint: str | None) -> str | None:
+    """The supernet checkpoint whose sub-DiTs a search run ranked (no run: `checkpoint` as it is):
+    `checkpoint` where given, else the
     path the run's `settings.json` records (relative to the checkout, as `display_path` writes it,
     or else to the working directory). Either must match the run's `checkpoint_sha256` by content
     (`hwnas.io.checkpoint_sha256`); other weights are refused, since they are not the ones the run
     scored. A run that records no checkpoint leaves `checkpoint` as it is."""
+    if run_dir is None:
+        return checkpoint
     path = Path(run_dir) / "settings.json"
     try:
         settings = json.loads(path.read_text())
